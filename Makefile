@@ -1,0 +1,39 @@
+# mdakit: `make demo` sets everything up and runs the main job; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MDAKIT := $(VENV)/bin/mdakit
+STAMP := $(VENV)/.mdakit-installed
+QUIET_PIP := grep -v '^WARNING: Location' || true
+
+.PHONY: setup data demo test test-all zoo clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import mdakit, torch, torchvision"
+	touch $@
+
+setup: $(STAMP)
+
+data: setup
+	$(MDAKIT) data fetch mnist fashion-mnist
+
+demo: data
+	bash scripts/demo.sh
+
+test: data
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: data
+	$(PY) -m pytest -q
+
+# Train the zoo models and record their accuracies (long: see benchmarks/RESULTS.md).
+zoo: data
+	$(PY) benchmarks/zoo_training.py
+
+clean-demo:
+	rm -rf runs/demo

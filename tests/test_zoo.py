@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from mdakit.errors import MdakitError
+from mdakit.metrics import count_macs, count_nonzero_parameters, count_parameters, model_size
+from mdakit.zoo import Normalize, available, build_model
+
+ZOO = ["lenet5", "vgg16", "resnet50", "googlenet"]
+
+
+@pytest.mark.parametrize("arch", ZOO + ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:googlenet"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_zoo_builds_for_dataset_shapes(arch, shape):
+    torch.manual_seed(0)
+    model = build_model(arch, shape, 7, mean=[0.5] * shape[0], std=[0.25] * shape[0]).eval()
+    assert isinstance(model[0], Normalize)
+    with torch.no_grad():
+        out = model(torch.rand(2, *shape))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_registry_lists_the_zoo():
+    assert set(ZOO) <= set(available())
+
+
+def test_normalisation_is_part_of_the_model():
+    model = build_model("lenet5", (1, 28, 28), 10, mean=[0.2], std=[0.5]).eval()
+    body = model.net
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model(x), body((x - 0.2) / 0.5), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("alexnet2", "unknown architecture"), ("torchvision:not_a_model", "unknown torchvision"),
+    ("torchvision:densenet121", "cannot take inputs"),
+])
+def test_zoo_errors(arch, message):
+    with pytest.raises(MdakitError, match=message):
+        build_model(arch, (1, 28, 28), 10)
+
+
+def test_bad_shapes_and_options():
+    with pytest.raises(MdakitError, match="C,H,W"):
+        build_model("lenet5", (28, 28), 10)
+    with pytest.raises(MdakitError, match="one per input channel"):
+        build_model("lenet5", (3, 32, 32), 10, mean=[0.1], std=[0.2])
+    with pytest.raises(MdakitError, match="bad options"):
+        build_model("lenet5", (1, 28, 28), 10, depth=3)
+
+
+def test_lenet_macs_match_hand_count():
+    model = build_model("lenet5", (1, 28, 28), 10)
+    # conv1 6*28*28*25 + conv2 16*10*10*150 + fc 400*120 + 120*84 + 84*10
+    assert count_macs(model, (1, 28, 28)) == 117600 + 240000 + 48000 + 10080 + 840
+    assert count_parameters(model) == (6 * 25 + 6) + (16 * 150 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+
+
+def test_nonzero_parameters_see_zeroed_kernels():
+    model = build_model("lenet5", (1, 28, 28), 10)
+    with torch.no_grad():
+        model.net.features[0].weight[0].zero_()
+    size = model_size(model, (1, 28, 28))
+    assert size["params"] - size["nonzero_params"] == 25
+    assert count_nonzero_parameters(model) == size["nonzero_params"]
