@@ -28,6 +28,7 @@ from torch import nn
 
 from mdakit.data import DatasetInfo
 from mdakit.errors import MdakitError
+from mdakit.surgery import KeepSets, rebuild
 from mdakit.zoo import build_model
 
 CARD_FILE = "card.json"
@@ -89,13 +90,23 @@ class ModelCard:
             raise MdakitError(f"model card is incomplete: {exc}") from exc
 
     def build(self) -> nn.Module:
-        """A fresh module of this card's architecture, before any weights are loaded."""
+        """A fresh module of this card's architecture with its structural edits, before weights are loaded."""
         if self.arch is None:
             raise MdakitError("this model was saved from a user-built module: pass that module as `into=`")
-        if self.edits:
-            kinds = sorted({e.get("kind", "?") for e in self.edits})
-            raise MdakitError(f"this mdakit cannot rebuild models with structural edits {kinds}")
-        return build_model(self.arch, self.input_shape, self.num_classes, self.mean, self.std, **self.arch_kwargs)
+        return apply_edits(build_model(self.arch, self.input_shape, self.num_classes, self.mean, self.std,
+                                       **self.arch_kwargs), self.edits)
+
+
+def apply_edits(module: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
+    """Replay structural edits (keep-sets of disassembly) on a freshly built module, in place."""
+    for edit in edits:
+        if edit.get("kind") != "keep_sets":
+            raise MdakitError(f"this mdakit cannot rebuild models with structural edit {edit.get('kind')!r}")
+        try:
+            module = rebuild(module, KeepSets.from_dict(edit), copy_model=False)
+        except (KeyError, AttributeError, IndexError, TypeError) as exc:
+            raise MdakitError(f"the card's structural edits do not fit the architecture: {exc}") from exc
+    return module
 
 
 def _sha256(path: Path) -> str:
@@ -201,7 +212,7 @@ def load_with_card(path: str | Path, into: nn.Module | None = None,
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MdakitError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    module = into if into is not None else card.build()
+    module = apply_edits(into, card.edits) if into is not None else card.build()
     _check_and_load(module, tensors, str(weights))
     return module.to(device).eval(), card
 

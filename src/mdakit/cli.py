@@ -21,7 +21,9 @@ from rich.table import Table
 
 from mdakit import __version__
 from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
+from mdakit.attribution.contribution import ContributionSettings
 from mdakit.data import dataset_info, fetch, load_dataset, parse_classes
+from mdakit.disassemble import compute_masks, disassemble, resolve_source
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.metrics import model_size
@@ -186,6 +188,86 @@ def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="
     model = import_checkpoint(checkpoint, card)
     save(model, out, card, force=force)
     _emit(as_json, {"out": str(out), "card": card.to_dict()}, f"imported {checkpoint} into {out}")
+
+
+def _settings(alpha_conv: float, beta_conv: float, alpha_linear: float, beta_linear: float,
+              layers: int | None) -> ContributionSettings:
+    settings = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings.validate()
+    return settings
+
+
+AlphaConv = Annotated[float, typer.Option(help="α for conv layers (Eq. 7), in (0, 1].")]
+BetaConv = Annotated[float, typer.Option(help="β for conv layers (Eq. 9), in (0, 1].")]
+AlphaLinear = Annotated[float, typer.Option(help="α for linear layers, in (0, 1].")]
+BetaLinear = Annotated[float, typer.Option(help="β for linear layers, in (0, 1].")]
+LayersOpt = Annotated[int | None, typer.Option("--layers", help="Attribute only the last L layers.")]
+ClassesOpt = Annotated[str, typer.Option(help="Classes, e.g. 0-2, 0,3,5 or class names; order sets the logits.")]
+MethodOpt = Annotated[str, typer.Option(help="Attribution method.")]
+SamplesOpt = Annotated[int, typer.Option(help="Training samples per class.")]
+
+
+@app.command("disassemble")
+def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+                    classes: ClassesOpt, out: Annotated[Path, typer.Option(help="Output part directory.")],
+                    method: MethodOpt = "contribution", samples: SamplesOpt = 50,
+                    alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
+                    beta_linear: BetaLinear = 0.3, layers: LayersOpt = None,
+                    kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
+                    dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+                    seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+                    as_json: JsonOpt = False) -> None:
+    """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
+    if Path(out).exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    dev = resolve_device(device)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
+                       kernel_masks=kernel_masks, seed=seed, device=dev, data_dir=data_dir, show_progress=True)
+    part.save(out, force=force)
+    r = part.report
+    table = Table(title=f"part of {model_path} for classes {r['classes']} ({method})")
+    for col in ("model", "accuracy", "params", "non-zero", "MACs"):
+        table.add_column(col)
+    osz, psz = r["original_size"], r["part_size"]
+    table.add_row("original, all logits", _pct(r["original_accuracy"]), f"{osz['params']:,}",
+                  f"{osz['nonzero_params']:,}", f"{osz['macs']:,}")
+    table.add_row("original, restricted logits", _pct(r["original_restricted_accuracy"]), "", "", "")
+    table.add_row("part", _pct(r["part_accuracy"]), f"{psz['params']:,} ({psz['params'] / osz['params']:.1%})",
+                  f"{psz['nonzero_params']:,}", f"{psz['macs']:,} ({psz['macs'] / osz['macs']:.1%})")
+    steps = ", ".join(f"{k} {v['seconds']:.2f} s" + (f" / {v['peak_rss_mb']:.0f} MB" if v["peak_rss_mb"] else "")
+                      for k, v in r["steps"].items())
+    table.caption = f"saved to {out}; time / peak RSS: {steps}"
+    _emit(as_json, {"out": str(out), **r}, table)
+
+
+@app.command("masks")
+def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+              classes: ClassesOpt, out: Annotated[Path, typer.Option(help="Output masks directory.")],
+              method: MethodOpt = "contribution", samples: SamplesOpt = 50,
+              alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
+              beta_linear: BetaLinear = 0.3, layers: LayersOpt = None,
+              dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+              seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+              as_json: JsonOpt = False) -> None:
+    """Compute and save per-class component masks without extracting a part."""
+    if Path(out).exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    dev = resolve_device(device)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    source = resolve_source(model_path, dataset, None, None, data_dir)
+    class_list = parse_classes(classes, source.card.class_names)
+    masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, dev, show_progress=True)
+    masks.save(out, force=force)
+    summary = {str(c): {name: int(m.outputs.sum()) for name, m in layers_.items()}
+               for c, layers_ in masks.per_class.items()}
+    table = Table(title=f"kept filters per layer ({method})")
+    table.add_column("layer")
+    for c in masks.classes:
+        table.add_column(f"class {c}", justify="right")
+    for layer in graph.layers:
+        table.add_row(layer.name, *(f"{summary[str(c)][layer.name]}/{layer.out_size}" for c in masks.classes))
+    _emit(as_json, {"out": str(out), "classes": masks.classes, "kept_filters": summary, "steps": cost}, table)
 
 
 def run(argv: list[str]) -> int:

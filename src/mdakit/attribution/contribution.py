@@ -1,0 +1,171 @@
+"""Relative contribution attribution (the primary method; DESIGN §2.1, paper Eq. 4, 7–10, 13).
+
+For every prunable layer and class, the positive parts of the per-sample hidden contributions
+``h[b, k, n]`` are summed over the class's selected samples (one forward pass, hooks, running sums),
+min–max normalised per filter over its inputs (``r``), thresholded (``q = r ≥ α``, only for
+filters needed downstream), counted per input (``ü``), divided by the maximum count (``s``) and
+thresholded again (``t = s ≥ β``). The walk goes backwards from the chosen class's logit along the
+real graph (:meth:`mdakit.graph.ChannelGraph.walk_back`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from mdakit.attribution.kernels import positive_contribution_sum
+from mdakit.data import make_loader
+from mdakit.errors import MdakitError
+from mdakit.graph import ChannelGraph, PrunableLayer
+from mdakit.masks import ComponentMasks, LayerMask
+from mdakit.progress import progress as progress_bar
+
+
+@dataclass
+class ContributionSettings:
+    """Thresholds (paper §6 defaults) and how many layers, counted from the output, are attributed."""
+
+    alpha_conv: float = 0.3
+    beta_conv: float = 0.2
+    alpha_linear: float = 0.4
+    beta_linear: float = 0.3
+    layers: int | None = None
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        for name in ("alpha_conv", "beta_conv", "alpha_linear", "beta_linear"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise MdakitError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.layers is not None and self.layers < 1:
+            raise MdakitError(f"the number of attributed layers must be at least 1, got {self.layers}")
+        if self.batch_size < 1:
+            raise MdakitError("batch size must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def attributed_layers(graph: ChannelGraph, layers: int | None) -> list[PrunableLayer]:
+    """The last ``layers`` prunable layers in execution order (all when ``None``)."""
+    return graph.layers if layers is None else graph.layers[-layers:]
+
+
+def _row_sign(graph: ChannelGraph, layer: PrunableLayer) -> torch.Tensor | None:
+    if layer.bn_after is None:
+        return None
+    bn = graph.model.get_submodule(layer.bn_after)
+    if bn.weight is None:
+        return None
+    return torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(bn.weight.device)
+
+
+@torch.no_grad()
+def contribution_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+                      layers: Sequence[PrunableLayer], device: torch.device | str = "cpu", batch_size: int = 64,
+                      show_progress: bool = False) -> dict[int, dict[str, torch.Tensor]]:
+    """Per class and layer, ``Σ_samples max(h[b, k, n], 0)`` (K × N), from one forward pass.
+
+    Each batch holds images of one class; hooks on the layers add the batch's positive contributions
+    to running sums, so memory does not grow with the number of samples.
+    """
+    model = graph.model.eval().to(device)
+    sums: dict[int, dict[str, torch.Tensor]] = {}
+    current: dict[str, torch.Tensor] = {}
+    signs = {layer.name: _row_sign(graph, layer) for layer in layers}
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            part = positive_contribution_sum(x, module, signs[name])
+            if name in current:
+                current[name] += part
+            else:
+                current[name] = part
+        return fn
+
+    handles = [graph.model.get_submodule(layer.name).register_forward_pre_hook(hook(layer.name)) for layer in layers]
+    try:
+        batches = [(c, idx[i:i + batch_size]) for c, idx in samples.items() for i in range(0, len(idx), batch_size)]
+        for cls, idx in progress_bar(batches, "attribution", enabled=show_progress):
+            current = sums.setdefault(cls, {})
+            for images, _ in make_loader(Subset(dataset, idx.tolist()), len(idx)):
+                model(images.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
+def relative_contributions(total: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Min–max normalise each filter's contributions over the inputs in its group (Eq. 4).
+
+    A filter whose contributions are all equal (e.g. a depthwise filter with one input) gets 1
+    where they are positive, else 0. Inputs outside a filter's group get 0.
+
+    >>> relative_contributions(torch.tensor([[1.0, 3.0, 2.0], [0.0, 0.0, 0.0]]))
+    tensor([[0.0000, 1.0000, 0.5000],
+            [0.0000, 0.0000, 0.0000]])
+    """
+    k, n = total.shape
+    blocks = total.view(groups, k // groups, groups, n // groups)
+    idx = torch.arange(groups)
+    blocks = blocks[idx, :, idx, :]  # groups × (k/g) × (n/g)
+    lo = blocks.amin(-1, keepdim=True)
+    hi = blocks.amax(-1, keepdim=True)
+    span = hi - lo
+    r = torch.where(span > 0, (blocks - lo) / span.clamp_min(torch.finfo(total.dtype).tiny),
+                    (blocks > 0).to(total.dtype))
+    out = total.new_zeros(groups, k // groups, groups, n // groups)
+    out[idx, :, idx, :] = r
+    return out.view(k, n)
+
+
+def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
+                settings: ContributionSettings) -> dict[str, LayerMask]:
+    """Walk back from logit ``row`` and threshold the class's contributions (Eq. 7–10)."""
+    attributed = set(sums)
+    record: dict[str, LayerMask] = {}
+
+    def rule(layer: PrunableLayer, needed_out: torch.Tensor) -> torch.Tensor:
+        if layer.name not in attributed:
+            kernels = needed_out[:, None].expand(layer.out_size, layer.in_size).clone()
+            inputs = torch.full((layer.in_size,), bool(needed_out.any()))
+        else:
+            groups = layer.module.groups if layer.kind == "conv" else 1
+            r = relative_contributions(sums[layer.name].float().cpu(), groups)
+            alpha, beta = ((settings.alpha_conv, settings.beta_conv) if layer.kind == "conv"
+                           else (settings.alpha_linear, settings.beta_linear))
+            kernels = (r >= alpha) & needed_out[:, None]
+            counts = kernels.sum(0).float()
+            top = float(counts.max())
+            inputs = (counts / top >= beta) if top > 0 else torch.zeros(layer.in_size, dtype=torch.bool)
+        record[layer.name] = LayerMask(kernels, inputs, needed_out.clone())
+        return inputs
+
+    out_size = graph.output_layer.out_size
+    graph.walk_back(torch.nn.functional.one_hot(torch.tensor(row), out_size).bool(), rule)
+    for layer in graph.layers:  # layers no needed path reaches
+        record.setdefault(layer.name, LayerMask(torch.zeros(layer.out_size, layer.in_size, dtype=torch.bool),
+                                                torch.zeros(layer.in_size, dtype=torch.bool),
+                                                torch.zeros(layer.out_size, dtype=torch.bool)))
+    return {layer.name: record[layer.name] for layer in graph.layers}
+
+
+def contribution_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+                       rows: Mapping[int, int], settings: ContributionSettings = ContributionSettings(),
+                       device: torch.device | str = "cpu", show_progress: bool = False) -> ComponentMasks:
+    """Per-class component masks by relative contribution attribution.
+
+    ``samples[c]`` are indices into ``dataset`` of class ``c``'s selected images; ``rows[c]`` is
+    the logit of class ``c``.
+    """
+    settings.validate()
+    layers = attributed_layers(graph, settings.layers)
+    sums = contribution_sums(graph, dataset, samples, layers, device, settings.batch_size, show_progress)
+    per_class = {c: class_masks(graph, sums[c], rows[c], settings) for c in samples}
+    return ComponentMasks(per_class, method="contribution", settings=settings.to_dict())

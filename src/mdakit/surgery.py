@@ -1,0 +1,197 @@
+"""From masks to a physically smaller model.
+
+Every keep-set is computed first, in the original channel numbering and consistent across coupled
+channels (a residual group keeps a channel in all of its members or in none); then the model is
+rebuilt once. The same keep-sets, stored in a part's card, rebuild the structure when the part is
+loaded (:func:`rebuild`).
+
+Equivalence (tested): the extracted model's logits equal those of the original whose layers see only
+their kept input channels (:class:`MaskedModel`), restricted to the kept logit rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mdakit.errors import MdakitError
+from mdakit.graph import ChannelGraph
+from mdakit.masks import LayerMask
+
+
+@dataclass
+class KeepSets:
+    """Indices, in the original numbering, of what each module keeps."""
+
+    layers: dict[str, dict[str, list[int]]]
+    channel_modules: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": "keep_sets", "layers": self.layers, "channel_modules": self.channel_modules}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> KeepSets:
+        return cls({k: {"in": list(v["in"]), "out": list(v["out"])} for k, v in raw["layers"].items()},
+                   {k: list(v) for k, v in raw.get("channel_modules", {}).items()})
+
+
+def kept_groups(graph: ChannelGraph, masks: Mapping[str, LayerMask]) -> torch.Tensor:
+    """Boolean over channel-group representatives: kept where some layer needs that input channel."""
+    keep = graph.pinned_mask()
+    for layer in graph.layers:
+        mask = masks[layer.name]
+        if len(mask.inputs) != layer.in_size:
+            raise MdakitError(f"masks of layer {layer.name!r} have {len(mask.inputs)} inputs, the model {layer.in_size}")
+        needed = layer.in_ids[mask.inputs]
+        for gid in graph.groups(needed).unique():
+            keep[gid] = True
+    return keep
+
+
+def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequence[int]) -> KeepSets:
+    """Keep-sets for a part with the given logit ``rows`` (in that order).
+
+    A layer left with no output channel keeps its strongest one (most needed by the masks, then
+    largest weight norm), with a warning.
+    """
+    rows = [int(r) for r in rows]
+    out_size = graph.output_layer.out_size
+    if not rows or len(set(rows)) != len(rows) or not all(0 <= r < out_size for r in rows):
+        raise MdakitError(f"logit rows must be distinct values in 0..{out_size - 1}, got {rows}")
+    keep = kept_groups(graph, masks)
+    for layer in graph.layers:
+        if layer is graph.output_layer:
+            continue
+        groups = graph.groups(layer.out_ids)
+        if not keep[groups].any():
+            weight = layer.module.weight.detach().flatten(1).abs().sum(1).cpu()
+            strongest = int(torch.argmax(weight))
+            keep[groups[strongest]] = True
+            warnings.warn(f"layer {layer.name!r} would keep no channel; keeping its strongest one ({strongest})",
+                          stacklevel=2)
+    layers: dict[str, dict[str, list[int]]] = {}
+    for layer in graph.layers:
+        ins = torch.nonzero(keep[graph.groups(layer.in_ids)]).flatten().tolist()
+        outs = rows if layer is graph.output_layer else torch.nonzero(keep[graph.groups(layer.out_ids)]).flatten().tolist()
+        layers[layer.name] = {"in": ins, "out": outs}
+    channel_modules = {name: torch.nonzero(keep[graph.groups(graph.node_ids[node])]).flatten().tolist()
+                       for name, node in graph.channel_modules.items()}
+    return KeepSets(layers, channel_modules)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def _slice_conv(conv: nn.Conv2d, ins: list[int], outs: list[int]) -> nn.Conv2d:
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    if conv.groups > 1 and not depthwise and (len(ins) != conv.in_channels or len(outs) != conv.out_channels):
+        raise MdakitError("grouped convolutions can only be kept whole")
+    groups = len(outs) if depthwise else conv.groups
+    new = nn.Conv2d(len(ins), len(outs), conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups,
+                    conv.bias is not None, conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        weight = conv.weight[outs]
+        new.weight.copy_(weight if depthwise or conv.groups > 1 else weight[:, ins])
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[outs])
+    return new
+
+
+def _slice_linear(linear: nn.Linear, ins: list[int], outs: list[int]) -> nn.Linear:
+    new = nn.Linear(len(ins), len(outs), linear.bias is not None, device=linear.weight.device,
+                    dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[outs][:, ins])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias[outs])
+    return new
+
+
+def _slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: list[int]) -> nn.Module:
+    new = type(bn)(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                   device=(bn.weight.device if bn.weight is not None else None))
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight[keep])
+            new.bias.copy_(bn.bias[keep])
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean[keep])
+            new.running_var.copy_(bn.running_var[keep])
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new
+
+
+def rebuild(model: nn.Module, keep: KeepSets, copy_model: bool = True) -> nn.Module:
+    """A model whose layers hold only the kept channels (a deep copy unless ``copy_model=False``).
+
+    >>> from mdakit.zoo import build_model
+    >>> from mdakit.graph import trace
+    >>> m = build_model("lenet5", (1, 28, 28), 10)
+    >>> ks = KeepSets({"net.features.0": {"in": [0], "out": [0, 1, 2, 3, 4, 5]},
+    ...                "net.features.3": {"in": list(range(6)), "out": list(range(16))},
+    ...                "net.classifier.1": {"in": list(range(400)), "out": list(range(120))},
+    ...                "net.classifier.3": {"in": list(range(120)), "out": list(range(84))},
+    ...                "net.classifier.5": {"in": list(range(84)), "out": [3, 7]}})
+    >>> rebuild(m, ks)(torch.zeros(1, 1, 28, 28)).shape
+    torch.Size([1, 2])
+    """
+    model = copy.deepcopy(model) if copy_model else model
+    for name, sets in keep.layers.items():
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Conv2d):
+            _set_module(model, name, _slice_conv(module, sets["in"], sets["out"]))
+        elif isinstance(module, nn.Linear):
+            _set_module(model, name, _slice_linear(module, sets["in"], sets["out"]))
+        else:
+            raise MdakitError(f"keep-set names {name!r}, which is not a Conv2d or Linear layer")
+    for name, kept in keep.channel_modules.items():
+        _set_module(model, name, _slice_batchnorm(model.get_submodule(name), kept))
+    return model
+
+
+def apply_kernel_masks(part: nn.Module, keep: KeepSets, masks: Mapping[str, LayerMask]) -> int:
+    """Zero, in an extracted part, the kernels the masks drop (``q = 0``); returns how many were zeroed."""
+    zeroed = 0
+    with torch.no_grad():
+        for name, sets in keep.layers.items():
+            module = part.get_submodule(name)
+            kernels = masks[name].kernels[sets["out"]][:, sets["in"]]
+            if isinstance(module, nn.Conv2d) and module.groups > 1:
+                continue
+            drop = ~kernels.to(module.weight.device)
+            view = module.weight.view(module.weight.shape[0], module.weight.shape[1], -1)
+            view[drop] = 0.0
+            zeroed += int(drop.sum())
+    return zeroed
+
+
+class MaskedModel(nn.Module):
+    """The original model with every prunable layer seeing only its kept input channels, and the logits
+    restricted to ``keep``'s output rows: what an extracted part must reproduce exactly."""
+
+    def __init__(self, graph: ChannelGraph, keep: KeepSets, kernel_masks: Mapping[str, LayerMask] | None = None):
+        super().__init__()
+        self.model = copy.deepcopy(graph.model)
+        self.rows = keep.layers[graph.output_layer.name]["out"]
+        self._handles = []
+        for layer in graph.layers:
+            module = self.model.get_submodule(layer.name)
+            mask = torch.zeros(layer.in_size, dtype=torch.bool)
+            mask[keep.layers[layer.name]["in"]] = True
+            shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
+            self._handles.append(module.register_forward_pre_hook(
+                lambda m, args, mask=mask.view(shape): (args[0] * mask.to(args[0]),)))
+            if kernel_masks is not None and not (layer.kind == "conv" and module.groups > 1):
+                with torch.no_grad():
+                    weight = module.weight.view(module.weight.shape[0], module.weight.shape[1], -1)
+                    weight[~kernel_masks[layer.name].kernels.to(weight.device)] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.rows]
