@@ -318,12 +318,16 @@ class _Builder:
                             output_node=output_node.name)
 
     def output_layer(self, output_node: torch.fx.Node) -> PrunableLayer:
-        ids = self.ids[output_node.name]
-        for layer in self.layers:
-            if torch.equal(layer.out_ids, ids):
-                return layer
-        raise MdakitError(f"the logits (node {output_node.name!r}) do not come straight from one Linear or Conv2d "
-                          "layer (through pass-through ops only); such heads are not supported")
+        by_node = {layer.node: layer for layer in self.layers}
+        name = output_node.name
+        while name not in by_node:
+            edges = self.edges.get(name, [])
+            if len(edges) != 1 or edges[0].src is None or not torch.equal(
+                    edges[0].src, torch.arange(len(self.ids[name]))):
+                raise MdakitError(f"the logits (node {output_node.name!r}) do not come straight from one Linear or "
+                                  "Conv2d layer (through pass-through ops only); such heads are not supported")
+            name = edges[0].input
+        return by_node[name]
 
     def call_module(self, node: torch.fx.Node) -> None:
         name = str(node.target)

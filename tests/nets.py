@@ -1,0 +1,75 @@
+"""Small hand-built networks that exercise each channel-flow pattern (shared by the tests)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random statistics and affine parameters (some γ negative)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.randn(n, generator=g))
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+class ConcatPoolNet(nn.Module):
+    """Two branches concatenated, adaptive-pooled to 2×2, flattened into a Linear."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 5):
+        super().__init__()
+        self.a = nn.Conv2d(in_ch, 3, 3, padding=1)
+        self.b = nn.Conv2d(in_ch, 4, 1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(7 * 4, classes)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+class ResidualNet(nn.Module):
+    """Stem, an identity residual block, a projection residual block, global pool, Linear."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, 6, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(6)
+        self.c1 = nn.Conv2d(6, 5, 3, padding=1)
+        self.c2 = nn.Conv2d(5, 6, 3, padding=1)
+        self.proj = nn.Conv2d(6, 8, 1, stride=2)
+        self.c3 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(x + self.c2(torch.relu(self.c1(x))))
+        x = torch.relu(self.proj(x) + self.bn3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class DepthwiseNet(nn.Module):
+    """Pointwise, depthwise, grouped (groups=2) convolutions and a view-based flatten."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 3):
+        super().__init__()
+        self.pw = nn.Conv2d(in_ch, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.gc = nn.Conv2d(8, 4, 3, stride=2, groups=2)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.dw(self.pw(x))))
+        x = self.pool(self.gc(x))
+        return self.fc(x.view(x.size(0), -1))

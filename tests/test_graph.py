@@ -1,0 +1,119 @@
+import pytest
+import torch
+from torch import nn
+
+from mdakit.errors import MdakitError
+from mdakit.graph import trace
+from mdakit.zoo import build_model
+from nets import ConcatPoolNet, DepthwiseNet, ResidualNet
+
+
+def test_lenet_flatten_maps_features_to_channels():
+    g = trace(build_model("lenet5", (1, 28, 28), 10), (1, 28, 28))
+    conv2, fc1 = g.layer("net.features.3"), g.layer("net.classifier.1")
+    # feature f of fc1 comes from channel f // 25 of conv2 (16 × 5 × 5 flattened)
+    assert torch.equal(fc1.in_ids, conv2.out_ids.repeat_interleave(25))
+    assert g.output_layer.name == "net.classifier.5"
+    assert g.layer("net.features.0").in_ids.tolist() == g.node_ids[g.order[0]].tolist()
+
+
+def test_lenet_traces_at_another_input_shape():
+    g = trace(build_model("lenet5", (3, 32, 32), 10), (3, 32, 32))
+    assert g.layer("net.classifier.1").in_size == 16 * 6 * 6
+
+
+def test_concat_offsets_then_pool_and_flatten():
+    net = ConcatPoolNet()
+    g = trace(net, (1, 8, 8))
+    a, b, fc = g.layer("a"), g.layer("b"), g.layer("fc")
+    expected = torch.cat([a.out_ids, b.out_ids]).repeat_interleave(4)
+    assert torch.equal(fc.in_ids, expected)
+
+
+def test_residual_adds_couple_channels():
+    g = trace(ResidualNet(), (1, 8, 8))
+    stem, c2, proj, c3 = (g.layer(n) for n in ("stem", "c2", "proj", "c3"))
+    assert torch.equal(g.groups(stem.out_ids), g.groups(c2.out_ids))
+    assert torch.equal(g.groups(proj.out_ids), g.groups(c3.out_ids))
+    assert not set(g.groups(stem.out_ids).tolist()) & set(g.groups(proj.out_ids).tolist())
+    assert g.layer("c3").bn_after == "bn3" and g.layer("stem").bn_after == "bn0"
+    assert set(g.channel_modules) == {"bn0", "bn3"}
+
+
+def test_depthwise_couples_and_grouped_pins():
+    g = trace(DepthwiseNet(), (1, 8, 8))
+    pw, dw, gc = g.layer("pw"), g.layer("dw"), g.layer("gc")
+    assert torch.equal(g.groups(pw.out_ids), g.groups(dw.out_ids))
+    pinned = g.pinned_mask()
+    assert pinned[g.groups(gc.in_ids)].all() and pinned[g.groups(gc.out_ids)].all()
+
+
+def test_walk_back_follows_concat_and_flatten():
+    g = trace(ConcatPoolNet(), (1, 8, 8))
+    seen = {}
+
+    def rule(layer, needed_out):
+        seen[layer.name] = needed_out.clone()
+        if layer.name == "fc":  # need features of channel 1 (branch a) and channel 5 (branch b)
+            x = torch.zeros(layer.in_size, dtype=torch.bool)
+            x[4:8] = True
+            x[20] = True
+            return x
+        return torch.ones(layer.in_size, dtype=torch.bool)
+
+    g.walk_back(torch.tensor([True, False, False, False, False]), rule)
+    assert seen["fc"].tolist() == [True, False, False, False, False]
+    assert seen["a"].tolist() == [False, True, False]
+    assert seen["b"].tolist() == [False, False, True, False]
+
+
+class _Permute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).permute(0, 2, 3, 1).mean((1, 2)))
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.conv(x)).mean((2, 3)))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.a(x) + self.b(x)
+
+
+class _Branchy(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x
+        return -x
+
+
+@pytest.mark.parametrize("net, shape, message", [
+    (_Permute(), (1, 6, 6), "unsupported op call_method 'permute' at node 'permute'"),
+    (_Shared(), (2, 4, 4), "called more than once"),
+    (_TwoHeads(), (1, 2, 2), "do not come straight from one Linear"),
+    (_Branchy(), (1, 2, 2), "cannot trace"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.LayerNorm([2, 2, 2]), nn.Flatten(), nn.Linear(8, 2)), (1, 4, 4),
+     "unsupported module LayerNorm"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), (1, 3, 3), "does not run on inputs of shape"),
+])
+def test_unsupported_patterns_are_clear_errors(net, shape, message):
+    with pytest.raises(MdakitError, match=message):
+        trace(net, shape)
