@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from mdakit.attribution.contribution import (ContributionSettings, class_masks, contribution_sums,
-                                             relative_contributions)
+from mdakit.attribution.contribution import (ContributionSettings, class_batches, class_masks,
+                                             contribution_sums, relative_contributions)
 from mdakit.attribution.kernels import conv2d_contributions
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ImageTensorDataset
@@ -32,7 +32,7 @@ class _Ones(torch.utils.data.Dataset):
 def test_masks_match_hand_computation():
     net = _two_layer()
     graph = trace(net, (1, 1, 3))
-    sums = contribution_sums(graph, _Ones(), {0: torch.tensor([0])}, graph.layers)[0]
+    sums = contribution_sums(graph, class_batches(_Ones(), {0: torch.tensor([0])}), graph.layers)[0]
     # h1 = W1 * x, h2 = W2 * relu(W1 x) with x = 1: positive parts summed over the one sample
     assert torch.allclose(sums["1"], torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]]))
     assert torch.allclose(sums["3"], torch.tensor([[3.5, 0.2], [0.0, 2.0]]))
@@ -81,7 +81,7 @@ def test_negative_batchnorm_gamma_flips_rows():
         def __getitem__(self, i):
             return x[i], 0
 
-    sums = contribution_sums(graph, _Data(), {0: torch.arange(4)}, graph.layers)[0]
+    sums = contribution_sums(graph, class_batches(_Data(), {0: torch.arange(4)}, 3), graph.layers)[0]
     h = conv2d_contributions(x, conv)
     assert torch.allclose(sums["0"][0], h[:, 0].clamp(min=0).sum(0), atol=1e-5)
     assert torch.allclose(sums["0"][1], (-h[:, 1]).clamp(min=0).sum(0), atol=1e-5)

@@ -205,6 +205,9 @@ LayersOpt = Annotated[int | None, typer.Option("--layers", help="Attribute only 
 ClassesOpt = Annotated[str, typer.Option(help="Classes, e.g. 0-2, 0,3,5 or class names; order sets the logits.")]
 MethodOpt = Annotated[str, typer.Option(help="Attribution method.")]
 SamplesOpt = Annotated[int, typer.Option(help="Training samples per class.")]
+CalibrateOpt = Annotated[float | None, typer.Option(
+    help="Relax the thresholds until the part is within this many accuracy points of the original on "
+         "held-out training images (default: use the thresholds as given).")]
 
 
 @app.command("disassemble")
@@ -214,6 +217,7 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
                     alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
                     beta_linear: BetaLinear = 0.3, layers: LayersOpt = None,
                     kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
+                    calibrate: CalibrateOpt = None,
                     dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
                     seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                     as_json: JsonOpt = False) -> None:
@@ -223,7 +227,8 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
     dev = resolve_device(device)
     settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
-                       kernel_masks=kernel_masks, seed=seed, device=dev, data_dir=data_dir, show_progress=True)
+                       kernel_masks=kernel_masks, calibrate=calibrate, seed=seed, device=dev, data_dir=data_dir,
+                       show_progress=True)
     part.save(out, force=force)
     r = part.report
     table = Table(title=f"part of {model_path} for classes {r['classes']} ({method})")
@@ -246,7 +251,7 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
               classes: ClassesOpt, out: Annotated[Path, typer.Option(help="Output masks directory.")],
               method: MethodOpt = "contribution", samples: SamplesOpt = 50,
               alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
-              beta_linear: BetaLinear = 0.3, layers: LayersOpt = None,
+              beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, calibrate: CalibrateOpt = None,
               dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
               seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
@@ -257,7 +262,8 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
     settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     source = resolve_source(model_path, dataset, None, None, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
-    masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, dev, show_progress=True)
+    masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, dev,
+                                       calibrate=calibrate, show_progress=True)
     masks.save(out, force=force)
     summary = {str(c): {name: int(m.outputs.sum()) for name, m in layers_.items()}
                for c, layers_ in masks.per_class.items()}

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mdakit.artifacts import ModelCard, load_with_card, save
-from mdakit.attribution.contribution import ContributionSettings, contribution_masks
+from mdakit.attribution.contribution import ContributionSettings, class_sums, masks_from_sums
 from mdakit.attribution.samples import select_samples
-from mdakit.data import load_dataset, parse_classes
+from mdakit.data import labels_of, load_dataset, make_loader, parse_classes, stratified_split
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.graph import ChannelGraph, trace
@@ -30,6 +30,7 @@ from mdakit.profiling import measure
 from mdakit.surgery import KeepSets, apply_kernel_masks, keep_sets, rebuild
 
 METHODS = ("contribution",)
+CALIBRATION_FACTORS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
 
 
 @dataclass
@@ -104,15 +105,83 @@ def _accuracies(source: Source, part: nn.Module, classes: list[int], device: tor
                                                      restrict_logits=True, device=device).accuracy}
 
 
+def _holdout(source: Source, classes: list[int], chosen: dict[int, torch.Tensor], per_class: int, seed: int
+             ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Held-out images of ``classes`` (labels in class order): the model's own validation split when its
+    card records how it was carved (never trained on), else training images not selected for attribution."""
+    labels = labels_of(source.train)
+    config = source.card.training.get("config", {})
+    candidates, kind = torch.arange(len(labels)), "unselected training images"
+    if config.get("val_fraction") and config.get("train_subset") is None and len(labels) > 1:
+        _, val = stratified_split(source.train, config["val_fraction"], seed=config.get("seed", 0))
+        candidates, kind = torch.tensor(val.indices, dtype=torch.long), "the model's validation split"
+    generator = torch.Generator().manual_seed(seed + 1)
+    picked, targets = [], []
+    for i, c in enumerate(classes):
+        pool = candidates[labels[candidates] == c]
+        pool = pool[~torch.isin(pool, chosen[c])]
+        pool = pool[torch.randperm(len(pool), generator=generator)[:per_class]]
+        picked.append(pool)
+        targets.append(torch.full((len(pool),), i))
+    idx = torch.cat(picked).tolist()
+    images = torch.cat([b for b, _ in make_loader(Subset(source.train, idx), 512)]) if idx else torch.zeros(0)
+    return images, torch.cat(targets), kind
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, columns: list[int] | None,
+              device: torch.device | str) -> float:
+    model.eval().to(device)
+    logits = torch.cat([model(images[i:i + 256].to(device)).cpu() for i in range(0, len(images), 256)])
+    if columns is not None:
+        logits = logits[:, columns]
+    return float((logits.argmax(1) == targets).float().mean())
+
+
+def calibrate_thresholds(source: Source, graph: ChannelGraph, sums: dict, rows: dict[int, int], classes: list[int],
+                         chosen: dict[int, torch.Tensor], settings: ContributionSettings, tolerance: float,
+                         seed: int = 0, per_class: int = 300, device: torch.device | str = "cpu"
+                         ) -> tuple[ContributionSettings, ComponentMasks, dict[str, Any]]:
+    """Relax all thresholds together (factors 1, 0.75, 0.5, ...) until the part's accuracy on held-out
+    training images (never test images) is within ``tolerance`` points of the original's
+    restricted-logit accuracy on the same images; the first (smallest part) that does is kept. The
+    held-out images are the model's validation split where its card records it, never test images."""
+    images, targets, kind = _holdout(source, classes, chosen, per_class, seed)
+    if len(images) == 0:
+        raise MdakitError("no held-out training images are left to calibrate the thresholds on")
+    row_list = [rows[c] for c in classes]
+    reference = _accuracy(source.model, images, targets, row_list, device)
+    trials = []
+    for factor in CALIBRATION_FACTORS:
+        candidate = settings.scaled(factor)
+        masks = masks_from_sums(graph, sums, rows, candidate)
+        part = rebuild(source.model, keep_sets(graph, masks.union(classes), row_list))
+        accuracy = _accuracy(part, images, targets, None, device)
+        trials.append({"factor": factor, "holdout_accuracy": accuracy})
+        if accuracy >= reference - tolerance / 100.0:
+            break
+    info = {"tolerance_points": tolerance, "holdout_images": len(images), "holdout": kind,
+            "reference_accuracy": reference,
+            "trials": trials, "chosen_factor": trials[-1]["factor"],
+            "met": trials[-1]["holdout_accuracy"] >= reference - tolerance / 100.0}
+    return candidate, masks, info
+
+
 def compute_masks(source: Source, classes: Sequence[int], method: str = "contribution", samples: int = 50,
                   settings: ContributionSettings | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                  graph: ChannelGraph | None = None, show_progress: bool = False
+                  graph: ChannelGraph | None = None, calibrate: float | None = None, show_progress: bool = False
                   ) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
-    """Per-class masks of ``classes`` (dataset labels) and the cost of each step."""
+    """Per-class masks of ``classes`` (dataset labels) and the cost of each step.
+
+    ``calibrate`` (points of accuracy) relaxes the thresholds until the classes' part stays within
+    that tolerance of the original on held-out training images (see :func:`calibrate_thresholds`).
+    """
     if method not in METHODS:
         raise MdakitError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     settings = settings or ContributionSettings()
     settings.validate()
+    if calibrate is not None and calibrate < 0:
+        raise MdakitError(f"the calibration tolerance must be non-negative, got {calibrate}")
     class_list = parse_classes(list(classes), source.card.class_names)
     missing = [c for c in class_list if c not in source.card.logit_classes]
     if missing:
@@ -127,12 +196,17 @@ def compute_masks(source: Source, classes: Sequence[int], method: str = "contrib
                                 seed=seed, device=device)
     cost["sample_selection"] = step.to_dict()
     with measure() as step:
-        masks = contribution_masks(graph, source.train, chosen, rows, settings, device=device,
-                                   show_progress=show_progress)
+        sums = class_sums(graph, source.train, chosen, settings, device, show_progress)
+        masks = masks_from_sums(graph, sums, rows, settings)
     cost["attribution"] = step.to_dict()
+    calibration = None
+    if calibrate is not None:
+        with measure() as step:
+            settings, masks, calibration = calibrate_thresholds(source, graph, sums, rows, class_list, chosen,
+                                                                settings, calibrate, seed, device=device)
+        cost["calibration"] = step.to_dict()
     masks.class_names = {c: source.card.class_names[c] for c in class_list if c < len(source.card.class_names)}
-    masks.settings["samples"] = samples
-    masks.settings["seed"] = seed
+    masks.settings.update(samples=samples, seed=seed, calibration=calibration)
     masks.info = {"source": source.label, "rows": rows, "input_shape": list(source.card.input_shape),
                   "samples_used": {c: len(v) for c, v in chosen.items()}}
     return masks, graph, cost
@@ -152,13 +226,16 @@ def extract(source: Source, graph: ChannelGraph, masks: ComponentMasks, classes:
 
 def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str | None, classes: Sequence[int] | str,
                 method: str = "contribution", *, samples: int = 50, settings: ContributionSettings | None = None,
-                kernel_masks: bool = False, test_data: Dataset | DataLoader | str | None = None,
+                kernel_masks: bool = False, calibrate: float | None = None,
+                test_data: Dataset | DataLoader | str | None = None,
                 input_shape: Sequence[int] | None = None, seed: int = 0, device: torch.device | str = "cpu",
                 data_dir: str | Path | None = None, show_progress: bool = False) -> Part:
     """Cut the part of ``model`` that ``classes`` rely on into a smaller classifier for them.
 
     ``model``: an ``nn.Module`` or a model directory; ``data``: a map-style dataset or DataLoader of
     ``(image, label)`` training pairs, or a dataset name (then its test split is used for the report).
+    ``calibrate``: accuracy tolerance in points for :func:`calibrate_thresholds` (default: the
+    thresholds in ``settings`` are used as they are).
 
     >>> part = disassemble("runs/zoo/lenet5-mnist", "mnist", "0-2")  # doctest: +SKIP
     >>> part.report["part_accuracy"], part.report["part_size"]["params"]  # doctest: +SKIP
@@ -166,7 +243,7 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     source = resolve_source(model, data, test_data, input_shape, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
     masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, device,
-                                       show_progress=show_progress)
+                                       calibrate=calibrate, show_progress=show_progress)
     with measure() as step:
         part, keep, zeroed = extract(source, graph, masks, class_list, kernel_masks)
     cost["extraction"] = step.to_dict()

@@ -10,7 +10,7 @@ real graph (:meth:`mdakit.graph.ChannelGraph.walk_back`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,6 +35,12 @@ class ContributionSettings:
     beta_linear: float = 0.3
     layers: int | None = None
     batch_size: int = 64
+
+    def scaled(self, factor: float) -> ContributionSettings:
+        """The same settings with all four thresholds multiplied by ``factor`` (kept in (0, 1])."""
+        clip = lambda v: min(1.0, max(1e-6, v * factor))  # noqa: E731
+        return ContributionSettings(clip(self.alpha_conv), clip(self.beta_conv), clip(self.alpha_linear),
+                                    clip(self.beta_linear), self.layers, self.batch_size)
 
     def validate(self) -> None:
         for name in ("alpha_conv", "beta_conv", "alpha_linear", "beta_linear"):
@@ -64,14 +70,24 @@ def _row_sign(graph: ChannelGraph, layer: PrunableLayer) -> torch.Tensor | None:
     return torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(bn.weight.device)
 
 
+def class_batches(dataset: Dataset, samples: Mapping[int, torch.Tensor], batch_size: int = 64
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(class, images)`` batches of each class's selected samples, one class per batch."""
+    for cls, idx in samples.items():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size].tolist()
+            images, _ = next(iter(make_loader(Subset(dataset, chunk), len(chunk))))
+            yield cls, images
+
+
 @torch.no_grad()
-def contribution_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
-                      layers: Sequence[PrunableLayer], device: torch.device | str = "cpu", batch_size: int = 64,
-                      show_progress: bool = False) -> dict[int, dict[str, torch.Tensor]]:
+def contribution_sums(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tensor]],
+                      layers: Sequence[PrunableLayer], device: torch.device | str = "cpu",
+                      show_progress: bool = False, total: int | None = None) -> dict[int, dict[str, torch.Tensor]]:
     """Per class and layer, ``Σ_samples max(h[b, k, n], 0)`` (K × N), from one forward pass.
 
-    Each batch holds images of one class; hooks on the layers add the batch's positive contributions
-    to running sums, so memory does not grow with the number of samples.
+    ``batches`` yields ``(class, images)``; hooks on the layers add each batch's positive
+    contributions to running sums, so memory does not grow with the number of samples.
     """
     model = graph.model.eval().to(device)
     sums: dict[int, dict[str, torch.Tensor]] = {}
@@ -80,8 +96,7 @@ def contribution_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[in
 
     def hook(name: str):
         def fn(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            part = positive_contribution_sum(x, module, signs[name])
+            part = positive_contribution_sum(args[0], module, signs[name])
             if name in current:
                 current[name] += part
             else:
@@ -90,11 +105,9 @@ def contribution_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[in
 
     handles = [graph.model.get_submodule(layer.name).register_forward_pre_hook(hook(layer.name)) for layer in layers]
     try:
-        batches = [(c, idx[i:i + batch_size]) for c, idx in samples.items() for i in range(0, len(idx), batch_size)]
-        for cls, idx in progress_bar(batches, "attribution", enabled=show_progress):
+        for cls, images in progress_bar(batches, "attribution", enabled=show_progress, total=total):
             current = sums.setdefault(cls, {})
-            for images, _ in make_loader(Subset(dataset, idx.tolist()), len(idx)):
-                model(images.to(device))
+            model(images.to(device))
     finally:
         for h in handles:
             h.remove()
@@ -156,6 +169,25 @@ def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
     return {layer.name: record[layer.name] for layer in graph.layers}
 
 
+def class_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+               settings: ContributionSettings = ContributionSettings(), device: torch.device | str = "cpu",
+               show_progress: bool = False) -> dict[int, dict[str, torch.Tensor]]:
+    """Per-class positive-contribution sums of the attributed layers over the selected samples."""
+    settings.validate()
+    layers = attributed_layers(graph, settings.layers)
+    total = sum((len(v) + settings.batch_size - 1) // settings.batch_size for v in samples.values())
+    return contribution_sums(graph, class_batches(dataset, samples, settings.batch_size), layers, device,
+                             show_progress, total)
+
+
+def masks_from_sums(graph: ChannelGraph, sums: Mapping[int, Mapping[str, torch.Tensor]], rows: Mapping[int, int],
+                    settings: ContributionSettings) -> ComponentMasks:
+    """Threshold per-class sums into component masks (cheap: rerun it to try other thresholds)."""
+    settings.validate()
+    per_class = {c: class_masks(graph, sums[c], rows[c], settings) for c in sums}
+    return ComponentMasks(per_class, method="contribution", settings=settings.to_dict())
+
+
 def contribution_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
                        rows: Mapping[int, int], settings: ContributionSettings = ContributionSettings(),
                        device: torch.device | str = "cpu", show_progress: bool = False) -> ComponentMasks:
@@ -164,8 +196,5 @@ def contribution_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[i
     ``samples[c]`` are indices into ``dataset`` of class ``c``'s selected images; ``rows[c]`` is
     the logit of class ``c``.
     """
-    settings.validate()
-    layers = attributed_layers(graph, settings.layers)
-    sums = contribution_sums(graph, dataset, samples, layers, device, settings.batch_size, show_progress)
-    per_class = {c: class_masks(graph, sums[c], rows[c], settings) for c in samples}
-    return ComponentMasks(per_class, method="contribution", settings=settings.to_dict())
+    sums = class_sums(graph, dataset, samples, settings, device, show_progress)
+    return masks_from_sums(graph, sums, rows, settings)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-_CHUNK_BYTES = 64 * 2**20
+_CHUNK_BYTES = 16 * 2**20
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def positive_contribution_sum(
 
     ``row_sign`` (length K, entries +-1) flips whole rows before the positive part is taken, e.g.
     for a following BatchNorm with negative gamma. Convolutions are processed ``chunk_size``
-    samples at a time (by default as many as keep one chunk's contributions under 64 MiB); linear
+    samples at a time (by default as many as keep one chunk's contributions under 16 MiB); linear
     layers need no chunking, as ``max(w * x, 0) = relu(w) * relu(x) + relu(-w) * relu(-x)``.
 
     >>> linear = nn.Linear(1, 2, bias=False)

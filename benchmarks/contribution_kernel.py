@@ -4,7 +4,7 @@ Prints one JSON object. Peak memory is the high-water mark of CPU tensor bytes a
 one call, from the allocation/free events that ``torch.profiler`` records with
 ``profile_memory=True`` (inputs and weights allocated beforehand are not counted).
 
-    PYTHONPATH=src python benchmarks/bench_kernels.py --batch 64 --channels 64 --size 32
+    .venv/bin/python benchmarks/contribution_kernel.py --batch 64 --channels 64 --size 32
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.profiler import ProfilerActivity, profile
 
+from common import peak_tensor_bytes
 from mdakit.attribution.kernels import conv2d_contributions
 
 
@@ -39,20 +39,6 @@ def median_seconds(fn: Callable[[], Tensor], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def peak_tensor_bytes(fn: Callable[[], Tensor]) -> int:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-        key=lambda e: e.start_ns(),
-    )
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def main() -> None:
