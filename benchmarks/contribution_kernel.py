@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import peak_tensor_bytes
+from common import median_seconds, peak_tensor_bytes
 from mdakit.attribution.kernels import conv2d_contributions
 
 
@@ -29,16 +26,6 @@ def naive_contributions(x: Tensor, conv: nn.Conv2d) -> Tensor:
     weight = conv.weight.transpose(0, 1).reshape(n * k, 1, *conv.kernel_size)
     partial = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, groups=n)
     return partial.reshape(x.shape[0], n, k, -1).sum(3).transpose(1, 2)
-
-
-def median_seconds(fn: Callable[[], Tensor], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

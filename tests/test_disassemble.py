@@ -95,6 +95,7 @@ def test_disassemble_command(tiny_lenet_dir, tmp_path, capsys, data_dir):
     (["--classes", "1", "--alpha-conv", "0"], "alpha-conv must be in (0, 1]"),
     (["--classes", "1", "--beta-linear", "1.5"], "beta-linear must be in (0, 1]"),
     (["--classes", "1", "--method", "magic"], "unknown method"),
+    (["--classes", "1", "--method", "gradient", "--calibrate", "0.5"], "only available for contribution"),
     (["--classes", "1", "--dataset", "cifar10"], "cifar10"),
     (["--classes", "1", "--samples", "0"], "must be positive"),
 ])

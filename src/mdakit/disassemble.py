@@ -19,17 +19,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mdakit.artifacts import ModelCard, load_with_card, save
 from mdakit.attribution.contribution import ContributionSettings, class_sums, masks_from_sums
+from mdakit.attribution.gradient import GradientSettings, gradient_masks
 from mdakit.attribution.samples import select_samples
-from mdakit.data import labels_of, load_dataset, make_loader, parse_classes, stratified_split
+from mdakit.data import ClassSubset, labels_of, load_dataset, make_loader, parse_classes, stratified_split
 from mdakit.errors import MdakitError
-from mdakit.evaluate import evaluate
+from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.graph import ChannelGraph, trace
 from mdakit.masks import ComponentMasks
 from mdakit.metrics import model_size
 from mdakit.profiling import measure
 from mdakit.surgery import KeepSets, apply_kernel_masks, keep_sets, rebuild
 
-METHODS = ("contribution",)
+METHODS = ("contribution", "gradient")
 CALIBRATION_FACTORS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
 
 
@@ -98,11 +99,14 @@ def resolve_source(model: nn.Module | str | Path, data: Dataset | DataLoader | s
 def _accuracies(source: Source, part: nn.Module, classes: list[int], device: torch.device | str) -> dict[str, Any]:
     if source.test is None:
         return {}
-    logits = source.card.logit_classes
-    return {"part_accuracy": evaluate(part, source.test, classes, device=device).accuracy,
-            "original_accuracy": evaluate(source.model, source.test, logits, classes, device=device).accuracy,
-            "original_restricted_accuracy": evaluate(source.model, source.test, logits, classes,
-                                                     restrict_logits=True, device=device).accuracy}
+    subset = ClassSubset(source.test, classes, remap=False)
+    logits, labels = predict_logits(source.model, subset, device=device)
+    part_logits, _ = predict_logits(part, subset, device=device)
+    logit_classes = source.card.logit_classes
+    return {"part_accuracy": evaluate_logits(part_logits, labels, classes, classes).accuracy,
+            "original_accuracy": evaluate_logits(logits, labels, logit_classes, classes).accuracy,
+            "original_restricted_accuracy": evaluate_logits(logits, labels, logit_classes, classes, True).accuracy,
+            "test_images": len(labels)}
 
 
 def _holdout(source: Source, classes: list[int], chosen: dict[int, torch.Tensor], per_class: int, seed: int
@@ -182,6 +186,8 @@ def compute_masks(source: Source, classes: Sequence[int], method: str = "contrib
     settings.validate()
     if calibrate is not None and calibrate < 0:
         raise MdakitError(f"the calibration tolerance must be non-negative, got {calibrate}")
+    if calibrate is not None and method != "contribution":
+        raise MdakitError("threshold calibration is only available for contribution attribution")
     class_list = parse_classes(list(classes), source.card.class_names)
     missing = [c for c in class_list if c not in source.card.logit_classes]
     if missing:
@@ -196,8 +202,12 @@ def compute_masks(source: Source, classes: Sequence[int], method: str = "contrib
                                 seed=seed, device=device)
     cost["sample_selection"] = step.to_dict()
     with measure() as step:
-        sums = class_sums(graph, source.train, chosen, settings, device, show_progress)
-        masks = masks_from_sums(graph, sums, rows, settings)
+        if method == "gradient":
+            masks = gradient_masks(graph, source.train, chosen, rows, GradientSettings(batch_size=settings.batch_size),
+                                   device, show_progress)
+        else:
+            sums = class_sums(graph, source.train, chosen, settings, device, show_progress)
+            masks = masks_from_sums(graph, sums, rows, settings)
     cost["attribution"] = step.to_dict()
     calibration = None
     if calibrate is not None:

@@ -71,13 +71,29 @@ def evaluate(model: nn.Module, data: Dataset, logit_classes: Sequence[int], clas
     """
     logit_classes = [int(c) for c in logit_classes]
     classes = list(logit_classes) if classes is None else [int(c) for c in classes]
-    missing = [c for c in classes if c not in logit_classes]
-    if missing:
-        raise MdakitError(f"the model has no logit for class {missing[0]} (its classes: {logit_classes})")
+    _check_classes(logit_classes, classes)
     subset = ClassSubset(data, classes, remap=False)
     if len(subset) == 0:
         raise MdakitError(f"the dataset has no images of classes {classes}")
     logits, labels = predict_logits(model, subset, device=device, show_progress=show_progress)
+    return evaluate_logits(logits, labels, logit_classes, classes, restrict_logits)
+
+
+def _check_classes(logit_classes: list[int], classes: list[int]) -> None:
+    missing = [c for c in classes if c not in logit_classes]
+    if missing:
+        raise MdakitError(f"the model has no logit for class {missing[0]} (its classes: {logit_classes})")
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, logit_classes: Sequence[int],
+                    classes: Sequence[int], restrict_logits: bool = False) -> Evaluation:
+    """:func:`evaluate` on logits already computed for the images of ``classes``.
+
+    >>> evaluate_logits(torch.tensor([[0.0, 2.0], [3.0, 1.0]]), torch.tensor([1, 1]), [0, 1], [1]).accuracy
+    0.5
+    """
+    logit_classes, classes = [int(c) for c in logit_classes], [int(c) for c in classes]
+    _check_classes(logit_classes, classes)
     if logits.shape[1] != len(logit_classes):
         raise MdakitError(f"the model returns {logits.shape[1]} logits but {len(logit_classes)} classes were named")
     columns = [logit_classes.index(c) for c in classes] if restrict_logits else list(range(len(logit_classes)))
