@@ -155,21 +155,21 @@ def test_positive_contribution_sum_matches_reference(layer, with_sign):
         torch.testing.assert_close(result, expected)
 
 
-def test_default_chunking_splits_large_batches(monkeypatch):
-    conv = nn.Conv2d(3, 5, 3).double()
-    x = torch.randn(9, 3, 6, 6, dtype=torch.float64)
-    expected = positive_contribution_sum(x, conv, chunk_size=9)
-    monkeypatch.setattr(kernels, "_CHUNK_BYTES", 2 * 5 * 3 * 8)  # two samples per chunk
+def test_default_chunking_splits_input_channels(monkeypatch):
+    conv = nn.Conv2d(5, 4, 3).double()
+    x = torch.randn(3, 5, 6, 6, dtype=torch.float64)
+    expected = positive_contribution_sum(x, conv, chunk_size=5)
+    monkeypatch.setattr(kernels, "_CHUNK_BYTES", 2 * 3 * 4 * 8)  # two input channels (3 samples × 4 filters) a chunk
     calls = []
-    original = kernels._grouped_contributions
+    original = torch.bmm
 
-    def counting(chunk, layer):
-        calls.append(len(chunk))
-        return original(chunk, layer)
+    def counting(a, b):
+        calls.append(len(a))
+        return original(a, b)
 
-    monkeypatch.setattr(kernels, "_grouped_contributions", counting)
+    monkeypatch.setattr(torch, "bmm", counting)
     torch.testing.assert_close(positive_contribution_sum(x, conv), expected)
-    assert calls == [2, 2, 2, 2, 1]
+    assert calls == [2, 2, 1]
 
 
 def test_unsupported_padding_mode():

@@ -23,6 +23,7 @@ from mdakit import __version__
 from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.data import dataset_info, fetch, load_dataset, parse_classes
+from mdakit.assemble import assemble, evaluate_assembled, save_assembled
 from mdakit.disassemble import compute_masks, disassemble, resolve_source
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
@@ -274,6 +275,43 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
     for layer in graph.layers:
         table.add_row(layer.name, *(f"{summary[str(c)][layer.name]}/{layer.out_size}" for c in masks.classes))
     _emit(as_json, {"out": str(out), "classes": masks.classes, "kept_filters": summary, "steps": cost}, table)
+
+
+@app.command("assemble")
+def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
+                                                             help="Part (or model) directories, in logit order.")],
+                 out: Annotated[Path, typer.Option(help="Output directory of the assembled model.")],
+                 layout: Annotated[str, typer.Option(help="parallel (padded: not implemented yet).")] = "parallel",
+                 rescale: Annotated[str, typer.Option(help="none, paper (Eq. 11) or calibrated; fitted on "
+                                                           "training images only.")] = "none",
+                 samples: SamplesOpt = 50, seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
+                 force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Join parts of models (same architecture and input shape) into one classifier over all their classes."""
+    if Path(out).exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    dev = resolve_device(device)
+    model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev)
+    report = evaluate_assembled(model, card, data_dir=data_dir, device=dev)
+    card.metrics = report
+    save_assembled(model, out, card, force=force)
+    table = Table(title=f"{len(parts)} parts assembled ({layout} layout, rescale {rescale})")
+    for col in ("part", "dataset", "classes", "accuracy", "orig.", *(f"-> {j}" for j in range(len(parts))), "MACs"):
+        table.add_column(col)
+    for entry in report["parts"]:
+        orig, path = entry["original_accuracy"], parts[entry["part"]]
+        table.add_row(path.name or str(path), str(entry["dataset"]), ",".join(map(str, entry["classes"])),
+                      _pct(entry["accuracy"]), "n/a" if orig is None else _pct(orig),
+                      *(_pct(share) for share in entry["into_parts"]), f"{entry['size']['macs']:,}")
+    orig = report["original_accuracy"]
+    table.add_row("assembled", "", f"{len(card.logits)} logits", _pct(report["accuracy"]),
+                  "n/a" if orig is None else _pct(orig), *("" for _ in parts), f"{report['size']['macs']:,}")
+    table.caption = (f"saved to {out}; {report['num_images']} test images, argmax over all logits; orig. = the "
+                     f"original models on the parts' classes; -> j = share of images classified into part j")
+    for p in report["originals_missing"]:
+        table.caption += f"; part {p}: {report['parts'][p]['original']}"
+    fit = {k: v for k, v in card.fit.items() if k != "samples"}
+    _emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "logits": card.logits, "fit": fit,
+                    **report}, table)
 
 
 def run(argv: list[str]) -> int:

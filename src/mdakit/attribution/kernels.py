@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-_CHUNK_BYTES = 16 * 2**20
+_CHUNK_BYTES = 2 * 2**20
 
 
 @torch.no_grad()
@@ -85,9 +85,10 @@ def positive_contribution_sum(
     """``sum_b max(row_sign[k] * h[b, k, n], 0)`` for a ``Conv2d`` or ``Linear`` layer: K x N.
 
     ``row_sign`` (length K, entries +-1) flips whole rows before the positive part is taken, e.g.
-    for a following BatchNorm with negative gamma. Convolutions are processed ``chunk_size``
-    samples at a time (by default as many as keep one chunk's contributions under 16 MiB); linear
-    layers need no chunking, as ``max(w * x, 0) = relu(w) * relu(x) + relu(-w) * relu(-x)``.
+    for a following BatchNorm with negative gamma. Convolutions are computed as one batched matrix
+    product per input channel (its tap sums against its group's kernels), ``chunk_size`` input
+    channels at a time (by default as many as keep one chunk's contributions under 2 MiB, so they
+    stay in cache); linear layers need no chunking, as ``max(w * x, 0) = relu(w) * relu(x) + relu(-w) * relu(-x)``.
 
     >>> linear = nn.Linear(1, 2, bias=False)
     >>> with torch.no_grad():
@@ -110,15 +111,20 @@ def positive_contribution_sum(
         raise TypeError(f"expected nn.Conv2d or nn.Linear, got {type(layer).__name__}")
 
     _check_conv_input(x, layer)
-    g, out_channels = layer.groups, layer.out_channels
-    block_sign = _row_sign(row_sign, out_channels, x).reshape(g, out_channels // g, 1)
+    g, k, n = layer.groups, layer.out_channels, layer.in_channels
+    kg, ng = k // g, n // g
+    taps = layer.kernel_size[0] * layer.kernel_size[1]
+    # per input channel c (of group c // ng): its tap sums (B × taps) against its group's kernels (taps × kg)
+    s = tap_sums(x, layer).reshape(x.shape[0], n, taps).permute(1, 0, 2).contiguous()
+    signed = layer.weight.to(x.dtype) * _row_sign(row_sign, k, x).view(k, 1, 1, 1)  # flip rows before max(., 0)
+    weight = signed.reshape(g, kg, ng, taps).permute(0, 2, 3, 1).reshape(n, taps, kg).contiguous()
     if chunk_size is None:
-        block_floats = out_channels * layer.in_channels // g
-        chunk_size = max(1, _CHUNK_BYTES // (block_floats * x.element_size()))
-    total = x.new_zeros(g, out_channels // g, layer.in_channels // g)
-    for chunk in x.split(chunk_size):
-        total += (block_sign * _grouped_contributions(chunk, layer)).clamp(min=0).sum(0)
-    return _block_diagonal(total)
+        chunk_size = max(1, _CHUNK_BYTES // (x.shape[0] * kg * x.element_size()))
+    total = x.new_empty(n, kg)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        total[start:stop] = torch.bmm(s[start:stop], weight[start:stop]).clamp_(min=0).sum(1)
+    return _block_diagonal(total.reshape(g, ng, kg).transpose(1, 2))
 
 
 def _grouped_contributions(x: Tensor, conv: nn.Conv2d) -> Tensor:
