@@ -23,7 +23,8 @@ import torch
 from common import ROOT, environment, median_seconds, peak_tensor_bytes, update_report, write_json
 from contribution_kernel import naive_contributions
 from mdakit.artifacts import load_with_card
-from mdakit.attribution.contribution import _row_sign, class_batches, contribution_sums
+from mdakit.attribution.contribution import (ContributionSettings, _row_sign, class_batches, iter_class_sums,
+                                             masks_from_sums)
 from mdakit.attribution.kernels import positive_contribution_sum
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, load_dataset, parse_classes
@@ -55,8 +56,10 @@ def speed(model_dir: Path) -> dict:
             for _, images in batches:
                 model(images)
 
-    def attribution():
-        contribution_sums(graph, batches, graph.layers)
+    rows = {c: c for c in classes}
+
+    def attribution():  # contributions, streamed per class into bit-packed masks (the default path)
+        masks_from_sums(graph, iter_class_sums(graph, batches, graph.layers), rows, ContributionSettings())
 
     t_fwd, t_att = median_seconds(forward), median_seconds(attribution)
     m_fwd, m_att = peak_tensor_bytes(forward), peak_tensor_bytes(attribution)

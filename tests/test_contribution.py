@@ -113,3 +113,22 @@ def test_select_samples_prefers_confident_correct_images():
 def test_settings_are_validated(field, value):
     with pytest.raises(MdakitError):
         ContributionSettings(**{field: value}).validate()
+
+
+def test_streamed_masks_equal_masks_from_kept_sums(mnist_train):
+    from mdakit.attribution.contribution import contribution_masks, iter_class_sums, masks_from_sums
+    from mdakit.zoo import build_model
+
+    train, info = mnist_train
+    torch.manual_seed(0)
+    model = build_model("lenet5", info.input_shape, 10, info.mean, info.std).eval()
+    graph = trace(model, info.input_shape)
+    samples = {3: torch.arange(0, 40, 3), 1: torch.arange(1, 40, 3)}
+    rows = {3: 3, 1: 1}
+    kept = contribution_sums(graph, class_batches(train, samples, 5), graph.layers)
+    streamed = contribution_masks(graph, train, samples, rows, ContributionSettings(batch_size=5))
+    assert streamed.per_class == masks_from_sums(graph, kept, rows, ContributionSettings()).per_class
+    assert [c for c, _ in iter_class_sums(graph, class_batches(train, samples, 5), graph.layers)] == [3, 1]
+    shuffled = [(3, train[0][0][None]), (1, train[1][0][None]), (3, train[2][0][None])]
+    with pytest.raises(ValueError, match="not consecutive"):
+        list(iter_class_sums(graph, shuffled, graph.layers))

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mdakit.artifacts import ModelCard, load_with_card, save
-from mdakit.attribution.contribution import ContributionSettings, class_sums, masks_from_sums
+from mdakit.attribution.contribution import ContributionSettings, class_sums, contribution_masks, masks_from_sums
 from mdakit.attribution.gradient import GradientSettings, gradient_masks
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, labels_of, load_dataset, make_loader, parse_classes, stratified_split
@@ -205,9 +205,11 @@ def compute_masks(source: Source, classes: Sequence[int], method: str = "contrib
         if method == "gradient":
             masks = gradient_masks(graph, source.train, chosen, rows, GradientSettings(batch_size=settings.batch_size),
                                    device, show_progress)
-        else:
+        elif calibrate is not None:  # keep the sums to try several thresholds
             sums = class_sums(graph, source.train, chosen, settings, device, show_progress)
             masks = masks_from_sums(graph, sums, rows, settings)
+        else:
+            masks = contribution_masks(graph, source.train, chosen, rows, settings, device, show_progress)
     cost["attribution"] = step.to_dict()
     calibration = None
     if calibrate is not None:

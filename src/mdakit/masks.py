@@ -33,19 +33,75 @@ MASKS_JSON = "masks.json"
 MASKS_FORMAT = "mdakit-masks"
 
 
-@dataclass
-class LayerMask:
-    """Masks of one layer for one class (or a union / intersection of classes)."""
+_BITS = 2 ** torch.arange(8, dtype=torch.uint8)
 
-    kernels: torch.Tensor
-    inputs: torch.Tensor
-    outputs: torch.Tensor
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as uint8 bytes, eight entries a byte (little-endian bit order).
+
+    >>> pack_bits(torch.tensor([True, False, True] + [False] * 6)).tolist()
+    [5, 0]
+    """
+    flat = mask.detach().flatten().bool().cpu()
+    flat = torch.cat([flat, flat.new_zeros((-len(flat)) % 8)])
+    return (flat.view(-1, 8).to(torch.uint8) * _BITS).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`.
+
+    >>> unpack_bits(torch.tensor([5], dtype=torch.uint8), (3,)).tolist()
+    [True, False, True]
+    """
+    n = 1
+    for d in shape:
+        n *= d
+    bits = (packed[:, None] & _BITS).ne(0).flatten()[:n]
+    return bits.view(shape)
+
+
+class LayerMask:
+    """Masks of one layer for one class (or a union / intersection of classes).
+
+    Kernel indicators are stored bit-packed (one bit per kernel); ``kernels`` unpacks them.
+
+    >>> m = LayerMask(torch.tensor([[True, False]]), torch.tensor([True, False]), torch.tensor([True]))
+    >>> (m | LayerMask(torch.tensor([[False, True]]), torch.tensor([False, True]), torch.tensor([False]))).kernels
+    tensor([[True, True]])
+    """
+
+    def __init__(self, kernels: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor):
+        self.kernel_shape = tuple(kernels.shape)
+        self.packed = pack_bits(kernels)
+        self.inputs = inputs.bool()
+        self.outputs = outputs.bool()
+
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor, shape: tuple[int, ...], inputs: torch.Tensor,
+                    outputs: torch.Tensor) -> LayerMask:
+        """A mask from already packed kernel bits (see :func:`pack_bits`)."""
+        mask = cls.__new__(cls)
+        mask.kernel_shape, mask.packed = tuple(shape), packed
+        mask.inputs, mask.outputs = inputs.bool(), outputs.bool()
+        return mask
+
+    @property
+    def kernels(self) -> torch.Tensor:
+        """The kernel indicators ``q`` (filters × inputs) as a boolean tensor."""
+        return unpack_bits(self.packed, self.kernel_shape)
 
     def __or__(self, other: LayerMask) -> LayerMask:
-        return LayerMask(self.kernels | other.kernels, self.inputs | other.inputs, self.outputs | other.outputs)
+        return LayerMask.from_packed(self.packed | other.packed, self.kernel_shape, self.inputs | other.inputs,
+                                     self.outputs | other.outputs)
 
     def __and__(self, other: LayerMask) -> LayerMask:
-        return LayerMask(self.kernels & other.kernels, self.inputs & other.inputs, self.outputs & other.outputs)
+        return LayerMask.from_packed(self.packed & other.packed, self.kernel_shape, self.inputs & other.inputs,
+                                     self.outputs & other.outputs)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, LayerMask) and self.kernel_shape == other.kernel_shape
+                and torch.equal(self.packed, other.packed) and torch.equal(self.inputs, other.inputs)
+                and torch.equal(self.outputs, other.outputs))
 
 
 @dataclass
@@ -124,10 +180,11 @@ class ComponentMasks:
             raise MdakitError(f"{path} already exists; choose another --out or pass --force")
         tensors = {f"{c}/{name}/{part}": getattr(mask, part).contiguous()
                    for c, layers in self.per_class.items() for name, mask in layers.items()
-                   for part in ("kernels", "inputs", "outputs")}
+                   for part in ("packed", "inputs", "outputs")}
+        shapes = {name: list(mask.kernel_shape) for name, mask in next(iter(self.per_class.values()), {}).items()}
         meta = {"format": MASKS_FORMAT, "method": self.method, "settings": self.settings,
                 "classes": self.classes, "class_names": {str(c): n for c, n in self.class_names.items()},
-                "layers": self.layer_names, "info": self.info}
+                "layers": self.layer_names, "kernel_shapes": shapes, "info": self.info}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
@@ -160,8 +217,10 @@ class ComponentMasks:
         per_class: dict[int, dict[str, LayerMask]] = {}
         try:
             for c in meta["classes"]:
-                per_class[int(c)] = {name: LayerMask(*(tensors[f"{c}/{name}/{part}"]
-                                                       for part in ("kernels", "inputs", "outputs")))
+                per_class[int(c)] = {name: LayerMask.from_packed(tensors[f"{c}/{name}/packed"],
+                                                                 tuple(meta["kernel_shapes"][name]),
+                                                                 tensors[f"{c}/{name}/inputs"],
+                                                                 tensors[f"{c}/{name}/outputs"])
                                      for name in meta["layers"]}
         except KeyError as exc:
             raise MdakitError(f"{path / MASKS_FILE} lacks tensor {exc}; the masks are incomplete") from exc

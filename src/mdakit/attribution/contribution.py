@@ -81,16 +81,16 @@ def class_batches(dataset: Dataset, samples: Mapping[int, torch.Tensor], batch_s
 
 
 @torch.no_grad()
-def contribution_sums(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tensor]],
-                      layers: Sequence[PrunableLayer], device: torch.device | str = "cpu",
-                      show_progress: bool = False, total: int | None = None) -> dict[int, dict[str, torch.Tensor]]:
-    """Per class and layer, ``Σ_samples max(h[b, k, n], 0)`` (K × N), from one forward pass.
+def iter_class_sums(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tensor]],
+                    layers: Sequence[PrunableLayer], device: torch.device | str = "cpu",
+                    show_progress: bool = False, total: int | None = None
+                    ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(class, {layer: Σ_samples max(h[b, k, n], 0)})`` as soon as each class's batches are done.
 
-    ``batches`` yields ``(class, images)``; hooks on the layers add each batch's positive
-    contributions to running sums, so memory does not grow with the number of samples.
+    ``batches`` yields ``(class, images)`` grouped by class; hooks on the layers add each batch's
+    positive contributions to running sums, so memory holds one class's sums at a time.
     """
     model = graph.model.eval().to(device)
-    sums: dict[int, dict[str, torch.Tensor]] = {}
     current: dict[str, torch.Tensor] = {}
     signs = {layer.name: _row_sign(graph, layer) for layer in layers}
 
@@ -105,13 +105,29 @@ def contribution_sums(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Te
 
     handles = [graph.model.get_submodule(layer.name).register_forward_pre_hook(hook(layer.name)) for layer in layers]
     try:
+        done: set[int] = set()
+        active = None
         for cls, images in progress_bar(batches, "attribution", enabled=show_progress, total=total):
-            current = sums.setdefault(cls, {})
+            if cls != active:
+                if active is not None:
+                    yield active, current
+                    done.add(active)
+                if cls in done:
+                    raise ValueError(f"batches of class {cls} are not consecutive")
+                active, current = cls, {}
             model(images.to(device))
+        if active is not None:
+            yield active, current
     finally:
         for h in handles:
             h.remove()
-    return sums
+
+
+def contribution_sums(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tensor]],
+                      layers: Sequence[PrunableLayer], device: torch.device | str = "cpu",
+                      show_progress: bool = False, total: int | None = None) -> dict[int, dict[str, torch.Tensor]]:
+    """All classes' sums of :func:`iter_class_sums` in one dict (kept, e.g. to try several thresholds)."""
+    return dict(iter_class_sums(graph, batches, layers, device, show_progress, total))
 
 
 def relative_contributions(total: torch.Tensor, groups: int = 1) -> torch.Tensor:
@@ -169,32 +185,44 @@ def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
     return {layer.name: record[layer.name] for layer in graph.layers}
 
 
+def _batches(dataset: Dataset, samples: Mapping[int, torch.Tensor], settings: ContributionSettings
+             ) -> tuple[Iterator[tuple[int, torch.Tensor]], int]:
+    total = sum((len(v) + settings.batch_size - 1) // settings.batch_size for v in samples.values())
+    return class_batches(dataset, samples, settings.batch_size), total
+
+
 def class_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
                settings: ContributionSettings = ContributionSettings(), device: torch.device | str = "cpu",
                show_progress: bool = False) -> dict[int, dict[str, torch.Tensor]]:
     """Per-class positive-contribution sums of the attributed layers over the selected samples."""
     settings.validate()
-    layers = attributed_layers(graph, settings.layers)
-    total = sum((len(v) + settings.batch_size - 1) // settings.batch_size for v in samples.values())
-    return contribution_sums(graph, class_batches(dataset, samples, settings.batch_size), layers, device,
-                             show_progress, total)
+    batches, total = _batches(dataset, samples, settings)
+    return contribution_sums(graph, batches, attributed_layers(graph, settings.layers), device, show_progress, total)
 
 
-def masks_from_sums(graph: ChannelGraph, sums: Mapping[int, Mapping[str, torch.Tensor]], rows: Mapping[int, int],
+def masks_from_sums(graph: ChannelGraph, sums: Mapping[int, Mapping[str, torch.Tensor]]
+                    | Iterable[tuple[int, Mapping[str, torch.Tensor]]], rows: Mapping[int, int],
                     settings: ContributionSettings) -> ComponentMasks:
-    """Threshold per-class sums into component masks (cheap: rerun it to try other thresholds)."""
+    """Threshold per-class sums (a dict, or ``(class, sums)`` pairs as they stream in) into masks.
+
+    Cheap: rerun it on kept sums to try other thresholds.
+    """
     settings.validate()
-    per_class = {c: class_masks(graph, sums[c], rows[c], settings) for c in sums}
+    items = sums.items() if isinstance(sums, Mapping) else sums
+    per_class = {c: class_masks(graph, class_sum, rows[c], settings) for c, class_sum in items}
     return ComponentMasks(per_class, method="contribution", settings=settings.to_dict())
 
 
 def contribution_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
                        rows: Mapping[int, int], settings: ContributionSettings = ContributionSettings(),
                        device: torch.device | str = "cpu", show_progress: bool = False) -> ComponentMasks:
-    """Per-class component masks by relative contribution attribution.
+    """Per-class component masks by relative contribution attribution, streamed class by class: each
+    class's sums are thresholded into (bit-packed) masks as soon as its samples are done, then freed.
 
     ``samples[c]`` are indices into ``dataset`` of class ``c``'s selected images; ``rows[c]`` is
     the logit of class ``c``.
     """
-    sums = class_sums(graph, dataset, samples, settings, device, show_progress)
-    return masks_from_sums(graph, sums, rows, settings)
+    settings.validate()
+    batches, total = _batches(dataset, samples, settings)
+    stream = iter_class_sums(graph, batches, attributed_layers(graph, settings.layers), device, show_progress, total)
+    return masks_from_sums(graph, stream, rows, settings)
