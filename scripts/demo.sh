@@ -18,3 +18,6 @@ done
 $MDAKIT disassemble "$OUT/lenet5-mnist" --classes 0,1,2 --out "$OUT/part-mnist-012" --force
 $MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes Trouser,Bag --out "$OUT/part-fashion-trouser-bag" --force
 $MDAKIT eval "$OUT/part-fashion-trouser-bag"
+$MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes 0,1,2 --out "$OUT/part-fashion-012" --force
+# one classifier over digits 0-2 and garments 0-2, from two models trained on different datasets
+$MDAKIT assemble "$OUT/part-mnist-012" "$OUT/part-fashion-012" --rescale paper --out "$OUT/assembled" --force

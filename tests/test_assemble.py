@@ -260,3 +260,16 @@ def test_cli_json(part_dirs, tmp_path, capsys, data_dir, images):
     assert card.metrics["accuracy"] == result["accuracy"] and card.rescale == "paper"
     assert run(argv) == 2 and "already exists" in capsys.readouterr().err
     assert run([*argv, "--force"]) == 0 and "assembled" in capsys.readouterr().out
+
+
+def test_eval_and_info_read_assembled_models(tmp_path, capsys, part_dirs):
+    out = tmp_path / "asm"
+    assert run(["assemble", *map(str, part_dirs), "--out", str(out), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert run(["eval", str(out), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(built["accuracy"])
+    assert run(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["assembly"]["logits"]) == len(built["logits"])
+    assert run(["eval", str(out), "--classes", "0"]) == 2

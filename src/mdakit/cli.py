@@ -21,9 +21,9 @@ from rich.table import Table
 
 from mdakit import __version__
 from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
+from mdakit.assemble import assemble, evaluate_assembled, is_assembled, load_assembled, save_assembled
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.data import dataset_info, fetch, load_dataset, parse_classes
-from mdakit.assemble import assemble, evaluate_assembled, save_assembled
 from mdakit.disassemble import compute_masks, disassemble, resolve_source
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
@@ -130,6 +130,15 @@ def eval_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="M
              device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """Accuracy (overall, per class), confusion matrix, parameters and MACs of a model."""
     dev = resolve_device(device)
+    if is_assembled(model_path):
+        if dataset or classes or restrict_logits:
+            raise MdakitError("an assembled model is evaluated on its parts' own test sets: drop --dataset, "
+                              "--classes and --restrict-logits")
+        assembled, assembly = load_assembled(model_path, device=dev)
+        report = evaluate_assembled(assembled, assembly, data_dir=data_dir, device=dev)
+        names = [f"part-{i}" for i in range(len(assembly.part_cards))]
+        _emit(as_json, {"model": str(model_path), **report}, _assembly_table(report, names, f"{model_path}"))
+        return
     model, card = load_with_card(model_path, device=dev)
     name = dataset or card.dataset
     if name is None:
@@ -158,6 +167,17 @@ def eval_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="M
 def info_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
              as_json: JsonOpt = False) -> None:
     """The card, a layer table, parameters and MACs of a model."""
+    if is_assembled(model_path):
+        assembled, assembly = load_assembled(model_path)
+        size = model_size(assembled, assembly.input_shape)
+        table = Table(title=f"{model_path}: {len(assembly.part_cards)} parts, {len(assembly.logits)} logits")
+        for col in ("logit", "part", "dataset", "label", "class"):
+            table.add_column(col)
+        for i, logit in enumerate(assembly.logits):
+            table.add_row(str(i), *(str(logit.get(k, "")) for k in ("part", "dataset", "label", "name")))
+        table.caption = f"{size['params']:,} params ({size['nonzero_params']:,} non-zero), {size['macs']:,} MACs"
+        _emit(as_json, {"assembly": assembly.to_dict(), **size}, table)
+        return
     model, card = load_with_card(model_path)
     layers = []
     for name, module in model.named_modules():
@@ -277,6 +297,25 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
     _emit(as_json, {"out": str(out), "classes": masks.classes, "kept_filters": summary, "steps": cost}, table)
 
 
+def _assembly_table(report: dict, names: list[str], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("part", "dataset", "classes", "accuracy", "orig.", *(f"-> {j}" for j in range(len(names))), "MACs"):
+        table.add_column(col)
+    for entry in report["parts"]:
+        orig = entry["original_accuracy"]
+        table.add_row(names[entry["part"]], str(entry["dataset"]), ",".join(map(str, entry["classes"])),
+                      _pct(entry["accuracy"]), "n/a" if orig is None else _pct(orig),
+                      *(_pct(share) for share in entry["into_parts"]), f"{entry['size']['macs']:,}")
+    orig = report["original_accuracy"]
+    table.add_row("assembled", "", "", _pct(report["accuracy"]), "n/a" if orig is None else _pct(orig),
+                  *("" for _ in names), f"{report['size']['macs']:,}")
+    table.caption = (f"{report['num_images']} test images, argmax over all logits; orig. = the original models on "
+                     "the parts' classes; -> j = share of images classified into part j")
+    for p in report["originals_missing"]:
+        table.caption += f"; part {p}: {report['parts'][p]['original']}"
+    return table
+
+
 @app.command("assemble")
 def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                                                              help="Part (or model) directories, in logit order.")],
@@ -294,21 +333,9 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
     report = evaluate_assembled(model, card, data_dir=data_dir, device=dev)
     card.metrics = report
     save_assembled(model, out, card, force=force)
-    table = Table(title=f"{len(parts)} parts assembled ({layout} layout, rescale {rescale})")
-    for col in ("part", "dataset", "classes", "accuracy", "orig.", *(f"-> {j}" for j in range(len(parts))), "MACs"):
-        table.add_column(col)
-    for entry in report["parts"]:
-        orig, path = entry["original_accuracy"], parts[entry["part"]]
-        table.add_row(path.name or str(path), str(entry["dataset"]), ",".join(map(str, entry["classes"])),
-                      _pct(entry["accuracy"]), "n/a" if orig is None else _pct(orig),
-                      *(_pct(share) for share in entry["into_parts"]), f"{entry['size']['macs']:,}")
-    orig = report["original_accuracy"]
-    table.add_row("assembled", "", f"{len(card.logits)} logits", _pct(report["accuracy"]),
-                  "n/a" if orig is None else _pct(orig), *("" for _ in parts), f"{report['size']['macs']:,}")
-    table.caption = (f"saved to {out}; {report['num_images']} test images, argmax over all logits; orig. = the "
-                     f"original models on the parts' classes; -> j = share of images classified into part j")
-    for p in report["originals_missing"]:
-        table.caption += f"; part {p}: {report['parts'][p]['original']}"
+    table = _assembly_table(report, [path.name or str(path) for path in parts],
+                            f"{len(parts)} parts assembled ({layout} layout, rescale {rescale})")
+    table.caption = f"saved to {out}; " + table.caption
     fit = {k: v for k, v in card.fit.items() if k != "samples"}
     _emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "logits": card.logits, "fit": fit,
                     **report}, table)
