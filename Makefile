@@ -7,7 +7,7 @@ MDAKIT := $(VENV)/bin/mdakit
 STAMP := $(VENV)/.mdakit-installed
 QUIET_PIP := grep -v '^WARNING: Location' || true
 
-.PHONY: setup data demo test test-all zoo clean-demo
+.PHONY: setup data demo lint test test-all zoo clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,10 @@ data: setup
 demo: data
 	bash scripts/demo.sh
 
-test: data
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: data lint
 	$(PY) -m pytest -m "not slow" -q
 
 test-all: data

@@ -23,8 +23,13 @@ import torch
 from common import ROOT, environment, median_seconds, peak_tensor_bytes, update_report, write_json
 from contribution_kernel import naive_contributions
 from mdakit.artifacts import load_with_card
-from mdakit.attribution.contribution import (ContributionSettings, _row_sign, class_batches, iter_class_sums,
-                                             masks_from_sums)
+from mdakit.attribution.contribution import (
+    ContributionSettings,
+    _row_sign,
+    class_batches,
+    iter_class_sums,
+    masks_from_sums,
+)
 from mdakit.attribution.kernels import positive_contribution_sum
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, load_dataset, parse_classes
@@ -67,35 +72,35 @@ def speed(model_dir: Path) -> dict:
     # the same math by materialising every partial convolution (B×K×N×H×W), at batch 64
     inputs: dict[str, torch.Tensor] = {}
     convs = [layer for layer in graph.layers if layer.kind == "conv"]
-    hooks = [model.get_submodule(l.name).register_forward_pre_hook(
-        lambda m, a, name=l.name: inputs.__setitem__(name, a[0])) for l in convs]
+    hooks = [model.get_submodule(layer.name).register_forward_pre_hook(
+        lambda m, a, name=layer.name: inputs.__setitem__(name, a[0])) for layer in convs]
     with torch.no_grad():
         model(torch.cat([b for _, b in batches])[:64])
     for h in hooks:
         h.remove()
-    signs = {l.name: _row_sign(graph, l) for l in convs}
+    signs = {layer.name: _row_sign(graph, layer) for layer in convs}
 
     def ours_layers():
-        for l in convs:
-            positive_contribution_sum(inputs[l.name], l.module, signs[l.name])
+        for layer in convs:
+            positive_contribution_sum(inputs[layer.name], layer.module, signs[layer.name])
 
     def naive_layers():
-        for l in convs:
-            h = naive_contributions(inputs[l.name], l.module)
-            if signs[l.name] is not None:
-                h = h * signs[l.name][None, :, None]
+        for layer in convs:
+            h = naive_contributions(inputs[layer.name], layer.module)
+            if signs[layer.name] is not None:
+                h = h * signs[layer.name][None, :, None]
             h.clamp(min=0).sum(0)
 
     with torch.no_grad():
         t_ours, t_naive = median_seconds(ours_layers), median_seconds(naive_layers, repeats=1)
         m_ours, m_naive = peak_tensor_bytes(ours_layers), peak_tensor_bytes(naive_layers)
         worst = 0.0
-        for l in convs:
-            ref = naive_contributions(inputs[l.name], l.module)
-            if signs[l.name] is not None:
-                ref = ref * signs[l.name][None, :, None]
+        for layer in convs:
+            ref = naive_contributions(inputs[layer.name], layer.module)
+            if signs[layer.name] is not None:
+                ref = ref * signs[layer.name][None, :, None]
             ref = ref.clamp(min=0).sum(0)
-            got = positive_contribution_sum(inputs[l.name], l.module, signs[l.name])
+            got = positive_contribution_sum(inputs[layer.name], layer.module, signs[layer.name])
             worst = max(worst, float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)))
 
     end_to_end = _end_to_end(model_dir, "0,1,2")
@@ -143,7 +148,8 @@ def _speed_report(r: dict) -> str:
         f"| box-sum vs partial convolutions, peak tensor memory | {n['ours_peak_mib']:.1f} MiB | "
         f"{n['naive_peak_mib']:.0f} MiB | {n['memory_ratio']:.0f}× less | ≥ 50× {ok(n['memory_ratio'] >= 50)} |",
         f"| end to end, 3-class part (selection + attribution + extraction) | {e['seconds']:.1f} s, "
-        f"{e['peak_rss_mb']:.0f} MB RSS | | | ≤ 30 s {ok(e['seconds'] <= 30)}, ≤ 1.5 GB {ok(e['peak_rss_mb'] <= 1536)} |",
+        f"{e['peak_rss_mb']:.0f} MB RSS | | | ≤ 30 s {ok(e['seconds'] <= 30)}, "
+        f"≤ 1.5 GB {ok(e['peak_rss_mb'] <= 1536)} |",
         "", f"Largest relative difference between the two formulations: {n['max_relative_difference']:.1e}.",
         "Steps of the end-to-end run: " + ", ".join(f"{k} {v['seconds']:.2f} s / {v['peak_rss_mb']:.0f} MB"
                                                      for k, v in e["steps"].items()) + ".",

@@ -79,7 +79,8 @@ def _write(rows: list[dict]) -> None:
         target = targets.get((r["arch"], r["dataset"]))
         verdict = "—" if target is None else (f"≥ {100 * target:.1f}% "
                                               + ("met" if r["test_accuracy"] >= target else "**missed**"))
-        lines.append(f"| {r['arch']} | {r['dataset']} | {r['epochs']} | {r['batch_size']} | {100 * r['test_accuracy']:.2f}% | {verdict} | "
+        lines.append(f"| {r['arch']} | {r['dataset']} | {r['epochs']} | {r['batch_size']} | "
+                     f"{100 * r['test_accuracy']:.2f}% | {verdict} | "
                      f"{r['best_epoch']} | {r['seconds_per_epoch']:.0f} | {r['params']:,} | {r['macs']:,} |")
     section = "\n".join(lines) + "\n"
     text = REPORT.read_text() if REPORT.is_file() else "# Benchmark results\n\n"

@@ -21,7 +21,8 @@ def _json(capsys, argv):
 def test_train_eval_info_round_trip(tmp_path, capsys, data_dir):
     out = tmp_path / "m"
     result = _json(capsys, ["train", "--arch", "lenet5", "--dataset", "mnist", "--epochs", "2", "--train-subset",
-                            "1500", "--batch-size", "32", "--lr", "0.05", "--out", str(out), "--data-dir", str(data_dir), "--json"])
+                            "1500", "--batch-size", "32", "--lr", "0.05", "--out", str(out), "--data-dir",
+                            str(data_dir), "--json"])
     assert result["metrics"]["test_accuracy"] > 0.7
     assert result["training"]["config"]["train_subset"] == 1500
     model, card = load_with_card(out)

@@ -2,8 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from mdakit.attribution.contribution import (ContributionSettings, class_batches, class_masks,
-                                             contribution_sums, relative_contributions)
+from mdakit.attribution.contribution import (
+    ContributionSettings,
+    class_batches,
+    class_masks,
+    contribution_sums,
+    relative_contributions,
+)
 from mdakit.attribution.kernels import conv2d_contributions
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ImageTensorDataset

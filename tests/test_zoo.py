@@ -53,7 +53,8 @@ def test_lenet_macs_match_hand_count():
     model = build_model("lenet5", (1, 28, 28), 10)
     # conv1 6*28*28*25 + conv2 16*10*10*150 + fc 400*120 + 120*84 + 84*10
     assert count_macs(model, (1, 28, 28)) == 117600 + 240000 + 48000 + 10080 + 840
-    assert count_parameters(model) == (6 * 25 + 6) + (16 * 150 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    assert count_parameters(model) == ((6 * 25 + 6) + (16 * 150 + 16) + (400 * 120 + 120) + (120 * 84 + 84)
+                                       + (84 * 10 + 10))
 
 
 def test_nonzero_parameters_see_zeroed_kernels():

@@ -29,7 +29,8 @@ from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.metrics import model_size
 from mdakit.seeding import resolve_device
-from mdakit.train import TrainConfig, train as train_model
+from mdakit.train import TrainConfig
+from mdakit.train import train as train_model
 from mdakit.zoo import build_model
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from mdakit.progress import progress as progress_bar
 
 from mdakit.data import ClassSubset, make_loader
 from mdakit.errors import MdakitError
+from mdakit.progress import progress as progress_bar
 
 
 @dataclass

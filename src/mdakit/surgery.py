@@ -46,7 +46,8 @@ def kept_groups(graph: ChannelGraph, masks: Mapping[str, LayerMask]) -> torch.Te
     for layer in graph.layers:
         mask = masks[layer.name]
         if len(mask.inputs) != layer.in_size:
-            raise MdakitError(f"masks of layer {layer.name!r} have {len(mask.inputs)} inputs, the model {layer.in_size}")
+            raise MdakitError(f"masks of layer {layer.name!r} have {len(mask.inputs)} inputs, "
+                              f"the model {layer.in_size}")
         needed = layer.in_ids[mask.inputs]
         for gid in graph.groups(needed).unique():
             keep[gid] = True
@@ -77,7 +78,8 @@ def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequenc
     layers: dict[str, dict[str, list[int]]] = {}
     for layer in graph.layers:
         ins = torch.nonzero(keep[graph.groups(layer.in_ids)]).flatten().tolist()
-        outs = rows if layer is graph.output_layer else torch.nonzero(keep[graph.groups(layer.out_ids)]).flatten().tolist()
+        outs = (rows if layer is graph.output_layer
+                else torch.nonzero(keep[graph.groups(layer.out_ids)]).flatten().tolist())
         layers[layer.name] = {"in": ins, "out": outs}
     channel_modules = {name: torch.nonzero(keep[graph.groups(graph.node_ids[node])]).flatten().tolist()
                        for name, node in graph.channel_modules.items()}

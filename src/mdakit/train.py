@@ -12,10 +12,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mdakit.progress import progress as progress_bar
-
 from mdakit.data import labels_of, make_loader, per_class_subset, stratified_split
 from mdakit.errors import MdakitError
+from mdakit.progress import progress as progress_bar
 from mdakit.seeding import seed_everything
 
 
