@@ -16,7 +16,7 @@ from mdakit.cli import run
 from mdakit.data import ClassSubset, ImageTensorDataset, load_dataset
 from mdakit.disassemble import disassemble
 from mdakit.errors import MdakitError
-from mdakit.metrics import count_macs
+from mdakit.metrics import count_macs, model_size
 from mdakit.train import TrainConfig, train
 from mdakit.zoo import build_model
 
@@ -214,7 +214,6 @@ def _mismatched(part_dirs, field, value):
     (lambda d, tmp: (_mismatched(d, "arch", "vgg16"), {}), "different architectures"),
     (lambda d, tmp: (_mismatched(d, "input_shape", [3, 32, 32]), {}), r"different input shapes: \[1, 28, 28\]"),
     (lambda d, tmp: ([d[0], d[0]], {}), "class 0 .* in part 0 and part 1"),
-    (lambda d, tmp: (d, {"layout": "padded"}), "padded layout is not implemented yet"),
     (lambda d, tmp: (d, {"layout": "stacked"}), "unknown layout"),
     (lambda d, tmp: (d, {"rescale": "magic"}), "unknown rescaling"),
     (lambda d, tmp: (d, {"rescale": "paper", "data": ImageTensorDataset(torch.zeros(1, 1, 28, 28, dtype=torch.uint8),
@@ -229,7 +228,7 @@ def test_refused_inputs(part_dirs, tmp_path, make_args, message):
 @pytest.mark.parametrize("extra, message", [
     ([], "at least two parts"),
     (["{p0}", "{empty}"], "not an mdakit model"),
-    (["{p0}", "{p1}", "--layout", "padded"], "not implemented yet"),
+    (["{p0}", "{p1}", "--layout", "padded", "--rescale", "magic"], "unknown rescaling"),
     (["{p0}", "{p1}", "--layout", "stacked"], "unknown layout"),
     (["{p0}", "{p1}", "--rescale", "magic"], "unknown rescaling"),
     (["{p0}", "{p0}"], "in part 0 and part 1"),
@@ -273,3 +272,16 @@ def test_eval_and_info_read_assembled_models(tmp_path, capsys, part_dirs):
     info = json.loads(capsys.readouterr().out)
     assert len(info["assembly"]["logits"]) == len(built["logits"])
     assert run(["eval", str(out), "--classes", "0"]) == 2
+
+
+def test_padded_layout_matches_parallel(part_dirs, images, tmp_path, capsys):
+    parallel, _ = assemble(part_dirs, layout="parallel")
+    padded, card = assemble(part_dirs, layout="padded")
+    with torch.no_grad():
+        assert (padded(images) - parallel(images)).abs().max() <= 1e-4
+    sizes = [model_size(part, card.input_shape) for part in parallel.parts]
+    merged = model_size(padded, card.input_shape)
+    assert merged["nonzero_params"] <= sum(s["params"] for s in sizes) < merged["params"]
+    assert run(["assemble", *map(str, part_dirs), "--layout", "padded", "--out", str(tmp_path / "pad"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "padded" and report["size"]["macs"] == merged["macs"]

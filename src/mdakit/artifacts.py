@@ -28,7 +28,7 @@ from torch import nn
 
 from mdakit.data import DatasetInfo
 from mdakit.errors import MdakitError
-from mdakit.surgery import KeepSets, rebuild
+from mdakit.surgery import KeepSets, rebuild, resize
 from mdakit.zoo import build_model
 
 CARD_FILE = "card.json"
@@ -100,10 +100,13 @@ class ModelCard:
 def apply_edits(module: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
     """Replay structural edits (keep-sets of disassembly) on a freshly built module, in place."""
     for edit in edits:
-        if edit.get("kind") != "keep_sets":
+        if edit.get("kind") not in ("keep_sets", "padded"):
             raise MdakitError(f"this mdakit cannot rebuild models with structural edit {edit.get('kind')!r}")
         try:
-            module = rebuild(module, KeepSets.from_dict(edit), copy_model=False)
+            if edit["kind"] == "padded":
+                module = resize(module, edit)
+            else:
+                module = rebuild(module, KeepSets.from_dict(edit), copy_model=False)
         except (KeyError, AttributeError, IndexError, TypeError) as exc:
             raise MdakitError(f"the card's structural edits do not fit the architecture: {exc}") from exc
     return module

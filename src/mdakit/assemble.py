@@ -3,8 +3,9 @@
 The **parallel** layout runs every part on the shared raw input and concatenates their logits in the
 order of the parts. Each part carries its own input normalisation, so parts of models trained on
 datasets with different statistics share one raw [0, 1] input; the output equals the parts' outputs
-concatenated, and the MACs are the sum of theirs. (The **padded** layout, one network whose layers
-hold every part's filters with zero-padded kernels, is not implemented yet.)
+concatenated, and the MACs are the sum of theirs. The **padded** layout (the paper's alignment padding,
+:mod:`mdakit.padding`) is one network of the parts' architecture whose layers hold every part's filters
+side by side with zero kernels across parts; its logits equal the parts' logits concatenated too.
 
 Logit rescaling is fitted on training images only, never on the test split (DESIGN §5):
 
@@ -17,7 +18,9 @@ Logit rescaling is fitted on training images only, never on the test split (DESI
 
 An assembled model is saved as a directory: ``assembly.json`` (layout, rescaling and fitted numbers,
 the meaning of every output logit, metrics) and the parts as standard model files ``part-0/``,
-``part-1/``, ... Load it with :func:`load_assembled`; :func:`mdakit.artifacts.load` does not read it.
+``part-1/``, ... A padded assembly also stores the merged network itself, with the rescaling folded
+into its last layer, as a standard model file at the top of the directory (``mdakit.load`` reads it).
+Load either kind with :func:`load_assembled`.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from mdakit.artifacts import ModelCard, _write_atomically, load_with_card, save
+from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, _write_atomically, load_with_card, save
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, load_dataset
 from mdakit.disassemble import Part
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
+from mdakit.graph import trace
 from mdakit.metrics import model_size
+from mdakit.padding import merge_padded, padded_widths
 
 LAYOUTS = ("parallel", "padded")
 RESCALES = ("none", "paper", "calibrated")
@@ -74,6 +79,42 @@ class AssembledModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([part(x) for part in self.parts], dim=1) * self.scale + self.shift
+
+
+class PaddedAssembly(nn.Module):
+    """A merged (padded) network, with the parts it was merged from kept for reference (not as
+    submodules: parameters and MACs are the merged network's alone).
+
+    >>> from mdakit.zoo import build_model
+    >>> from mdakit.padding import merge_padded
+    >>> a, b = build_model("lenet5", (1, 28, 28), 2).eval(), build_model("lenet5", (1, 28, 28), 1).eval()
+    >>> PaddedAssembly(merge_padded([a, b], (1, 28, 28)), [a, b], [2, 1])(torch.zeros(1, 1, 28, 28)).shape
+    torch.Size([1, 3])
+    """
+
+    def __init__(self, net: nn.Module, parts: Sequence[nn.Module], sizes: Sequence[int]):
+        super().__init__()
+        self.net = net
+        self.__dict__["parts"] = list(parts)
+        self.sizes = [int(s) for s in sizes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def fold_rescaling(net: nn.Sequential, input_shape: Sequence[int], scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Fold ``logits * scale + shift`` into the last layer of a merged network, in place (exact: that
+    layer is linear in its weights and bias)."""
+    body, copies = net[1], net[0].copies
+    graph = trace(body, (input_shape[0] * copies, *input_shape[1:]))
+    name = graph.output_layer.name
+    last = body.get_submodule(name)
+    with torch.no_grad():
+        scale, shift = scale.to(last.weight), shift.to(last.weight)
+        last.weight.mul_(scale.view(-1, *([1] * (last.weight.dim() - 1))))
+        if last.bias is None:
+            last.bias = nn.Parameter(torch.zeros_like(scale))
+        last.bias.mul_(scale).add_(shift)
 
 
 def _class_name(card: ModelCard, label: int) -> str:
@@ -131,10 +172,8 @@ class AssemblyCard:
 
 
 def _check_options(layout: str, rescale: str, samples: int) -> None:
-    if layout == "padded":
-        raise MdakitError("the padded layout is not implemented yet; use --layout parallel")
     if layout not in LAYOUTS:
-        raise MdakitError(f"unknown layout {layout!r}; available: parallel (padded: not implemented yet)")
+        raise MdakitError(f"unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
     if rescale not in RESCALES:
         raise MdakitError(f"unknown rescaling {rescale!r}; available: {', '.join(RESCALES)}")
     if samples < 1:
@@ -349,12 +388,13 @@ def _fit(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset
 
 def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str = "none", data: DataSpec = None,
              samples: int = 50, seed: int = 0, data_dir: str | Path | None = None,
-             device: torch.device | str = "cpu") -> tuple[AssembledModel, AssemblyCard]:
+             device: torch.device | str = "cpu") -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
     """Join parts (model directories, :class:`~mdakit.disassemble.Part` objects or ``(module, ModelCard)``
     pairs) into one classifier whose logits are the parts' logits in the order of the parts.
 
     Parts need the same zoo architecture (and constructor arguments) and input shape; a whole model
-    counts as a part with all its classes. ``rescale`` other than ``none`` fits on the training
+    counts as a part with all its classes. ``layout="padded"`` merges them into one network of that
+    architecture (rescaling folded into its last layer). ``rescale`` other than ``none`` fits on the training
     images of each part's classes: ``samples`` per class, chosen by the part itself, from ``data``
     (part index -> dataset or dataset name) or, by default, the train split of the part's dataset.
 
@@ -373,6 +413,10 @@ def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str =
     card = AssemblyCard(list(cards), list(sources), layout, rescale)
     if rescale != "none":
         card.fit = _fit(model, card, _datasets(data, cards, "train", data_dir), samples, seed, device)
+    if layout == "padded":
+        merged = merge_padded([m.cpu() for m in modules], card.input_shape)
+        fold_rescaling(merged, card.input_shape, model.scale.cpu(), model.shift.cpu())
+        return PaddedAssembly(merged.to(device), modules, model.sizes), card
     return model, card
 
 
@@ -448,16 +492,37 @@ def is_assembled(path: str | Path) -> bool:
     return (Path(path) / ASSEMBLY_FILE).is_file()
 
 
-def save_assembled(model: AssembledModel, path: str | Path, card: AssemblyCard, force: bool = False) -> Path:
-    """Write ``assembly.json`` and each part as ``part-<i>/`` into ``path``, atomically (all or nothing).
+def merged_card(model: PaddedAssembly, card: AssemblyCard) -> ModelCard:
+    """The standard model card of a padded assembly's merged network."""
+    first = card.part_cards[0]
+    return ModelCard(arch=first.arch, input_shape=card.input_shape, num_classes=first.num_classes,
+                     class_names=[f"{logit['dataset']}:{logit['name']}" for logit in card.logits],
+                     logit_classes=list(range(len(card.logits))), mean=first.mean, std=first.std,
+                     arch_kwargs=first.arch_kwargs, edits=[padded_widths(model.net, card.input_shape)],
+                     provenance={"assembled_from": card.sources, "layout": "padded", "rescale": card.rescale})
+
+
+def save_assembled(model: AssembledModel | PaddedAssembly, path: str | Path, card: AssemblyCard,
+                   force: bool = False) -> Path:
+    """Write ``assembly.json`` and each part as ``part-<i>/`` into ``path``, atomically (all or nothing);
+    a padded assembly's merged network goes at the top as a standard model file.
 
     >>> save_assembled(model, "runs/mnist+fmnist", card)  # doctest: +SKIP
     """
-    raw = {**card.to_dict(), "scale": model.scale.tolist(), "shift": model.shift.tolist()}
+    padded = isinstance(model, PaddedAssembly)
+    total = sum(card.sizes)
+    scale = [1.0] * total if padded else model.scale.tolist()
+    shift = [0.0] * total if padded else model.shift.tolist()
+    raw = {**card.to_dict(), "scale": scale, "shift": shift, "rescaling_folded_into_last_layer": padded}
 
     def write(tmp: Path) -> None:
         for p, (part, part_card) in enumerate(zip(model.parts, card.part_cards, strict=True)):
             save(part, tmp / f"part-{p}", part_card)
+        if padded:
+            save(model.net, tmp / "merged", merged_card(model, card))
+            for name in (CARD_FILE, WEIGHTS_FILE):
+                (tmp / "merged" / name).replace(tmp / name)
+            (tmp / "merged").rmdir()
         (tmp / ASSEMBLY_FILE).write_text(json.dumps(raw, indent=2) + "\n")
 
     _write_atomically(Path(path), force, write)
@@ -479,7 +544,8 @@ def _read_assembly(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_assembled(path: str | Path, device: torch.device | str = "cpu") -> tuple[AssembledModel, AssemblyCard]:
+def load_assembled(path: str | Path, device: torch.device | str = "cpu"
+                   ) -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
     """Rebuild an assembled model saved by :func:`save_assembled` (eval mode) with its card.
 
     >>> model, card = load_assembled("runs/mnist+fmnist")  # doctest: +SKIP
@@ -495,6 +561,9 @@ def load_assembled(path: str | Path, device: torch.device | str = "cpu") -> tupl
         raise MdakitError(f"{path / ASSEMBLY_FILE} is incomplete: {exc}") from exc
     if card.logits != logits or len(scale) != sum(card.sizes) or len(shift) != sum(card.sizes):
         raise MdakitError(f"the parts in {path} do not match the logits described in its {ASSEMBLY_FILE}")
+    if card.layout == "padded":
+        merged, _ = load_with_card(path, device=device)
+        return PaddedAssembly(merged, [m for m, _ in loaded], card.sizes), card
     model = AssembledModel([m for m, _ in loaded], card.sizes)
     with torch.no_grad():
         model.scale.copy_(torch.tensor(scale))

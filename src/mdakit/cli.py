@@ -321,7 +321,8 @@ def _assembly_table(report: dict, names: list[str], title: str) -> Table:
 def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                                                              help="Part (or model) directories, in logit order.")],
                  out: Annotated[Path, typer.Option(help="Output directory of the assembled model.")],
-                 layout: Annotated[str, typer.Option(help="parallel (padded: not implemented yet).")] = "parallel",
+                 layout: Annotated[str, typer.Option(help="parallel (parts side by side) or padded (one merged "
+                                                           "network with zero kernels across parts).")] = "parallel",
                  rescale: Annotated[str, typer.Option(help="none, paper (Eq. 11) or calibrated; fitted on "
                                                            "training images only.")] = "none",
                  samples: SamplesOpt = 50, seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,

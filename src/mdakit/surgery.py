@@ -22,6 +22,7 @@ from torch import nn
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
 from mdakit.masks import LayerMask
+from mdakit.zoo import MultiNormalize
 
 
 @dataclass
@@ -197,3 +198,25 @@ class MaskedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[:, self.rows]
+
+
+def resize(model: nn.Module, edit: Mapping) -> nn.Module:
+    """Replay a ``padded`` edit in place: the input repeated ``copies`` times (normalisation buffers
+    to be loaded) and every listed layer and BatchNorm rebuilt at its merged width, weights to be loaded."""
+    channels = model.normalize.mean.shape[1]
+    zeros = [[0.0] * channels] * edit["copies"]
+    model.normalize = MultiNormalize(zeros, [[1.0] * channels] * edit["copies"])
+    for name, widths in edit["layers"].items():
+        old = model.get_submodule(name)
+        if isinstance(old, nn.Conv2d):
+            new = nn.Conv2d(widths["in"], widths["out"], old.kernel_size, old.stride, old.padding, old.dilation,
+                            widths["groups"], old.bias is not None, old.padding_mode)
+        elif isinstance(old, nn.Linear):
+            new = nn.Linear(widths["in"], widths["out"], old.bias is not None)
+        else:
+            raise MdakitError(f"edit names {name!r}, which is not a Conv2d or Linear layer")
+        _set_module(model, name, new)
+    for name, size in edit["channel_modules"].items():
+        old = model.get_submodule(name)
+        _set_module(model, name, type(old)(size, old.eps, old.momentum, old.affine, old.track_running_stats))
+    return model

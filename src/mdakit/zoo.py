@@ -58,6 +58,24 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class MultiNormalize(nn.Module):
+    """The input repeated once per part, each copy with its own ``(x - mean) / std`` (padded assembly).
+
+    >>> m = MultiNormalize([[0.0], [1.0]], [[1.0], [2.0]])
+    >>> m(torch.ones(1, 1, 1, 1)).flatten().tolist()
+    [1.0, 0.0]
+    """
+
+    def __init__(self, means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]]):
+        super().__init__()
+        self.copies = len(means)
+        self.register_buffer("mean", torch.tensor([v for m in means for v in m], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([v for s in stds for v in s], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.repeat(1, self.copies, 1, 1) - self.mean) / self.std
+
+
 @register("lenet5")
 def lenet5(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """LeNet-5: two 5×5 conv layers (6, 16 filters) with max-pooling, then 120-84-classes."""
