@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from common import RESULTS_DIR, ROOT, environment, update_report, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "zoo_training.json"
-REPORT = ROOT / "benchmarks" / "RESULTS.md"
+RESULTS = RESULTS_DIR / "zoo_training.json"
 
 # (arch, dataset, epochs, batch size, target test accuracy from the foundation issue)
 PLAN = [
@@ -60,18 +56,15 @@ def _train(arch: str, dataset: str, epochs: int, batch_size: int, out: Path) -> 
 
 
 def _write(rows: list[dict]) -> None:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-           "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "device": "cpu"}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"environment": env, "models": rows}, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
-    lines = ["## Zoo training", "",
+    env = environment()
+    write_json("zoo_training", {"environment": env, "models": rows})
+    lines = ["", "",
              "Written by `.venv/bin/python benchmarks/zoo_training.py` (one `mdakit train` per row, seed 0, SGD "
              "lr 0.01, momentum 0.9, weight decay 5e-4, cosine schedule, 10% stratified validation "
-             "split for model selection; accuracy on the full test split).", "",
-             f"Environment: Python {env['python']}, torch {env['torch']}, {env['machine']}, {env['cpus']} CPUs, "
-             f"{env['threads']} threads, no GPU.", "",
+             "split for model selection; accuracy on the full test split). Seconds per epoch are wall time on a 2-core "
+             "machine that often ran other jobs at the same time: an upper bound.", "",
+             f"Environment: Python {env['python']}, torch {env['torch']}, {env['machine']} ({env['cpu']}), "
+             f"{env['cpus']} CPUs, {env['threads']} threads, no GPU.", "",
              "| model | dataset | epochs | batch | test acc. | target | best epoch | s / epoch | params | MACs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     targets = {(a, d): t for a, d, _, _, t in PLAN}
@@ -82,15 +75,7 @@ def _write(rows: list[dict]) -> None:
         lines.append(f"| {r['arch']} | {r['dataset']} | {r['epochs']} | {r['batch_size']} | "
                      f"{100 * r['test_accuracy']:.2f}% | {verdict} | "
                      f"{r['best_epoch']} | {r['seconds_per_epoch']:.0f} | {r['params']:,} | {r['macs']:,} |")
-    section = "\n".join(lines) + "\n"
-    text = REPORT.read_text() if REPORT.is_file() else "# Benchmark results\n\n"
-    start = text.find("## Zoo training")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    REPORT.write_text(text)
+    update_report("Zoo training", "\n".join(lines[2:]))
 
 
 def main() -> None:
