@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MDAKIT := $(VENV)/bin/mdakit
 STAMP := $(VENV)/.mdakit-installed
-QUIET_PIP := grep -v '^WARNING: Location' || true
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
 .PHONY: setup data demo lint test test-all zoo clean-demo
 
