@@ -66,6 +66,11 @@ def _environment() -> dict[str, Any]:
             "machine": platform.machine(), "threads": torch.get_num_threads()}
 
 
+def _refuse_existing(out: Path, force: bool) -> None:
+    if Path(out).exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -95,8 +100,7 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
     """Train a zoo model on a dataset, evaluate it on the test split and save it."""
-    if Path(out).exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    _refuse_existing(out, force)
     dev = resolve_device(device)
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
@@ -203,8 +207,7 @@ def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="
                out: Annotated[Path, typer.Option(help="Output model directory.")],
                data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Turn a foreign state_dict checkpoint into an mdakit model file (never unpickles code)."""
-    if Path(out).exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    _refuse_existing(out, force)
     info = dataset_info(dataset, data_dir)
     card = ModelCard.for_dataset(arch, info, provenance={"imported_from": str(checkpoint)})
     model = import_checkpoint(checkpoint, card)
@@ -244,8 +247,7 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
                     seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                     as_json: JsonOpt = False) -> None:
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
-    if Path(out).exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    _refuse_existing(out, force)
     dev = resolve_device(device)
     settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
@@ -278,8 +280,7 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
               seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
     """Compute and save per-class component masks without extracting a part."""
-    if Path(out).exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    _refuse_existing(out, force)
     dev = resolve_device(device)
     settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     source = resolve_source(model_path, dataset, None, None, data_dir)
@@ -328,8 +329,7 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                  samples: SamplesOpt = 50, seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
                  force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Join parts of models (same architecture and input shape) into one classifier over all their classes."""
-    if Path(out).exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    _refuse_existing(out, force)
     dev = resolve_device(device)
     model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev)
     report = evaluate_assembled(model, card, data_dir=data_dir, device=dev)
