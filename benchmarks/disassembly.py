@@ -169,10 +169,12 @@ def _cell(model_dir: Path, classes: str, samples: int, tolerance: float) -> dict
            "original_params": count_parameters(source.model)}
     original_macs = count_macs(source.model, source.card.input_shape)
     graph = trace(source.model, source.card.input_shape)
-    for mode, calibrate in (("paper", None), ("calibrated", tolerance)):
+    for mode, method, calibrate in (("paper", "contribution", None), ("calibrated", "contribution", tolerance),
+                                    ("gradient", "gradient", None)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            masks, _, cost = compute_masks(source, class_list, samples=samples, graph=graph, calibrate=calibrate)
+            masks, _, cost = compute_masks(source, class_list, method, samples=samples, graph=graph,
+                                           calibrate=calibrate)
             part, _, _ = extract(source, graph, masks, class_list)
         part_logits, _ = predict_logits(part, subset)
         row[mode] = {"part_accuracy": evaluate_logits(part_logits, labels, class_list, class_list).accuracy,
@@ -227,7 +229,21 @@ def _accuracy_report(rows: list[dict], tolerance: float) -> str:
     n = len(rows)
     lines += ["", f"Paper thresholds: {sum(_meets(r, 'paper') for r in rows)} of {n} cells meet the target; "
               f"calibrated: {sum(_meets(r, 'calibrated') for r in rows)} of {n}. Ratios are part / original "
-              "(parameters after physical extraction; MACs of one input)."]
+              "(parameters after physical extraction; MACs of one input).", "",
+              "Side by side with the gradient baseline (DESIGN §2.2: gradient of the class logit w.r.t. each conv "
+              "output, ReLU, summed, min–max, keep > 0.2; same samples). *time* is the attribution step alone; "
+              "the ratio is gradient / contribution (paper thresholds), measured in the same run.", "",
+              "| model | dataset | classes | restricted | contribution: part | params | gradient: part | params | "
+              "attribution time contribution / gradient | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "gradient" not in r:
+            continue
+        p, g = r["paper"], r["gradient"]
+        tp, tg = p["seconds"]["attribution"], g["seconds"]["attribution"]
+        lines.append(f"| {r['arch']} | {r['dataset']} | {r['classes']} | "
+                     f"{100 * r['original_restricted_accuracy']:.2f} | {100 * p['part_accuracy']:.2f} | "
+                     f"{p['params_ratio']:.3f} | {100 * g['part_accuracy']:.2f} | {g['params_ratio']:.3f} | "
+                     f"{tp:.2f} s / {tg:.2f} s | {tg / tp:.2f}× |")
     return "\n".join(lines)
 
 
