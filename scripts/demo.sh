@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a small real default: LeNet-5 on MNIST and on Fashion-MNIST, trained once (a rerun
-# reuses the saved models) and evaluated on their test splits; then each is disassembled into a
-# smaller classifier for a few classes by contribution attribution.
+# reuses the saved models) and evaluated on their test splits; then parts for a few classes are cut
+# from each (contribution attribution, thresholds calibrated on held-out training images) and an MNIST
+# part is assembled with a Fashion-MNIST part into one classifier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MDAKIT=.venv/bin/mdakit
@@ -15,9 +16,9 @@ for ds in mnist fashion-mnist; do
   fi
   $MDAKIT eval "$OUT/lenet5-$ds"
 done
-$MDAKIT disassemble "$OUT/lenet5-mnist" --classes 0,1,2 --out "$OUT/part-mnist-012" --force
-$MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes Trouser,Bag --out "$OUT/part-fashion-trouser-bag" --force
+$MDAKIT disassemble "$OUT/lenet5-mnist" --classes 0,1,2 --calibrate 0.25 --out "$OUT/part-mnist-012" --force
+$MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes Trouser,Bag --calibrate 0.25 --out "$OUT/part-fashion-trouser-bag" --force
 $MDAKIT eval "$OUT/part-fashion-trouser-bag"
-$MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes 0,1,2 --out "$OUT/part-fashion-012" --force
+$MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes 0,1,2 --calibrate 0.25 --out "$OUT/part-fashion-012" --force
 # one classifier over digits 0-2 and garments 0-2, from two models trained on different datasets
 $MDAKIT assemble "$OUT/part-mnist-012" "$OUT/part-fashion-012" --rescale paper --out "$OUT/assembled" --force

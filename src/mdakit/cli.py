@@ -39,8 +39,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch them where th
 app.add_typer(data_app, name="data")
 
 _state = {"debug": False}
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder (default $MDAKIT_DATA "
