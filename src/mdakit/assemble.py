@@ -13,8 +13,8 @@ Logit rescaling is fitted on training images only, never on the test split (DESI
 - ``paper`` (Eq. 11 of the contribution paper): logit c is multiplied by e / e_c, where e_c is the mean
   of logit c over class c's selected samples and e the mean of every e_c;
 - ``calibrated`` (an extension beyond the paper): per part p, a scale a_p > 0 and an offset b_p on all
-  of its logits, fitted by minimising the cross-entropy of the assembled logits over every part's
-  selected samples; part 0 keeps a = 1, b = 0.
+  of its logits, fitted by minimising the cross-entropy of the assembled logits over held-out images of
+  every part's classes (the original model's validation split where recorded); part 0 keeps a = 1, b = 0.
 
 An assembled model is saved as a directory: ``assembly.json`` (layout, rescaling and fitted numbers,
 the meaning of every output logit, metrics) and the parts as standard model files ``part-0/``,
@@ -35,12 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, _write_atomically, load_with_card, save
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, load_dataset
-from mdakit.disassemble import Part
+from mdakit.disassemble import Part, Source, holdout_images
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
 from mdakit.graph import trace
@@ -356,16 +356,25 @@ def _fit_paper(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[D
 
 def _fit_calibrated(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset],
                     chosen: Sequence[Mapping[int, torch.Tensor]], device: torch.device | str) -> dict[str, Any]:
-    all_logits, all_labels = [], []
-    for offset, part_card, train, part_chosen in zip(card.offsets, card.part_cards, train_sets, chosen, strict=True):
-        logits, labels = _sample_logits(model, train, part_chosen, part_card.logit_classes, device)
-        all_logits.append(logits)
+    """Fit on held-out images of every part's classes: the original model's validation split where its
+    card records it (never trained on), else training images not selected above. The selected samples,
+    the most confident of each class, are nearly separable and would make a poor basis for the fit."""
+    all_logits, all_labels, kinds = [], [], []
+    for offset, part, part_card, train, part_chosen in zip(card.offsets, model.parts, card.part_cards, train_sets,
+                                                            chosen, strict=True):
+        source = Source(part, part_card, train, None, "")
+        per_class = max(4 * min(len(v) for v in part_chosen.values()), 1)
+        images, labels, kind = holdout_images(source, list(part_card.logit_classes), dict(part_chosen), per_class,
+                                        seed=0)
+        all_logits.append(predict_logits(model, TensorDataset(images, labels), device=device)[0].double())
         all_labels.append(labels + offset)
+        kinds.append(kind)
     a, b, losses = calibrate(torch.cat(all_logits), torch.cat(all_labels), card.sizes)
     with torch.no_grad():
         model.scale.copy_(_per_logit(a, card.sizes))
         model.shift.copy_(_per_logit(b, card.sizes))
-    return {"part_scale": a.tolist(), "part_shift": b.tolist(), **losses, "warnings": []}
+    return {"part_scale": a.tolist(), "part_shift": b.tolist(), "fitted_on": kinds,
+            "images": int(sum(len(x) for x in all_logits)), **losses, "warnings": []}
 
 
 def _fit(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], samples: int, seed: int,

@@ -109,7 +109,7 @@ def _accuracies(source: Source, part: nn.Module, classes: list[int], device: tor
             "test_images": len(labels)}
 
 
-def _holdout(source: Source, classes: list[int], chosen: dict[int, torch.Tensor], per_class: int, seed: int
+def holdout_images(source: Source, classes: list[int], chosen: dict[int, torch.Tensor], per_class: int, seed: int
              ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Held-out images of ``classes`` (labels in class order): the model's own validation split when its
     card records how it was carved (never trained on), else training images not selected for attribution."""
@@ -150,7 +150,7 @@ def calibrate_thresholds(source: Source, graph: ChannelGraph, sums: dict, rows: 
     training images (never test images) is within ``tolerance`` points of the original's
     restricted-logit accuracy on the same images; the first (smallest part) that does is kept. The
     held-out images are the model's validation split where its card records it, never test images."""
-    images, targets, kind = _holdout(source, classes, chosen, per_class, seed)
+    images, targets, kind = holdout_images(source, classes, chosen, per_class, seed)
     if len(images) == 0:
         raise MdakitError("no held-out training images are left to calibrate the thresholds on")
     row_list = [rows[c] for c in classes]
