@@ -105,10 +105,7 @@ class ChannelGraph:
 
     def find(self, i: int) -> int:
         """The representative of channel id ``i``'s coupled group."""
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+        return _find(self.parent, i)
 
     def groups(self, ids: torch.Tensor) -> torch.Tensor:
         """Coupled-group representatives of ``ids``."""
@@ -171,8 +168,12 @@ class ChannelGraph:
             needed[name] |= mask
 
 
-class _Tracer(torch.fx.Tracer):
-    """fx tracer that keeps torch.nn modules as leaves (so layers map to modules)."""
+def _find(parent: list[int], i: int) -> int:
+    """Union-find root of ``i`` (with path halving)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
@@ -199,7 +200,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> ChannelGraph:
     400
     """
     try:
-        graph = _Tracer().trace(model)
+        graph = torch.fx.Tracer().trace(model)  # torch.nn modules stay leaves
     except Exception as exc:  # fx raises many types for untraceable code
         raise MdakitError(f"cannot trace {type(model).__name__} with torch.fx: {str(exc).splitlines()[0]}") from exc
     gm = torch.fx.GraphModule(model, graph)
@@ -241,10 +242,7 @@ class _Builder:
         return torch.arange(start, start + n)
 
     def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+        return _find(self.parent, i)
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         for x, y in zip(a.tolist(), b.tolist()):

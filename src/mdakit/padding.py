@@ -24,6 +24,7 @@ from torch import nn
 
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, _Edge, trace
+from mdakit.surgery import set_module
 from mdakit.zoo import MultiNormalize, Normalize
 
 Layout = list[tuple[int, int]]  # merged channel position -> (part, channel index in that part)
@@ -201,9 +202,9 @@ def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.M
     body = copy.deepcopy(bodies[0])
     for i, layer in enumerate(base.layers):
         merged = _merge_layer([g.layers[i].module for g in graphs], layouts[layer.input_node], layouts[layer.node])
-        _set_module(body, layer.name, merged)
+        set_module(body, layer.name, merged)
     for name, node in base.channel_modules.items():
-        _set_module(body, name, _merge_batchnorm([bod.get_submodule(name) for bod in bodies], layouts[node]))
+        set_module(body, name, _merge_batchnorm([bod.get_submodule(name) for bod in bodies], layouts[node]))
     channels = input_shape[0]
     if norms[0] is None:
         means, stds = [[0.0] * channels] * len(parts), [[1.0] * channels] * len(parts)
@@ -211,11 +212,6 @@ def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.M
         means = [n.mean.flatten().tolist() for n in norms]
         stds = [n.std.flatten().tolist() for n in norms]
     return nn.Sequential(OrderedDict(normalize=MultiNormalize(means, stds), net=body)).eval()
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 def padded_widths(model: nn.Module, input_shape: Sequence[int]) -> dict:

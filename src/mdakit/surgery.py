@@ -87,7 +87,8 @@ def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequenc
     return KeepSets(layers, channel_modules)
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
 
@@ -149,13 +150,13 @@ def rebuild(model: nn.Module, keep: KeepSets, copy_model: bool = True) -> nn.Mod
     for name, sets in keep.layers.items():
         module = model.get_submodule(name)
         if isinstance(module, nn.Conv2d):
-            _set_module(model, name, _slice_conv(module, sets["in"], sets["out"]))
+            set_module(model, name, _slice_conv(module, sets["in"], sets["out"]))
         elif isinstance(module, nn.Linear):
-            _set_module(model, name, _slice_linear(module, sets["in"], sets["out"]))
+            set_module(model, name, _slice_linear(module, sets["in"], sets["out"]))
         else:
             raise MdakitError(f"keep-set names {name!r}, which is not a Conv2d or Linear layer")
     for name, kept in keep.channel_modules.items():
-        _set_module(model, name, _slice_batchnorm(model.get_submodule(name), kept))
+        set_module(model, name, _slice_batchnorm(model.get_submodule(name), kept))
     return model
 
 
@@ -215,8 +216,8 @@ def resize(model: nn.Module, edit: Mapping) -> nn.Module:
             new = nn.Linear(widths["in"], widths["out"], old.bias is not None)
         else:
             raise MdakitError(f"edit names {name!r}, which is not a Conv2d or Linear layer")
-        _set_module(model, name, new)
+        set_module(model, name, new)
     for name, size in edit["channel_modules"].items():
         old = model.get_submodule(name)
-        _set_module(model, name, type(old)(size, old.eps, old.momentum, old.affine, old.track_running_stats))
+        set_module(model, name, type(old)(size, old.eps, old.momentum, old.affine, old.track_running_stats))
     return model
