@@ -115,7 +115,9 @@ def test_paper_rescaling_equalises_mean_own_class_logits(part_dirs, images, data
     assert (out - _parts_logits(part_dirs, images) * model.scale).abs().max() <= 1e-5
 
 
-def test_calibrated_fit_is_deterministic_and_uses_training_data_only(part_dirs, images, data_dir, monkeypatch):
+@pytest.mark.parametrize("rescale", ["calibrated", "calibrated-part"])
+def test_calibrated_fit_is_deterministic_and_uses_training_data_only(part_dirs, images, data_dir, monkeypatch,
+                                                                     rescale):
     splits = []
 
     def recording_load(name, split="train", data_dir=None):
@@ -123,16 +125,16 @@ def test_calibrated_fit_is_deterministic_and_uses_training_data_only(part_dirs, 
         return load_dataset(name, split, data_dir)
 
     monkeypatch.setattr(assemble_module, "load_dataset", recording_load)
-    model, card = assemble(part_dirs, rescale="calibrated", samples=20, seed=3, data_dir=data_dir)
-    again, card_again = assemble(part_dirs, rescale="calibrated", samples=20, seed=3, data_dir=data_dir)
+    model, card = assemble(part_dirs, rescale=rescale, samples=20, seed=3, data_dir=data_dir)
+    again, card_again = assemble(part_dirs, rescale=rescale, samples=20, seed=3, data_dir=data_dir)
     assert splits and set(splits) == {"train"} and card.fit["split"] == "train"
     assert torch.equal(model.scale, again.scale) and torch.equal(model.shift, again.shift)
     assert card.fit == card_again.fit
-    a, b = card.fit["part_scale"], card.fit["part_shift"]
-    assert (a[0], b[0]) == (1.0, 0.0) and a[1] > 0
-    assert card.fit["loss"] <= card.fit["loss_before"]
-    assert model.scale.tolist() == pytest.approx([a[0]] * 3 + [a[1]] * 3)
-    assert model.shift.tolist() == pytest.approx([b[0]] * 3 + [b[1]] * 3)
+    a, b = card.fit["scale"], card.fit["shift"]
+    assert card.fit["loss"] <= card.fit["loss_before"] and min(a) > 0
+    assert model.scale.tolist() == pytest.approx(a) and model.shift.tolist() == pytest.approx(b)
+    if rescale == "calibrated-part":  # one pair per part, part 0 fixed
+        assert a == pytest.approx([1.0] * 3 + [a[3]] * 3) and b == pytest.approx([0.0] * 3 + [b[3]] * 3)
     with torch.no_grad():
         out = model(images)
     assert (out - (_parts_logits(part_dirs, images) * model.scale + model.shift)).abs().max() <= 1e-4
@@ -285,3 +287,28 @@ def test_padded_layout_matches_parallel(part_dirs, images, tmp_path, capsys):
     assert run(["assemble", *map(str, part_dirs), "--layout", "padded", "--out", str(tmp_path / "pad"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "padded" and report["size"]["macs"] == merged["macs"]
+
+
+def test_per_logit_calibration_fixes_what_one_pair_per_part_cannot():
+    # part 1 (last logit) is confident on part 0's class-1 images: no scale and offset of that one logit
+    # classifies all five (the constraints contradict), one per logit does
+    logits = torch.tensor([[4.0, 0.0, 3.0], [0.0, 2.0, 3.0], [0.0, 1.0, 1.2], [0.0, 0.0, 0.5], [3.5, 0.0, 3.6]] * 20)
+    labels = torch.tensor([0, 1, 1, 2, 2] * 20)
+    accuracy = {}
+    for per in ("part", "logit"):
+        a, b, _ = assemble_module.calibrate(logits, labels, [2, 1], per=per)
+        accuracy[per] = ((logits * a + b).argmax(1) == labels).float().mean().item()
+    assert accuracy["part"] < 1.0 and accuracy["logit"] == 1.0
+
+
+def test_finetune_assembled_trains_on_the_union_of_training_classes(part_dirs, data_dir):
+    model, card = assemble(part_dirs, rescale="paper", samples=20, data_dir=data_dir)
+    before = [p.clone() for p in model.parameters()]
+    scale = model.scale.clone()
+    result = assemble_module.finetune_assembled(model, card, per_class=30, seed=1, data_dir=data_dir)
+    assert result.train_samples + result.val_samples == 6 * 30  # 3 MNIST + 3 Fashion classes
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert torch.equal(model.scale, scale)  # the rescaling stays as fitted
+    again, _ = assemble(part_dirs, rescale="paper", samples=20, data_dir=data_dir)
+    assemble_module.finetune_assembled(again, card, per_class=30, seed=1, data_dir=data_dir)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))

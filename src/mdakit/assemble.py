@@ -12,9 +12,14 @@ Logit rescaling is fitted on training images only, never on the test split (DESI
 - ``none``: the parts' logits as they are;
 - ``paper`` (Eq. 11 of the contribution paper): logit c is multiplied by e / e_c, where e_c is the mean
   of logit c over class c's selected samples and e the mean of every e_c;
-- ``calibrated`` (an extension beyond the paper): per part p, a scale a_p > 0 and an offset b_p on all
-  of its logits, fitted by minimising the cross-entropy of the assembled logits over held-out images of
-  every part's classes (the original model's validation split where recorded); part 0 keeps a = 1, b = 0.
+- ``calibrated`` (an extension beyond the paper): per logit k, a scale a_k > 0 and an offset b_k
+  (vector scaling), fitted by minimising the cross-entropy of the assembled logits over held-out images
+  of every part's classes (the original model's validation split where recorded). One scale and offset
+  per class, not per part: a part cut from a model trained on another dataset is confident on images of
+  some foreign classes more than on others, and one pair per part cannot undo that (measured in
+  benchmarks/RESULTS.md);
+- ``calibrated-part``: the same fit with one scale and one offset per part (part 0 fixed), for the
+  ablation.
 
 An assembled model is saved as a directory: ``assembly.json`` (layout, rescaling and fitted numbers,
 the meaning of every output logit, metrics) and the parts as standard model files ``part-0/``,
@@ -39,16 +44,18 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, _write_atomically, load_with_card, save
 from mdakit.attribution.samples import select_samples
-from mdakit.data import ClassSubset, load_dataset
+from mdakit.data import ClassSubset, ClassUnion, load_dataset, per_class_subset
 from mdakit.disassemble import Part, Source, holdout_images
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
 from mdakit.graph import trace
 from mdakit.metrics import model_size
 from mdakit.padding import merge_padded, padded_widths
+from mdakit.train import TrainConfig, TrainResult
+from mdakit.train import train as train_model
 
 LAYOUTS = ("parallel", "padded")
-RESCALES = ("none", "paper", "calibrated")
+RESCALES = ("none", "paper", "calibrated", "calibrated-part")
 ASSEMBLY_FILE = "assembly.json"
 FORMAT = "mdakit-assembly"
 FORMAT_VERSION = 1
@@ -291,32 +298,38 @@ def _per_logit(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     return torch.repeat_interleave(values, torch.tensor(list(sizes)))
 
 
-def calibrate(logits: torch.Tensor, labels: torch.Tensor, sizes: Sequence[int], steps: int = 200,
-              ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Per-part scale a_p > 0 and offset b_p minimising the cross-entropy of ``logits * a + b``.
+def calibrate(logits: torch.Tensor, labels: torch.Tensor, sizes: Sequence[int], per: str = "logit",
+              steps: int = 200, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Per-logit scales a > 0 and offsets b minimising the cross-entropy of ``logits * a + b``.
 
     ``logits`` (N × sum(sizes)) are raw assembled logits of N samples and ``labels`` their assembled
-    labels. Part 0 keeps a = 1, b = 0 (only differences between parts matter); a_p = exp(log a_p). A
-    small ridge on log a_p and b_p / std(logits) keeps the fit finite when the samples are separable.
-    Full-batch L-BFGS in float64, so the result is a function of the inputs alone.
+    labels. ``per="logit"`` fits one (a, b) per logit; ``per="part"`` one per part, shared by its logits,
+    with part 0 fixed at a = 1, b = 0 (only differences between parts matter). a = exp(log a). A small
+    ridge on log a and b / std(logits) keeps the fit finite when the samples are separable. Full-batch
+    L-BFGS in float64, so the result is a function of the inputs alone. Returns per-logit a and b.
 
     >>> logits = torch.tensor([[2.0, 0.0], [2.0, 1.0]]); labels = torch.tensor([0, 1])
-    >>> a, b, losses = calibrate(logits, labels, [1, 1])
+    >>> a, b, losses = calibrate(logits, labels, [1, 1], per="part")
     >>> a[0].item(), b[0].item(), (logits * a + b).argmax(1).tolist(), losses["loss"] < losses["loss_before"]
     (1.0, 0.0, [0, 1], True)
     """
+    if per not in ("logit", "part"):
+        raise MdakitError(f"calibrate per 'logit' or 'part', not {per!r}")
     x, y = logits.double(), labels.long()
-    log_a = torch.zeros(len(sizes) - 1, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(len(sizes) - 1, dtype=torch.float64, requires_grad=True)
+    free = sum(sizes) if per == "logit" else len(sizes) - 1
+    log_a = torch.zeros(free, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(free, dtype=torch.float64, requires_grad=True)
     spread = float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0
     zero = torch.zeros(1, dtype=torch.float64)
 
     def affine() -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([zero, log_a]).exp(), torch.cat([zero, b])
+        if per == "logit":
+            return log_a.exp(), b
+        return _per_logit(torch.cat([zero, log_a]).exp(), sizes), _per_logit(torch.cat([zero, b]), sizes)
 
     def objective() -> torch.Tensor:
-        a_p, b_p = affine()
-        ce = F.cross_entropy(x * _per_logit(a_p, sizes) + _per_logit(b_p, sizes), y)
+        a_k, b_k = affine()
+        ce = F.cross_entropy(x * a_k + b_k, y)
         return ce + ridge * (log_a.square().sum() + (b / spread).square().sum())
 
     optimizer = torch.optim.LBFGS([log_a, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -329,9 +342,9 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, sizes: Sequence[int], 
 
     optimizer.step(closure)
     with torch.no_grad():
-        a_p, b_p = affine()
-        loss = float(F.cross_entropy(x * _per_logit(a_p, sizes) + _per_logit(b_p, sizes), y))
-    return a_p, b_p, {"loss_before": float(F.cross_entropy(x, y)), "loss": loss}
+        a_k, b_k = affine()
+        loss = float(F.cross_entropy(x * a_k + b_k, y))
+    return a_k.detach(), b_k.detach(), {"loss_before": float(F.cross_entropy(x, y)), "loss": loss}
 
 
 def _sample_logits(model: nn.Module, dataset: Dataset, chosen: Mapping[int, torch.Tensor], classes: Sequence[int],
@@ -369,11 +382,12 @@ def _fit_calibrated(model: AssembledModel, card: AssemblyCard, train_sets: Seque
         all_logits.append(predict_logits(model, TensorDataset(images, labels), device=device)[0].double())
         all_labels.append(labels + offset)
         kinds.append(kind)
-    a, b, losses = calibrate(torch.cat(all_logits), torch.cat(all_labels), card.sizes)
+    per = "part" if card.rescale == "calibrated-part" else "logit"
+    a, b, losses = calibrate(torch.cat(all_logits), torch.cat(all_labels), card.sizes, per=per)
     with torch.no_grad():
-        model.scale.copy_(_per_logit(a, card.sizes))
-        model.shift.copy_(_per_logit(b, card.sizes))
-    return {"part_scale": a.tolist(), "part_shift": b.tolist(), "fitted_on": kinds,
+        model.scale.copy_(a)
+        model.shift.copy_(b)
+    return {"per": per, "scale": a.tolist(), "shift": b.tolist(), "fitted_on": kinds,
             "images": int(sum(len(x) for x in all_logits)), **losses, "warnings": []}
 
 
@@ -487,6 +501,26 @@ def evaluate_assembled(model: AssembledModel, card: AssemblyCard, test_data: Dat
             "originals_missing": [e["part"] for e in parts if e["original_accuracy"] is None],
             "cross_part_confusion": [e["into_parts"] for e in parts], "parts": parts,
             "size": model_size(model, card.input_shape)}
+
+
+def finetune_assembled(model: AssembledModel, card: AssemblyCard, epochs: int = 1, per_class: int | None = None,
+                       train_data: DataSpec = None, data_dir: str | Path | None = None, seed: int = 0,
+                       device: torch.device | str = "cpu", show_progress: bool = False) -> TrainResult:
+    """Fine-tune every part of an assembled model, in place, on the union of the parts' training classes.
+
+    This is the seed's "ep.+1" reference (Table 5), not part of assembly, which needs no training:
+    ``epochs`` of SGD (the zoo's settings) over each part's training images of its classes (at most
+    ``per_class`` per class, seeded), labels offset as in the assembled output; the rescaling buffers
+    stay fixed. A tenth of the images is held out to pick the best epoch (see :func:`mdakit.train.train`).
+
+    >>> result = finetune_assembled(model, card, epochs=1, per_class=100)  # doctest: +SKIP
+    """
+    trains = _datasets(train_data, card.part_cards, "train", data_dir)
+    union: Dataset = ClassUnion(trains, [c.logit_classes for c in card.part_cards])
+    if per_class is not None:
+        union = per_class_subset(union, per_class, seed=seed)
+    return train_model(model, union, TrainConfig(epochs=epochs, batch_size=64, seed=seed), device=device,
+                 show_progress=show_progress)
 
 
 # --------------------------------------------------------------------------- files

@@ -324,8 +324,9 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                  out: Annotated[Path, typer.Option(help="Output directory of the assembled model.")],
                  layout: Annotated[str, typer.Option(help="parallel (parts side by side) or padded (one merged "
                                                            "network with zero kernels across parts).")] = "parallel",
-                 rescale: Annotated[str, typer.Option(help="none, paper (Eq. 11) or calibrated; fitted on "
-                                                           "training images only.")] = "none",
+                 rescale: Annotated[str, typer.Option(help="none, paper (Eq. 11), calibrated (scale and "
+                                                           "offset per logit) or calibrated-part (per part); "
+                                                           "fitted on training images only.")] = "none",
                  samples: SamplesOpt = 50, seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
                  force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Join parts of models (same architecture and input shape) into one classifier over all their classes."""

@@ -471,6 +471,35 @@ class ClassSubset(Dataset):
         return image, int(self.targets[index])
 
 
+class ClassUnion(Dataset):
+    """Several datasets' chosen classes side by side, labels offset by the class counts before.
+
+    The label layout of an assembled model: dataset i's ``classes[i][k]`` gets label
+    ``sum(len(classes[j]) for j < i) + k``.
+
+    >>> a = ImageTensorDataset(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2]))
+    >>> union = ClassUnion([a, a], [[2], [0, 1]])
+    >>> len(union), union.targets.tolist()
+    (3, [0, 1, 2])
+    """
+
+    def __init__(self, datasets: Sequence[Dataset], classes: Sequence[Sequence[int]]):
+        if len(datasets) != len(classes):
+            raise MdakitError(f"{len(datasets)} datasets but {len(classes)} class lists")
+        self.subsets = [ClassSubset(d, c, remap=True) for d, c in zip(datasets, classes, strict=True)]
+        offsets = torch.tensor([0] + [len(c) for c in classes]).cumsum(0)[:-1].tolist()
+        self.owner = torch.cat([torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(self.subsets)])
+        self.local = torch.cat([torch.arange(len(s)) for s in self.subsets])
+        self.targets = torch.cat([s.targets + o for s, o in zip(self.subsets, offsets, strict=True)])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, _ = self.subsets[int(self.owner[index])][int(self.local[index])]
+        return image, int(self.targets[index])
+
+
 def stratified_split(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
     """Split into (train, validation) keeping each class's share; deterministic under ``seed``.
 
