@@ -7,7 +7,7 @@ MDAKIT := $(VENV)/bin/mdakit
 STAMP := $(VENV)/.mdakit-installed
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: setup data demo lint test test-all zoo clean-demo
+.PHONY: setup data demo lint test test-all zoo bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ test-all: data
 # Train the zoo models and record their accuracies (long: see benchmarks/RESULTS.md).
 zoo: data
 	$(PY) benchmarks/zoo_training.py
+
+# The benchmark suite (benchmarks/suite.py): PROFILE=quick (LeNet-5, minutes) or full (all four architectures).
+PROFILE ?= quick
+bench: data
+	$(PY) benchmarks/suite.py --profile $(PROFILE)
 
 clean-demo:
 	rm -rf runs/demo

@@ -1,0 +1,75 @@
+"""The benchmark suite: every table and figure of the contribution paper that this machine can reproduce.
+
+    make bench                      # = .venv/bin/python benchmarks/suite.py --profile quick
+    make bench PROFILE=full
+
+*quick* (LeNet-5 on MNIST and Fashion-MNIST, minutes): zoo training, Table 1 and Table 4 over 3 seeds,
+Tables 2 and 5, Fig. 4 sweeps. *full* adds VGG-16, ResNet-50 and GoogLeNet (training them takes hours
+on 2 CPU cores: see the zoo table in RESULTS.md for the epochs), the disassembly speed benchmark, and
+one seed for the larger models. Every step caches its cells under runs/, so a rerun resumes where the
+last one stopped; each step is a script in benchmarks/ that can also be run alone. The wall time of each
+step is written to benchmarks/results/suite-<profile>.json and RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from common import ROOT, environment, update_report, write_json
+
+LARGE = ["vgg16", "resnet50", "googlenet"]
+PROFILES: dict[str, list[tuple[str, list[str]]]] = {
+    "quick": [
+        ("zoo training", ["zoo_training.py", "--only", "lenet5"]),
+        ("Tables 1 and 4: disassembly", ["disassembly.py", "accuracy", "--archs", "lenet5", "--seeds", "0", "1", "2"]),
+        ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5"]),
+        ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5"]),
+    ],
+    "full": [
+        ("zoo training", ["zoo_training.py"]),
+        ("disassembly speed (VGG-16)", ["disassembly.py", "speed"]),
+        ("Tables 1 and 4: disassembly, LeNet-5 over 3 seeds", ["disassembly.py", "accuracy", "--archs", "lenet5",
+                                                              "--seeds", "0", "1", "2"]),
+        ("Tables 1 and 4: disassembly, all architectures", ["disassembly.py", "accuracy", "--seeds", "0"]),
+        ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5", *LARGE]),
+        ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5", "vgg16"]),
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    args = parser.parse_args()
+    steps = []
+    start = time.perf_counter()
+    for title, command in PROFILES[args.profile]:
+        print(f"== {title}: {' '.join(command)}", file=sys.stderr, flush=True)
+        step_start = time.perf_counter()
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / command[0]), *command[1:]],
+                                cwd=ROOT, stdout=subprocess.DEVNULL)
+        steps.append({"step": title, "command": " ".join(["benchmarks/" + command[0], *command[1:]]),
+                      "seconds": time.perf_counter() - step_start, "exit_code": result.returncode})
+        if result.returncode != 0:
+            break
+    total = time.perf_counter() - start
+    write_json(f"suite-{args.profile}", {"environment": environment(), "profile": args.profile, "steps": steps,
+                                         "seconds": total})
+    status = {s["step"]: "ok" if s["exit_code"] == 0 else f"failed (exit {s['exit_code']})" for s in steps}
+    rows = "\n".join(f"| {s['step']} | `{s['command']}` | {s['seconds'] / 60:.1f} | {status[s['step']]} |"
+                     for s in steps)
+    update_report(f"Benchmark suite, profile {args.profile}",
+                  f"Command: `make bench PROFILE={args.profile}`. Wall time of this run (cached cells are reused, so "
+                  "a rerun after a complete run takes seconds; the first run's times are what a fresh machine "
+                  "needs):\n\n| step | command | minutes | status |\n|---|---|---|---|\n" + rows
+                  + f"\n\nTotal: {total / 60:.1f} min. Environment: {environment()}.")
+    failed = [s for s in steps if s["exit_code"] != 0]
+    if failed:
+        sys.exit(f"step '{failed[0]['step']}' failed with exit code {failed[0]['exit_code']}")
+
+
+if __name__ == "__main__":
+    main()
