@@ -6,7 +6,7 @@
 *quick* (LeNet-5 on MNIST and Fashion-MNIST, minutes): zoo training, Table 1 and Table 4 over 3 seeds,
 Tables 2 and 5, Fig. 4 sweeps. *full* adds VGG-16, ResNet-50 and GoogLeNet (training them takes hours
 on 2 CPU cores: see the zoo table in RESULTS.md for the epochs), the disassembly speed benchmark, and
-one seed for the larger models. Every step caches its cells under runs/, so a rerun resumes where the
+two seeds for the larger models. Every step caches its cells under runs/, so a rerun resumes where the
 last one stopped; each step is a script in benchmarks/ that can also be run alone. The wall time of each
 step is written to benchmarks/results/suite-<profile>.json and RESULTS.md.
 """
@@ -33,7 +33,7 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("disassembly speed (VGG-16)", ["disassembly.py", "speed"]),
         ("Tables 1 and 4: disassembly, LeNet-5 over 3 seeds", ["disassembly.py", "accuracy", "--archs", "lenet5",
                                                               "--seeds", "0", "1", "2"]),
-        ("Tables 1 and 4: disassembly, all architectures", ["disassembly.py", "accuracy", "--seeds", "0"]),
+        ("Tables 1 and 4: disassembly, all architectures", ["disassembly.py", "accuracy", "--seeds", "0", "1"]),
         ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5", *LARGE]),
         ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5", "vgg16"]),
     ],

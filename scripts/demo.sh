@@ -22,3 +22,6 @@ $MDAKIT eval "$OUT/part-fashion-trouser-bag"
 $MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes 0,1,2 --calibrate 0.25 --out "$OUT/part-fashion-012" --force
 # one classifier over digits 0-2 and garments 0-2, from two models trained on different datasets
 $MDAKIT assemble "$OUT/part-mnist-012" "$OUT/part-fashion-012" --rescale paper --out "$OUT/assembled" --force
+# one self-contained HTML page over the whole run: cards, accuracies, sizes, routes, similarity, patterns
+$MDAKIT report "$OUT" --out "$OUT/report.html" --force >/dev/null
+echo "report: $(realpath "$OUT/report.html")"

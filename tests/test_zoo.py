@@ -5,7 +5,7 @@ from mdakit.errors import MdakitError
 from mdakit.metrics import count_macs, count_nonzero_parameters, count_parameters, model_size
 from mdakit.zoo import Normalize, available, build_model
 
-ZOO = ["lenet5", "vgg16", "resnet50", "googlenet"]
+ZOO = ["lenet5", "vgg16", "resnet20", "resnet56", "resnet50", "googlenet"]
 
 
 @pytest.mark.parametrize("arch", ZOO + ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:googlenet"])
@@ -64,3 +64,25 @@ def test_nonzero_parameters_see_zeroed_kernels():
     size = model_size(model, (1, 28, 28))
     assert size["params"] - size["nonzero_params"] == 25
     assert count_nonzero_parameters(model) == size["nonzero_params"]
+
+
+@pytest.mark.parametrize("arch, blocks, params", [("resnet20", 3, 272_474), ("resnet56", 9, 855_770)])
+def test_cifar_resnets_have_the_papers_shape(arch, blocks, params):
+    from mdakit.zoo import BasicBlock
+
+    model = build_model(arch, (3, 32, 32), 10)
+    stages = [m for m in model.net.features if isinstance(m, BasicBlock)]
+    assert len(stages) == 3 * blocks
+    assert [stages[i * blocks].conv2.out_channels for i in range(3)] == [16, 32, 64]
+    assert sum(isinstance(b.shortcut, torch.nn.Sequential) and len(b.shortcut) == 2 for b in stages) == 2  # option B
+    assert count_parameters(model) == params
+    if arch == "resnet56":  # the paper's 125M FLOPs on CIFAR-10
+        assert 125e6 < count_macs(model, (3, 32, 32)) < 126e6
+
+
+def test_cifar_resnet_depth_must_be_6n_plus_2():
+    from mdakit.zoo import cifar_resnet
+
+    with pytest.raises(MdakitError, match="6n"):
+        cifar_resnet((1, 28, 28), 10, 21)
+

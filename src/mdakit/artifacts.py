@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mdakit.data import DatasetInfo
+from mdakit.decouple.gates import DecoupledNet
 from mdakit.errors import MdakitError
 from mdakit.surgery import KeepSets, rebuild, resize
 from mdakit.zoo import build_model
@@ -98,12 +99,14 @@ class ModelCard:
 
 
 def apply_edits(module: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
-    """Replay structural edits (keep-sets of disassembly) on a freshly built module, in place."""
+    """Replay structural edits (keep-sets of disassembly, decoupling gates) on a freshly built module."""
     for edit in edits:
-        if edit.get("kind") not in ("keep_sets", "padded"):
+        if edit.get("kind") not in ("keep_sets", "padded", "decoupled"):
             raise MdakitError(f"this mdakit cannot rebuild models with structural edit {edit.get('kind')!r}")
         try:
-            if edit["kind"] == "padded":
+            if edit["kind"] == "decoupled":
+                module = DecoupledNet.from_edit(module, edit)
+            elif edit["kind"] == "padded":
                 module = resize(module, edit)
             else:
                 module = rebuild(module, KeepSets.from_dict(edit), copy_model=False)

@@ -23,8 +23,10 @@ from mdakit import __version__
 from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
 from mdakit.assemble import assemble, evaluate_assembled, is_assembled, load_assembled, save_assembled
 from mdakit.attribution.contribution import ContributionSettings
+from mdakit.attribution.nad import NADSettings, parse_beta
 from mdakit.data import dataset_info, fetch, load_dataset, parse_classes
 from mdakit.disassemble import compute_masks, disassemble, resolve_source
+from mdakit.distributed import DEFAULT_TIMEOUT, joined
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.metrics import model_size
@@ -216,7 +218,12 @@ def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="
 
 
 def _settings(alpha_conv: float, beta_conv: float, alpha_linear: float, beta_linear: float,
-              layers: int | None) -> ContributionSettings:
+              layers: int | None, method: str = "contribution", beta: str | None = None,
+              nad_loss: str = "code") -> ContributionSettings | NADSettings:
+    if method == "nad":
+        settings = NADSettings(beta=parse_beta(beta), loss=nad_loss)
+        settings.validate()
+        return settings
     settings = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     settings.validate()
     return settings
@@ -228,7 +235,10 @@ AlphaLinear = Annotated[float, typer.Option(help="α for linear layers, in (0, 1
 BetaLinear = Annotated[float, typer.Option(help="β for linear layers, in (0, 1].")]
 LayersOpt = Annotated[int | None, typer.Option("--layers", help="Attribute only the last L layers.")]
 ClassesOpt = Annotated[str, typer.Option(help="Classes, e.g. 0-2, 0,3,5 or class names; order sets the logits.")]
-MethodOpt = Annotated[str, typer.Option(help="Attribution method.")]
+MethodOpt = Annotated[str, typer.Option(help="Attribution method: contribution, gradient or nad.")]
+NadBetaOpt = Annotated[str | None, typer.Option(
+    "--beta", help="NAD: β (a positive number or 'auto' for the elbow method; default: per architecture).")]
+NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code) or paper (Eq. 12–14).")]
 SamplesOpt = Annotated[int, typer.Option(help="Training samples per class.")]
 CalibrateOpt = Annotated[float | None, typer.Option(
     help="Relax the thresholds until the part is within this many accuracy points of the original on "
@@ -240,7 +250,8 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
                     classes: ClassesOpt, out: Annotated[Path, typer.Option(help="Output part directory.")],
                     method: MethodOpt = "contribution", samples: SamplesOpt = 50,
                     alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
-                    beta_linear: BetaLinear = 0.3, layers: LayersOpt = None,
+                    beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, beta: NadBetaOpt = None,
+                    nad_loss: NadLossOpt = "code",
                     kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
                     calibrate: CalibrateOpt = None,
                     dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
@@ -249,7 +260,7 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
     _refuse_existing(out, force)
     dev = resolve_device(device)
-    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss)
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
                        kernel_masks=kernel_masks, calibrate=calibrate, seed=seed, device=dev, data_dir=data_dir,
                        show_progress=True)
@@ -276,26 +287,49 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
               method: MethodOpt = "contribution", samples: SamplesOpt = 50,
               alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
               beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, calibrate: CalibrateOpt = None,
+              beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code",
               dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
               seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+              class_chunk: Annotated[int | None, typer.Option(
+                  help="Classes per chunk: masks are written as chunks finish (resumable), so memory is set by "
+                       "the chunk, not the class count. Implied (16) under torchrun.")] = None,
+              work_dir: Annotated[Path | None, typer.Option(
+                  help="Where finished classes wait to be gathered (default: OUT.work); a rerun resumes there.")]
+              = None,
+              timeout: Annotated[float, typer.Option(
+                  help="Seconds a process waits for the others (torchrun) before failing.")] = DEFAULT_TIMEOUT,
               as_json: JsonOpt = False) -> None:
-    """Compute and save per-class component masks without extracting a part."""
+    """Compute and save per-class component masks without extracting a part.
+
+    Under ``torchrun --nproc-per-node N -m mdakit masks ...`` the classes are split across the processes
+    and rank 0 gathers the masks into OUT; the result equals a single-process run.
+    """
     _refuse_existing(out, force)
     dev = resolve_device(device)
-    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss)
     source = resolve_source(model_path, dataset, None, None, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
-    masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, dev,
-                                       calibrate=calibrate, show_progress=True)
-    masks.save(out, force=force)
+    with joined(dev, timeout) as world:
+        chunked = class_chunk is not None or world.size > 1
+        masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed,
+                                           world.device(dev), calibrate=calibrate,
+                                           show_progress=world.rank == 0, class_chunk=class_chunk,
+                                           out=out if chunked else None, world=world, work_dir=work_dir, force=force)
+    if not chunked:
+        masks.save(out, force=force)
+    if world.rank != 0:
+        return
     summary = {str(c): {name: int(m.outputs.sum()) for name, m in layers_.items()}
                for c, layers_ in masks.per_class.items()}
+    shown = masks.classes[:12]
     table = Table(title=f"kept filters per layer ({method})")
     table.add_column("layer")
-    for c in masks.classes:
+    for c in shown:
         table.add_column(f"class {c}", justify="right")
     for layer in graph.layers:
-        table.add_row(layer.name, *(f"{summary[str(c)][layer.name]}/{layer.out_size}" for c in masks.classes))
+        table.add_row(layer.name, *(f"{summary[str(c)][layer.name]}/{layer.out_size}" for c in shown))
+    if len(shown) < len(masks.classes):
+        table.caption = f"{len(masks.classes) - len(shown)} more classes in {out} (--json lists all)"
     _emit(as_json, {"out": str(out), "classes": masks.classes, "kept_filters": summary, "steps": cost}, table)
 
 
@@ -342,6 +376,262 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
     fit = {k: v for k, v in card.fit.items() if k != "samples"}
     _emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "logits": card.logits, "fit": fit,
                     **report}, table)
+
+
+@app.command("analyze")
+def analyze_cmd(target: Annotated[Path, typer.Argument(metavar="MASKS_OR_MODEL", help="Masks or model directory.")],
+                out: Annotated[Path, typer.Option(help="Output directory (JSON + PNG per analysis).")],
+                dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+                method: Annotated[str, typer.Option(help="Attribution method when given a model.")] = "contribution",
+                classes: Annotated[str | None, typer.Option(help="At least four classes (default: all).")] = None,
+                samples: SamplesOpt = 50,
+                per_class: Annotated[int | None, typer.Option(help="Test images per class for the accuracy "
+                                                                   "analysis (default: all).")] = None,
+                mosaics: Annotated[int, typer.Option(help="2×2 mosaics for the hit rate.")] = 200,
+                seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+                as_json: JsonOpt = False) -> None:
+    """Sub-architecture analyses (NAD §4): per-class accuracy, similarity, hit rate, misclassification."""
+    from mdakit.analysis.run import analyze
+
+    _refuse_existing(out, force)
+    summary = analyze(target, out, dataset, classes, method, samples, per_class, mosaics, seed, data_dir,
+                      resolve_device(device), force, show_progress=True)
+    mis = summary["misclassification"]
+    table = Table(title=f"analyses of {summary['source']} ({summary['method']}), written to {out}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("accuracy, original (mean over classes)", _pct(summary["accuracy_original_mean"]))
+    table.add_row("accuracy, sub-architectures", _pct(summary["accuracy_sub_architecture_mean"]))
+    table.add_row("similarity (mean over layers)", f"{summary['similarity_mean']:.3f}")
+    rows = {"hit rate, last conv layer (chance 0.25)": summary["hit_rate_last_layer"],
+            **{f"misclassification: {key}": mis[key] for key in ("mistaken", "other", "difference")}}
+    for label, value in rows.items():
+        table.add_row(label, "n/a" if value is None else f"{value:.4f}")
+    _emit(as_json, {"out": str(out), **summary}, table)
+
+
+@app.command("decouple")
+def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Trained model directory.")],
+                 out: Annotated[Path, typer.Option(help="Output model directory (a standard model file).")],
+                 dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+                 epochs: int = 1, lr: float = 0.01, batch_size: int = 128,
+                 lambda_m: Annotated[float | None, typer.Option(help="Weight of L_mi (default: Table 5).")] = None,
+                 lambda_k: Annotated[float | None, typer.Option(help="Weight of L_kl (default: Table 5).")] = None,
+                 lambda_s: Annotated[float | None, typer.Option(help="Weight of L_s (default: Table 5).")] = None,
+                 target_ratio: Annotated[float | None, typer.Option(help="R in [0, 1): share of filters each input "
+                                                                         "keeps (default: Table 5).")] = None,
+                 kl_direction: Annotated[str, typer.Option(help="z||y (the papers' KL(z‖y)) or y||z.")] = "z||y",
+                 train_subset: Annotated[int | None, typer.Option(help="Fine-tune on N images (stratified).")] = None,
+                 seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+                 as_json: JsonOpt = False) -> None:
+    """Fine-tune MODEL with a controlling module on its conv layers, so each input uses a thin path."""
+    from mdakit.artifacts import read_card  # local imports: this command is one self-contained insertion
+    from mdakit.decouple.finetune import DecoupleConfig, decouple, default_weights
+    from mdakit.decouple.losses import LossWeights
+
+    _refuse_existing(out, force)
+    dev = resolve_device(device)
+    base = default_weights(read_card(model_path)[0].arch)
+    weights = LossWeights(base.lambda_m if lambda_m is None else lambda_m, base.lambda_k if lambda_k is None else
+                          lambda_k, base.lambda_s if lambda_s is None else lambda_s,
+                          base.target_ratio if target_ratio is None else target_ratio, kl_direction)
+    config = DecoupleConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, train_subset=train_subset,
+                            weights=weights)
+    config.validate()
+    result = decouple(model_path, dataset, config, device=dev, data_dir=data_dir, show_progress=True)
+    save(result.model, out, result.card, force=force)
+    r = result.report
+    table = Table(title=f"{model_path} decoupled ({len(r['gated_layers'])} gated conv layers)")
+    for col in ("model", "test acc", "gate density", "silent / energetic / dynamic filters"):
+        table.add_column(col)
+    states = [sum(s[k] for s in r["test_filter_states"].values()) for k in ("silent", "energetic", "dynamic")]
+    table.add_row("original", _pct(r["original_test_accuracy"]), "", "")
+    table.add_row("decoupled", _pct(r["test_accuracy"]), _pct(r["test_gate_density"]["all"]),
+                  " / ".join(map(str, states)))
+    table.caption = (f"saved to {out}; λ_m {weights.lambda_m:g}, λ_k {weights.lambda_k:g}, λ_s {weights.lambda_s:g}, "
+                     f"R {weights.target_ratio:g}, KL {weights.kl_direction}; {epochs} epoch(s) on "
+                     f"{r['finetune']['train_samples']} images")
+    _emit(as_json, {"out": str(out), **r}, table)
+
+
+@app.command("compress")
+def compress_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+                 out: Annotated[Path, typer.Option(help="Output model directory.")],
+                 dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+                 method: MethodOpt = "contribution", samples: SamplesOpt = 50,
+                 alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
+                 beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, beta: NadBetaOpt = None,
+                 nad_loss: NadLossOpt = "code", calibrate: CalibrateOpt = None, seed: int = 0,
+                 device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+                 as_json: JsonOpt = False) -> None:
+    """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
+    from mdakit.compress import compress  # local import: this block is one self-contained insertion
+
+    _refuse_existing(out, force)
+    dev = resolve_device(device)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss)
+    small = compress(model_path, dataset, method, samples=samples, settings=settings, calibrate=calibrate,
+                     seed=seed, device=dev, data_dir=data_dir, show_progress=True)
+    small.save(out, force=force)
+    r = small.report
+    table = Table(title=f"{model_path} compressed ({method}, all {len(r['classes'])} logits kept)")
+    for col in ("model", "accuracy", "params", "MACs"):
+        table.add_column(col)
+    osz, csz = r["original_size"], r["compressed_size"]
+    table.add_row("original", _pct(r["original_accuracy"]) if "original_accuracy" in r else "n/a",
+                  f"{osz['params']:,}", f"{osz['macs']:,}")
+    table.add_row("compressed", _pct(r["accuracy"]) if "accuracy" in r else "n/a",
+                  f"{csz['params']:,} ({r['params_ratio']:.1%})", f"{csz['macs']:,} ({r['macs_ratio']:.1%})")
+    table.caption = f"saved to {out}"
+    _emit(as_json, {"out": str(out), **r}, table)
+
+
+@app.command("export")
+def export_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model, part, compressed or "
+                                                                             "assembled model directory.")],
+               out: Annotated[Path, typer.Option(help="Output file (.onnx or .pt).")],
+               fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+               force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Export a model for deployment (raw [0, 1] images in, logits out), checked against PyTorch."""
+    from mdakit.export import export  # local import: this block is one self-contained insertion
+
+    result = export(model_path, out, fmt, force=force)
+    _emit(as_json, result, f"exported {model_path} to {out} ({fmt}, {result['bytes']:,} bytes); largest "
+                           f"difference from the PyTorch model on random images: {result['max_abs_diff']:.2g}")
+
+
+@app.command("paths")
+def paths_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Decoupled model directory.")],
+              out: Annotated[Path, typer.Option(help="Output directory (JSON + PNG per analysis, path masks).")],
+              dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+              per_class: Annotated[int, typer.Option(help="Test images per class whose paths are analysed.")] = 100,
+              share: Annotated[float, typer.Option(help="A filter is in a class's path mask when at least this "
+                                                        "share of the class's images select it.")] = 0.5,
+              filter_layer: Annotated[str | None, typer.Option(help="Gated layer of the top-image figure "
+                                                                    "(default: the last).")] = None,
+              filters: Annotated[str | None, typer.Option(help="Comma-separated filter indices for the top-image "
+                                                               "figure (default: the most class-specific).")] = None,
+              occlusion_images: Annotated[int, typer.Option(help="Images of the occlusion analysis.")] = 4,
+              patch: Annotated[int | None, typer.Option(help="Occlusion patch size (default: a quarter of the "
+                                                             "image side).")] = None,
+              stride: Annotated[int | None, typer.Option(help="Occlusion stride (default: half the patch).")] = None,
+              seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+              as_json: JsonOpt = False) -> None:
+    """Calculation paths of a decoupled model: filter states, class paths (and masks), t-SNE, Hopkins tree,
+    W_cla categories, top images, occlusion."""
+    from mdakit.analysis.decoupling_paths import PathsSettings, paths_report
+
+    _refuse_existing(out, force)
+    try:
+        chosen = tuple(int(v) for v in filters.split(",")) if filters else None
+    except ValueError:
+        raise MdakitError(f"--filters must be comma-separated integers, got {filters!r}") from None
+    settings = PathsSettings(per_class=per_class, share=share, filter_layer=filter_layer, filters=chosen,
+                             occlusion_images=occlusion_images, patch=patch, stride=stride, seed=seed)
+    summary = paths_report(model_path, out, dataset, settings, data_dir, resolve_device(device), force)
+    table = Table(title=f"calculation paths of {model_path} on {summary['images']} {summary['dataset']} test images")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    states = summary["filter_states"]
+    table.add_row("accuracy", _pct(summary["accuracy"]))
+    table.add_row("gate density", _pct(summary["gate_density"]))
+    table.add_row("energetic / dynamic / silent filters", f"{states['energetic']} / {states['dynamic']} / "
+                  f"{states['silent']}")
+    table.add_row("t-SNE silhouette / 10-NN same class", f"{summary['tsne']['silhouette_2d']:.3f} / "
+                  f"{summary['tsne']['neighbour_agreement']:.3f}")
+    table.caption = f"written to {out} (path masks in {out / 'path-masks'})"
+    _emit(as_json, {"out": str(out), **summary}, table)
+
+
+def _attribution_for(model_path: Path, classes: str, samples: int, seed: int, device: str,
+                     data_dir: Path | None, thresholds: tuple[float, float, float, float]) -> Any:
+    from mdakit.report.contrib import attribute
+
+    source = resolve_source(model_path, None, None, None, data_dir)
+    settings = _settings(*thresholds, None)
+    return attribute(source, parse_classes(classes, source.card.class_names), settings, samples, seed,
+                     resolve_device(device))
+
+
+@app.command("routes")
+def routes_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+               classes: ClassesOpt, out: Annotated[Path, typer.Option(help="Output directory (PNG, SVG, JSON).")],
+               image_index: Annotated[int | None, typer.Option(
+                   help="Also draw this test image's own route against its class's route.")] = None,
+               top: Annotated[int, typer.Option(help="Channels drawn per column; the rest become one node.")] = 12,
+               samples: SamplesOpt = 50, alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2,
+               alpha_linear: AlphaLinear = 0.4, beta_linear: BetaLinear = 0.3, seed: int = 0,
+               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+               as_json: JsonOpt = False) -> None:
+    """Decision routes (contribution paper Fig. 6): each class's kept channels and kernels, in its colour."""
+    from mdakit.report.decision import probe_image, route_map, write_route_map
+
+    _refuse_existing(out, force)
+    att = _attribution_for(model_path, classes, samples, seed, device, data_dir,
+                           (alpha_conv, beta_conv, alpha_linear, beta_linear))
+    if image_index is not None and att.source.test is None:
+        raise MdakitError("the model's dataset has no test split to take --image-index from")
+    probe = probe_image(att.source.test, image_index) if image_index is not None else None
+    result = route_map(att, None, top, probe)
+    files = write_route_map(result, out, force=force)
+    summary = {"out": str(out), "files": [str(f) for f in files], "classes": att.classes,
+               "kept_channels": {r.label: {k: len(v) for k, v in r.channels.items()} for r in result.routes},
+               "input": None if result.comparison is None else {**result.probe_info,
+                                                                "leaves_at": result.comparison["leaves_at"]}}
+    note = "" if result.comparison is None else f"; {result.probe.label} leaves at {result.comparison['leaves_at']}"
+    _emit(as_json, summary, f"routes of classes {att.classes} written to {out}{note}")
+
+
+@app.command("patterns")
+def patterns_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
+                 classes: ClassesOpt, out: Annotated[Path, typer.Option(help="Output directory (PNG, JSON).")],
+                 per_class: Annotated[int, typer.Option(help="Single samples drawn per class.")] = 5,
+                 unit: Annotated[int | None, typer.Option(
+                     help="Filter whose pattern is drawn (default: the most contributed-to, per layer).")] = None,
+                 layer: Annotated[list[str] | None, typer.Option(help="Layer to draw (repeat; default all).")] = None,
+                 samples: SamplesOpt = 50, seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
+                 force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Contribution patterns (contribution paper Fig. 2, 3, 7–10): per layer, one unit's relative
+    contributions and the total contribution per input channel, for samples and for classes."""
+    from mdakit.report.patterns import contribution_patterns, write_patterns
+
+    _refuse_existing(out, force)
+    att = _attribution_for(model_path, classes, samples, seed, device, data_dir, (0.3, 0.2, 0.4, 0.3))
+    patterns = contribution_patterns(att, layer or None, per_class, unit)
+    files = write_patterns(patterns, out, force=force)
+    table = Table(title=f"contribution patterns of {model_path}, written to {out}")
+    for col in ("layer", "unit", "cosine within class", "cosine between classes"):
+        table.add_column(col)
+    for e in patterns["layers"]:
+        table.add_row(e["layer"], str(e["unit"]), *("n/a" if v is None else f"{v:.3f}" for v in (
+            e["total_cosine_within_class"], e["total_cosine_between_classes"])))
+    _emit(as_json, {"out": str(out), "files": [str(f) for f in files],
+                    "layers": [{k: e[k] for k in ("layer", "unit", "total_cosine_within_class",
+                                                  "total_cosine_between_classes")} for e in patterns["layers"]]},
+          table)
+
+
+@app.command("report")
+def report_cmd(paths: Annotated[list[Path], typer.Argument(metavar="RUN_OR_MODEL...", help=(
+                   "Model, part, assembly, analysis or results directories, or run directories holding them."))],
+               out: Annotated[Path, typer.Option(help="The HTML file to write.")],
+               compute: Annotated[bool, typer.Option(help="Compute routes, similarity and patterns from the models "
+                                                          "and their data (--no-compute: files only).")] = True,
+               samples: SamplesOpt = 50,
+               max_classes: Annotated[int, typer.Option(help="Classes attributed per model.")] = 10,
+               route_classes: Annotated[int, typer.Option(help="Classes drawn in a model's routes.")] = 3,
+               top: Annotated[int, typer.Option(help="Channels drawn per route column.")] = 12,
+               seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+               as_json: JsonOpt = False) -> None:
+    """One self-contained HTML page (works offline) for models, parts, assemblies and results."""
+    from mdakit.report.build import write_report
+    from mdakit.report.context import ReportOptions
+
+    _refuse_existing(out, force)
+    options = ReportOptions(compute, samples, seed, max_classes, route_classes, top, data_dir,
+                            str(resolve_device(device)))
+    path, sections = write_report(paths, out, options, force=force)
+    _emit(as_json, {"out": str(path.resolve()), "sections": sections}, str(path.resolve()))
 
 
 def run(argv: list[str]) -> int:

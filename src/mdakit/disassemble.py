@@ -8,6 +8,7 @@ from the union of the classes' masks, extracts a physically smaller model whose 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mdakit.artifacts import ModelCard, load_with_card, save
 from mdakit.attribution.contribution import ContributionSettings, class_sums, contribution_masks, masks_from_sums
 from mdakit.attribution.gradient import GradientSettings, gradient_masks
+from mdakit.attribution.nad import NADSettings, nad_masks
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, labels_of, load_dataset, make_loader, parse_classes, stratified_split
+from mdakit.distributed import DEFAULT_CHUNK, World, in_chunks, run_per_class, state_digest
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.graph import ChannelGraph, trace
 from mdakit.masks import ComponentMasks
 from mdakit.metrics import model_size
-from mdakit.profiling import measure
+from mdakit.profiling import StepCost, measure
 from mdakit.surgery import KeepSets, apply_kernel_masks, keep_sets, rebuild
 
-METHODS = ("contribution", "gradient")
+METHODS = ("contribution", "gradient", "nad")
 CALIBRATION_FACTORS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
 
 
@@ -171,56 +174,127 @@ def calibrate_thresholds(source: Source, graph: ChannelGraph, sums: dict, rows: 
     return candidate, masks, info
 
 
+def _attribute(method: str, graph: ChannelGraph, train: Dataset, chosen: dict[int, torch.Tensor],
+               rows: dict[int, int], settings: ContributionSettings | NADSettings, device: torch.device | str,
+               show_progress: bool) -> ComponentMasks:
+    """Masks of the classes in ``chosen`` by ``method`` (calibration aside)."""
+    if method == "nad":
+        return nad_masks(graph, train, chosen, rows, settings, device, show_progress)
+    if method == "gradient":
+        return gradient_masks(graph, train, chosen, rows, GradientSettings(batch_size=settings.batch_size), device,
+                              show_progress)
+    return contribution_masks(graph, train, chosen, rows, settings, device, show_progress)
+
+
+def _add_cost(cost: dict[str, Any], name: str, step: StepCost) -> None:
+    """Add a chunk's step to ``cost``: seconds add up, the peak RSS is the largest."""
+    entry = cost.setdefault(name, {"seconds": 0.0, "peak_rss_mb": None, "peak_is_step": step.peak_is_step})
+    entry["seconds"] += step.seconds
+    if step.peak_rss_mb is not None:
+        entry["peak_rss_mb"] = max(entry["peak_rss_mb"] or 0.0, step.peak_rss_mb)
+
+
 def compute_masks(source: Source, classes: Sequence[int], method: str = "contribution", samples: int = 50,
-                  settings: ContributionSettings | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                  graph: ChannelGraph | None = None, calibrate: float | None = None, show_progress: bool = False
-                  ) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
+                  settings: ContributionSettings | NADSettings | None = None, seed: int = 0,
+                  device: torch.device | str = "cpu", graph: ChannelGraph | None = None,
+                  calibrate: float | None = None, show_progress: bool = False, *, class_chunk: int | None = None,
+                  out: str | Path | None = None, world: World | None = None, work_dir: str | Path | None = None,
+                  force: bool = False) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
     """Per-class masks of ``classes`` (dataset labels) and the cost of each step.
+
+    ``method="nad"`` takes :class:`NADSettings` (default: ``NADSettings()``) and runs with ``seed``.
 
     ``calibrate`` (points of accuracy) relaxes the thresholds until the classes' part stays within
     that tolerance of the original on held-out training images (see :func:`calibrate_thresholds`).
+
+    Many classes: ``class_chunk`` selects samples and attributes that many classes at a time. With
+    ``out`` the masks are written there as they finish (:func:`mdakit.distributed.run_per_class`:
+    resumable, split across the ranks of ``world``, default chunk :data:`~mdakit.distributed.DEFAULT_CHUNK`)
+    and returned lazily loaded, so memory is set by the chunk, not by the number of classes. A
+    class's samples and masks do not depend on the chunk or rank that computes it.
     """
     if method not in METHODS:
         raise MdakitError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    if isinstance(settings, NADSettings) and method != "nad":
+        raise MdakitError(f"NAD settings were given for method {method!r}")
+    if method == "nad":
+        settings = dataclasses.replace(settings if isinstance(settings, NADSettings) else NADSettings(), seed=seed)
     settings = settings or ContributionSettings()
     settings.validate()
+    world = world or World()
     if calibrate is not None and calibrate < 0:
         raise MdakitError(f"the calibration tolerance must be non-negative, got {calibrate}")
     if calibrate is not None and method != "contribution":
         raise MdakitError("threshold calibration is only available for contribution attribution")
+    if class_chunk is not None and class_chunk < 1:
+        raise MdakitError(f"the class chunk must be at least 1, got {class_chunk}")
+    chunked = class_chunk is not None or out is not None or world.size > 1
+    if calibrate is not None and chunked:
+        raise MdakitError("threshold calibration keeps every class's sums at once; it cannot be combined with "
+                          "class chunks, an output directory or several processes")
+    if world.size > 1 and out is None:
+        raise MdakitError("several processes need an output directory to gather their classes' masks in")
+    if method == "nad" and settings.beta == "auto" and chunked:
+        raise MdakitError("NAD's β 'auto' is chosen on the first class; with class chunks or several processes "
+                          "pass a number (e.g. the β an unchunked run chose)")
     class_list = parse_classes(list(classes), source.card.class_names)
     missing = [c for c in class_list if c not in source.card.logit_classes]
     if missing:
         raise MdakitError(f"the model has no logit for class {missing[0]} (its classes: {source.card.logit_classes})")
     rows = {c: source.card.logit_classes.index(c) for c in class_list}
+    row_list = [rows[c] for c in class_list]
+    position = {c: i for i, c in enumerate(class_list)}
     cost: dict[str, Any] = {}
     with measure() as step:
         graph = graph or trace(source.model, source.card.input_shape)
     cost["trace"] = step.to_dict()
+
+    def chunk_masks(chunk: list[int]) -> ComponentMasks:
+        last = max(position[c] for c in chunk) + 1  # later classes cannot change the earlier ones' samples
+        only = None if len(chunk) == len(class_list) else set(chunk)
+        with measure() as step:
+            chosen = select_samples(source.model, source.train, class_list[:last], row_list[:last], n=samples,
+                                    seed=seed, device=world.device(device), only=only)
+        _add_cost(cost, "sample_selection", step)
+        with measure() as step:
+            masks = _attribute(method, graph, source.train, chosen, rows, settings, world.device(device),
+                               show_progress)
+        _add_cost(cost, "attribution", step)
+        masks.info = {"samples_used": {c: len(v) for c, v in chosen.items()}}
+        return masks
+
+    def describe(masks: ComponentMasks, calibration: dict[str, Any] | None = None) -> None:
+        masks.class_names = {c: source.card.class_names[c] for c in class_list if c < len(source.card.class_names)}
+        masks.settings.update(samples=samples, seed=seed, calibration=calibration)
+        masks.info = {"source": source.label, "rows": rows, "input_shape": list(source.card.input_shape),
+                      "samples_used": {c: masks.info["samples_used"][c] for c in class_list}}
+
+    if out is not None:
+        fingerprint = {"source": source.label, "weights": state_digest(source.model), "train_images": len(source.train),
+                       "classes": class_list, "method": method, "samples": samples, "seed": seed,
+                       "settings": settings.to_dict()}
+        masks = run_per_class(class_list, chunk_masks, out, chunk=class_chunk or DEFAULT_CHUNK, world=world,
+                              work_dir=work_dir, fingerprint=fingerprint, finish=describe, force=force)
+        return masks, graph, cost
+    if calibrate is None:
+        parts = [chunk_masks(chunk) for chunk in in_chunks(class_list, class_chunk or len(class_list))]
+        masks = ComponentMasks({c: m for part in parts for c, m in part.per_class.items()}, parts[0].method,
+                               parts[0].settings,
+                               info={"samples_used": {c: n for p in parts for c, n in p.info["samples_used"].items()}})
+        describe(masks)
+        return masks, graph, cost
     with measure() as step:
-        chosen = select_samples(source.model, source.train, class_list, [rows[c] for c in class_list], n=samples,
-                                seed=seed, device=device)
+        chosen = select_samples(source.model, source.train, class_list, row_list, n=samples, seed=seed, device=device)
     cost["sample_selection"] = step.to_dict()
     with measure() as step:
-        if method == "gradient":
-            masks = gradient_masks(graph, source.train, chosen, rows, GradientSettings(batch_size=settings.batch_size),
-                                   device, show_progress)
-        elif calibrate is not None:  # keep the sums to try several thresholds
-            sums = class_sums(graph, source.train, chosen, settings, device, show_progress)
-            masks = masks_from_sums(graph, sums, rows, settings)
-        else:
-            masks = contribution_masks(graph, source.train, chosen, rows, settings, device, show_progress)
+        sums = class_sums(graph, source.train, chosen, settings, device, show_progress)
     cost["attribution"] = step.to_dict()
-    calibration = None
-    if calibrate is not None:
-        with measure() as step:
-            settings, masks, calibration = calibrate_thresholds(source, graph, sums, rows, class_list, chosen,
-                                                                settings, calibrate, seed, device=device)
-        cost["calibration"] = step.to_dict()
-    masks.class_names = {c: source.card.class_names[c] for c in class_list if c < len(source.card.class_names)}
-    masks.settings.update(samples=samples, seed=seed, calibration=calibration)
-    masks.info = {"source": source.label, "rows": rows, "input_shape": list(source.card.input_shape),
-                  "samples_used": {c: len(v) for c, v in chosen.items()}}
+    with measure() as step:
+        settings, masks, calibration = calibrate_thresholds(source, graph, sums, rows, class_list, chosen,
+                                                            settings, calibrate, seed, device=device)
+    cost["calibration"] = step.to_dict()
+    masks.info = {"samples_used": {c: len(v) for c, v in chosen.items()}}
+    describe(masks, calibration)
     return masks, graph, cost
 
 

@@ -4,8 +4,10 @@ Every model built here is ``nn.Sequential(normalize=Normalize(...), net=<body>)`
 [0, 1] images to logits, carrying its own input normalisation, so parts of models trained on
 datasets with different statistics can share one raw input.
 
-Names: ``lenet5``, ``vgg16``, ``resnet50``, ``googlenet`` and ``torchvision:<name>`` for any
-torchvision classification model (first convolution adapted to the input channels).
+Names: ``lenet5``, ``vgg16``, ``resnet20``, ``resnet56``, ``resnet50``, ``googlenet`` and
+``torchvision:<name>`` for any torchvision classification model (first convolution adapted to the
+input channels) and ``timm:<name>`` for any timm model (architecture only, built with the dataset's
+input channels and class count; weights come from ``mdakit import``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,63 @@ def vgg16(input_shape: Sequence[int], num_classes: int, width: float = 1.0, hidd
                                      classifier=classifier))
 
 
+class BasicBlock(nn.Module):
+    """Two 3×3 conv+BN layers and a shortcut: identity, or a 1×1 conv+BN projection (option B)
+    where the stride or the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+def cifar_resnet(input_shape: Sequence[int], num_classes: int, depth: int) -> nn.Module:
+    """CIFAR-style ResNet of He et al. (2016, §4.2): a 3×3 16-filter stem, three stages of
+    (depth − 2) / 6 basic blocks with 16, 32 and 64 filters (stride 2 into stages 2 and 3), global
+    average pooling and one linear layer. Shortcuts use option B (1×1 projection) where shapes change,
+    so every layer stays a plain, traceable conv/BN (option A's channel zero-padding is not)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise MdakitError(f"a CIFAR ResNet needs depth 6n + 2 (20, 32, 44, 56, ...), got {depth}")
+    blocks = (depth - 2) // 6
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                               nn.ReLU(inplace=True)]
+    in_ch = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for b in range(blocks):
+            layers.append(BasicBlock(in_ch, width, 2 if stage > 0 and b == 0 else 1))
+            in_ch = width
+    net = nn.Sequential(OrderedDict(features=nn.Sequential(*layers), pool=nn.AdaptiveAvgPool2d(1),
+                                    flatten=nn.Flatten(), fc=nn.Linear(in_ch, num_classes)))
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+@register("resnet20")
+def resnet20(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """CIFAR-style ResNet-20 (3 blocks per stage; see :func:`cifar_resnet`)."""
+    return cifar_resnet(input_shape, num_classes, 20)
+
+
+@register("resnet56")
+def resnet56(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """CIFAR-style ResNet-56 (9 blocks per stage; see :func:`cifar_resnet`)."""
+    return cifar_resnet(input_shape, num_classes, 56)
+
+
 @register("resnet50")
 def resnet50(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """torchvision's ResNet-50 (bottleneck blocks) with a 3×3 stride-1 stem, keeping the max-pool."""
@@ -163,6 +222,18 @@ def _torchvision_body(name: str, input_shape: Sequence[int], num_classes: int, *
     return net
 
 
+def _timm_body(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> nn.Module:
+    """A timm architecture without weights (``pretrained=False``); its stem takes ``input_shape[0]`` channels."""
+    import timm  # imported on use: timm is slow to import
+
+    if not timm.is_model(name):
+        raise MdakitError(f"unknown timm model {name!r}; see timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+    except TypeError as exc:
+        raise MdakitError(f"bad options for timm:{name}: {exc}") from exc
+
+
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 **kwargs) -> nn.Sequential:
@@ -185,13 +256,16 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int,
         raise MdakitError(f"mean/std need {shape[0]} values (one per input channel)")
     if arch.startswith("torchvision:"):
         body = _torchvision_body(arch.split(":", 1)[1], shape, num_classes, **kwargs)
+    elif arch.startswith("timm:"):
+        body = _timm_body(arch.split(":", 1)[1], shape, num_classes, **kwargs)
     elif arch in _REGISTRY:
         try:
             body = _REGISTRY[arch](shape, num_classes, **kwargs)
         except TypeError as exc:
             raise MdakitError(f"bad options for {arch}: {exc}") from exc
     else:
-        raise MdakitError(f"unknown architecture {arch!r}; known: {', '.join(available())}, torchvision:<name>")
+        raise MdakitError(f"unknown architecture {arch!r}; known: {', '.join(available())}, torchvision:<name>, "
+                          "timm:<name>")
     model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=body))
     _check_runs(model, arch, shape, num_classes)
     return model

@@ -141,17 +141,21 @@ def relative_contributions(total: torch.Tensor, groups: int = 1) -> torch.Tensor
             [0.0000, 0.0000, 0.0000]])
     """
     k, n = total.shape
+    if groups == 1:
+        return _minmax_rows(total)
     blocks = total.view(groups, k // groups, groups, n // groups)
     idx = torch.arange(groups)
     blocks = blocks[idx, :, idx, :]  # groups × (k/g) × (n/g)
-    lo = blocks.amin(-1, keepdim=True)
-    hi = blocks.amax(-1, keepdim=True)
-    span = hi - lo
-    r = torch.where(span > 0, (blocks - lo) / span.clamp_min(torch.finfo(total.dtype).tiny),
-                    (blocks > 0).to(total.dtype))
     out = total.new_zeros(groups, k // groups, groups, n // groups)
-    out[idx, :, idx, :] = r
+    out[idx, :, idx, :] = _minmax_rows(blocks)
     return out.view(k, n)
+
+
+def _minmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """Min–max over the last dimension; constant rows give 1 where positive, else 0."""
+    lo = x.amin(-1, keepdim=True)
+    span = x.amax(-1, keepdim=True) - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), (x > 0).to(x.dtype))
 
 
 def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
@@ -205,11 +209,16 @@ def masks_from_sums(graph: ChannelGraph, sums: Mapping[int, Mapping[str, torch.T
                     settings: ContributionSettings) -> ComponentMasks:
     """Threshold per-class sums (a dict, or ``(class, sums)`` pairs as they stream in) into masks.
 
-    Cheap: rerun it on kept sums to try other thresholds.
+    Cheap: rerun it on kept sums to try other thresholds. A streamed class's float sums are dropped
+    as soon as its masks exist, before the next class's forward passes, so one class's sums (K × N
+    float32 per layer) is all this keeps besides the bit-packed masks.
     """
     settings.validate()
     items = sums.items() if isinstance(sums, Mapping) else sums
-    per_class = {c: class_masks(graph, class_sum, rows[c], settings) for c, class_sum in items}
+    per_class = {}
+    for c, class_sum in items:
+        per_class[c] = class_masks(graph, class_sum, rows[c], settings)
+        del class_sum
     return ComponentMasks(per_class, method="contribution", settings=settings.to_dict())
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from mdakit.errors import MdakitError
 @torch.no_grad()
 def select_samples(model: nn.Module, dataset: Dataset, classes: Sequence[int], rows: Sequence[int],
                    n: int = 50, pool_factor: int = 2, seed: int = 0, device: torch.device | str = "cpu",
-                   batch_size: int = 256) -> dict[int, torch.Tensor]:
+                   batch_size: int = 256, only: Collection[int] | None = None) -> dict[int, torch.Tensor]:
     """Per class, indices into ``dataset`` of the ``n`` correctly classified images with the highest
     softmax probability on their true label.
 
@@ -23,6 +23,9 @@ def select_samples(model: nn.Module, dataset: Dataset, classes: Sequence[int], r
     the same amount again) only while too few of them are classified correctly, so the cost does
     not grow with the dataset. ``rows[i]`` is the logit of ``classes[i]``. A class with no correctly
     classified image raises :class:`MdakitError`.
+
+    ``only``: select just these classes; the others still advance the seeded generator (cheaply, with
+    no forward pass), so a class gets the same samples whichever chunk or process selects it.
 
     >>> from mdakit.data import ImageTensorDataset
     >>> ds = ImageTensorDataset(torch.zeros(4, 1, 1, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
@@ -43,6 +46,8 @@ def select_samples(model: nn.Module, dataset: Dataset, classes: Sequence[int], r
         if len(members) == 0:
             raise MdakitError(f"the dataset has no training images of class {cls}")
         members = members[torch.randperm(len(members), generator=generator)]
+        if only is not None and cls not in only:
+            continue
         step = max(n * pool_factor, n)
         scored_idx, scored_p = [], []
         start = 0

@@ -1,0 +1,90 @@
+"""One self-contained HTML page for models, parts, assemblies, analyses and benchmark results.
+
+Every number on the page is read from the files named (cards, ``assembly.json``, analysis and result
+JSON) or computed here from the models and their data (routes, similarity, patterns); none is typed in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from mdakit.errors import MdakitError
+from mdakit.report.context import Context, ReportOptions
+from mdakit.report.file_sections import analysis_body, assembly_body, results_body
+from mdakit.report.items import Item, collect
+from mdakit.report.markup import Section, heading, page, table
+from mdakit.report.model_sections import model_body, part_body
+
+BODIES = {"model": model_body, "decoupled": model_body, "part": part_body, "assembly": assembly_body,
+          "analysis": analysis_body, "results": results_body}
+TITLES = {"model": "Model", "decoupled": "Decoupled model", "part": "Part", "assembly": "Assembly",
+          "analysis": "Analysis", "results": "Results"}
+
+
+def section_id(item: Item, taken: set[str]) -> str:
+    """A unique HTML id for an item's section.
+
+    >>> section_id(Item("part", Path("runs/demo/part-0")), {"part-part-0"})
+    'part-part-0-2'
+    """
+    base = f"{item.kind}-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", item.path.name).strip("-") or "root")
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def build_sections(items: Sequence[Item], options: ReportOptions) -> list[Section]:
+    """An overview section, then one section per item."""
+    ctx = Context(options)
+    taken = {"overview"}
+    sections = [Section(section_id(item, taken), f"{TITLES[item.kind]}: {item.path}", BODIES[item.kind](item, ctx))
+                for item in items]
+    rows = [[TITLES[item.kind], str(item.path), f"#{s.id}"] for item, s in zip(items, sections)]
+    overview = heading("Contents", 3) + table(["kind", "directory", "section"], rows)
+    return [Section("overview", "Overview", overview), *sections]
+
+
+def build_report(paths: Sequence[str | Path], options: ReportOptions | None = None) -> tuple[str, list[str]]:
+    """The HTML page for ``paths`` and its section ids.
+
+    >>> html, ids = build_report(["runs/demo"])  # doctest: +SKIP
+    """
+    options = options or ReportOptions()
+    options.validate()
+    items = collect(paths)
+    sections = build_sections(items, options)
+    title = "mdakit report: " + ", ".join(str(p) for p in paths)
+    subtitle = f"{len(items)} director{'y' if len(items) == 1 else 'ies'}; computed on {options.device}"
+    return page(title, subtitle, sections), [s.id for s in sections]
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path, options: ReportOptions | None = None,
+                 force: bool = False) -> tuple[Path, list[str]]:
+    """Build the page and write it to ``out`` atomically (nothing is written when anything fails).
+
+    >>> path, ids = write_report(["runs/demo"], "runs/demo/report.html")  # doctest: +SKIP
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+    if out.is_dir():
+        raise MdakitError(f"{out} is a directory; --out names the HTML file to write")
+    text, ids = build_report(paths, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out, ids

@@ -1,0 +1,69 @@
+"""What the report computes and keeps while it is built: options, loaded models, attributions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mdakit.attribution.contribution import ContributionSettings
+from mdakit.disassemble import Source, resolve_source
+from mdakit.errors import MdakitError
+from mdakit.report.contrib import ClassAttribution, attribute
+
+
+@dataclass
+class ReportOptions:
+    """``compute=False`` shows only what the files hold (no data needed); otherwise routes,
+    similarity and patterns are computed on each model's own training data (``samples`` per class,
+    at most ``max_classes`` classes per model, routes of the first ``route_classes`` of them)."""
+
+    compute: bool = True
+    samples: int = 50
+    seed: int = 0
+    max_classes: int = 10
+    route_classes: int = 3
+    top: int = 12
+    data_dir: Path | None = None
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work.
+
+        >>> ReportOptions(samples=0).validate()
+        Traceback (most recent call last):
+        mdakit.errors.MdakitError: --samples must be at least 1, got 0
+        """
+        for name in ("samples", "max_classes", "route_classes", "top"):
+            if getattr(self, name) < 1:
+                raise MdakitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Context:
+    """Options plus caches, so a model shared by several parts is loaded once."""
+
+    options: ReportOptions
+    sources: dict[str, Source] = field(default_factory=dict)
+    attributions: dict[tuple, ClassAttribution] = field(default_factory=dict)
+
+    def source(self, path: str | Path) -> Source:
+        """The model at ``path`` with its own dataset's train and test splits."""
+        key = str(path)
+        if key not in self.sources:
+            self.sources[key] = resolve_source(path, data_dir=self.options.data_dir)
+        return self.sources[key]
+
+    def attribution(self, path: str | Path, classes: list[int], settings: ContributionSettings | None = None,
+                    samples: int | None = None, seed: int | None = None) -> ClassAttribution:
+        """Contribution attribution of ``classes`` of the model at ``path`` (cached)."""
+        settings = settings or ContributionSettings()
+        samples = self.options.samples if samples is None else samples
+        seed = self.options.seed if seed is None else seed
+        key = (str(path), tuple(classes), tuple(sorted(settings.to_dict().items())), samples, seed)
+        if key not in self.attributions:
+            with torch.no_grad():
+                self.attributions[key] = attribute(self.source(path), classes, settings, samples, seed,
+                                                   self.options.device)
+        return self.attributions[key]

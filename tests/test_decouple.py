@@ -1,0 +1,189 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mdakit.artifacts import ModelCard, load, load_with_card, save
+from mdakit.cli import run
+from mdakit.data import ClassSubset
+from mdakit.decouple.dynamic import DynamicNet, macs_per_input
+from mdakit.decouple.gates import DecoupledNet, improved_semhash, saturating_sigmoid
+from mdakit.decouple.losses import LossWeights, kl_loss, mi_loss, sparse_loss
+from mdakit.decouple.paths import collect_paths
+from mdakit.errors import MdakitError
+from mdakit.metrics import count_macs
+from mdakit.zoo import build_model
+
+
+def _images(dataset, n: int) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def _closed_some_gates(net: DecoupledNet, seed: int = 0) -> DecoupledNet:
+    """Gate biases around 0 so inputs select different, partial filter sets."""
+    torch.manual_seed(seed)
+    for gate in net.gates:
+        nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
+    return net.eval()
+
+
+def test_semhash_mixes_per_sample_when_channels_exceed_batch():
+    torch.manual_seed(0)
+    z = improved_semhash(torch.zeros(6, 200), training=True)
+    binary = ((z == 0) | (z == 1)).all(1)
+    soft = ((z > 0) & (z < 1)).float().mean(1) > 0.5
+    assert bool((binary ^ soft).all()), "each sample is either all hard or all soft"
+    assert 0 < int(binary.sum()) < 6
+    choices = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        z = improved_semhash(torch.zeros(2, 300), training=True)
+        choices.add(tuple(((z == 0) | (z == 1)).all(1).tolist()))
+    assert len(choices) == 4  # both samples choose independently
+
+
+def test_straight_through_gradient_is_v1s():
+    g = torch.linspace(-3, 3, 40).repeat(8, 1).requires_grad_()
+    torch.manual_seed(1)
+    z = improved_semhash(g, training=True)
+    (z * torch.arange(40.0)).sum().backward()
+    torch.manual_seed(1)
+    s = g.detach() + torch.randn_like(g)
+    hard = torch.rand(8, 1) < 0.5
+    sig = torch.sigmoid(s)
+    inside = (1.2 * sig - 0.1 > 0) & (1.2 * sig - 0.1 < 1)
+    expected = 1.2 * sig * (1 - sig) * inside * torch.arange(40.0)
+    assert torch.allclose(g.grad, expected, atol=1e-6)
+    assert torch.equal(z.detach()[hard.flatten()], (s > 0).float()[hard.flatten()])
+    assert torch.allclose(z.detach()[~hard.flatten()], saturating_sigmoid(s)[~hard.flatten()])
+    assert torch.equal(improved_semhash(g.detach(), training=False), (g.detach() > 0).float())
+
+
+def test_loss_terms_by_hand():
+    z = [torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]), torch.tensor([[0.5, 0.5], [1.0, 0.0]])]
+    assert float(sparse_loss(z, 0.0)) == pytest.approx(3.0 + 1.0)
+    assert float(sparse_loss(z, 0.5)) == pytest.approx(abs(3.0 - 2.0) + abs(1.0 - 1.0))
+
+    zk, yk = [torch.tensor([[1.0, 0.0]])], [torch.tensor([[1.0, 1.0]])]
+    eps = 1e-3
+    p = torch.tensor([1 + eps, eps]) / (1 + 2 * eps)
+    q = torch.tensor([0.5, 0.5])
+    assert float(kl_loss(zk, yk, "z||y", eps)) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+    assert float(kl_loss(zk, yk, "y||z", eps)) == pytest.approx(float((q * (q / p).log()).sum()), rel=1e-5)
+    y_negative = [torch.tensor([[1.0, -5.0]])]  # y is clamped at 0 before normalising
+    assert float(kl_loss(zk, y_negative, "z||y", eps)) == pytest.approx(float(kl_loss(zk, [torch.tensor([[1.0, 0.0]])],
+                                                                                      "z||y", eps)))
+
+    head = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    logits = torch.tensor([1.0, 0.0, 0.0])
+    expected = -math.log(math.exp(1) / (math.exp(1) + 2))
+    assert float(mi_loss([torch.tensor([[1.0, 0.0]])], [head], torch.tensor([0]))) == pytest.approx(expected)
+    assert float(mi_loss([torch.tensor([[1.0, 0.0]])] * 2, [head] * 2, torch.tensor([0]))) == pytest.approx(
+        2 * float(torch.log_softmax(logits, 0)[0].neg()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lambda_k": -0.1}, "lambda-k"), ({"lambda_s": float("nan")}, "lambda-s"), ({"target_ratio": 1.0}, "target-ratio"),
+    ({"target_ratio": -0.2}, "target-ratio"), ({"kl_direction": "z|y"}, "KL direction"),
+])
+def test_bad_loss_weights(kwargs, message):
+    with pytest.raises(MdakitError, match=message):
+        LossWeights(**kwargs).validate()
+
+
+def test_gate_sites_follow_the_graph():
+    net = DecoupledNet(build_model("resnet20", (1, 28, 28), 10), (1, 28, 28))
+    by_layer = {site.layer: site for site in net.sites}
+    assert "net.features.0" not in by_layer  # the first conv reads the image
+    block = by_layer["net.features.3.conv1"]
+    assert block.chain == ["net_features_3_bn1", "net_features_3_relu1"]  # after BN and ReLU
+    assert by_layer["net.features.3.conv2"].chain == ["net_features_3_bn2"]  # its own output, before the add
+    assert by_layer["net.features.6.shortcut.0"].chain == ["net_features_6_shortcut_1"]
+    assert len(net.layers) == 21 - 2  # stem + 18 block convs + 2 projections, minus the first and the last
+    with pytest.raises(MdakitError, match="no conv layer to gate|at least two"):
+        DecoupledNet(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 2)), (1, 28, 28))
+
+
+def test_save_load_round_trip(tmp_path, mnist_test):
+    test, info = mnist_test
+    torch.manual_seed(0)
+    model = build_model("vgg16", info.input_shape, 10, info.mean, info.std, width=0.125)
+    net = _closed_some_gates(DecoupledNet(model, info.input_shape))
+    card = ModelCard.for_dataset("vgg16", info, arch_kwargs={"width": 0.125})
+    card.edits = [net.edit()]
+    save(net, tmp_path / "d", card)
+    loaded, loaded_card = load_with_card(tmp_path / "d")
+    assert isinstance(loaded, DecoupledNet) and loaded.layers == net.layers
+    assert loaded_card.edits[-1]["kind"] == "decoupled"
+    x = _images(test, 16)
+    with torch.no_grad():
+        a, b = net(x, return_gates=True), loaded(x, return_gates=True)
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(za, zb) for za, zb in zip(a.z, b.z))
+    assert 0.05 < float(torch.cat([z.flatten() for z in a.z]).mean()) < 0.95
+
+
+@pytest.mark.parametrize("arch, width", [("vgg16", {"width": 0.125}), ("lenet5", {}),
+                                         pytest.param("resnet20", {}, marks=pytest.mark.slow)])
+def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_train):
+    test, info = mnist_test
+    torch.manual_seed(0)
+    model = build_model(arch, info.input_shape, 10, info.mean, info.std, **width)
+    net = _closed_some_gates(DecoupledNet(model, info.input_shape))
+    x = _images(test, 12)
+    dynamic = DynamicNet(net)
+    with torch.no_grad():
+        ref = net(x)
+        assert (dynamic(x) - ref).abs().max() <= 1e-4
+        assert (torch.cat([dynamic(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
+    alive = paths.alive()
+    pruned = DynamicNet(net, alive)  # filters silent on these images removed: same outputs on them
+    with torch.no_grad():
+        assert (torch.cat([pruned(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in dynamic.parameters())
+    macs = macs_per_input(pruned, x[:2])
+    assert max(macs) < count_macs(net, info.input_shape)
+
+
+def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):
+    test, _ = mnist_test
+    net = _closed_some_gates(DecoupledNet(load(tiny_lenet_dir), (1, 28, 28)))
+    subset = ClassSubset(test, [0, 1], remap=False)
+    paths = collect_paths(net, subset)
+    assert paths.z["net.features.3"].shape == (len(subset), 16) and paths.z["net.features.3"].dtype == torch.bool
+    states = paths.filter_states()["net.features.3"]
+    assert sum(states.values()) == 16
+    assert set(paths.labels.tolist()) == {0, 1}
+
+
+def test_cli_decouple_end_to_end(tmp_path, capsys, tiny_lenet_dir, data_dir):
+    out = tmp_path / "dec"
+    code = run(["decouple", str(tiny_lenet_dir), "--out", str(out), "--epochs", "1", "--train-subset", "600",
+                "--batch-size", "32", "--lambda-s", "0.01", "--data-dir", str(data_dir), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["gated_layers"] == ["net.features.3"]
+    assert report["config"]["weights"]["lambda_s"] == 0.01 and report["config"]["weights"]["lambda_m"] == 0.01
+    assert report["test_accuracy"] > 0.8
+    model, card = load_with_card(out)
+    assert isinstance(model, DecoupledNet) and card.provenance["decoupled_from"] == str(tiny_lenet_dir)
+    assert card.metrics["test_accuracy"] == report["test_accuracy"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lambda-m", "-1"], "lambda-m"), (["--target-ratio", "1.5"], "target-ratio"),
+    (["--target-ratio", "-0.1"], "target-ratio"), (["--epochs", "0"], "epochs"),
+])
+def test_cli_decouple_bad_input(tmp_path, capsys, tiny_lenet_dir, extra, message):
+    out = tmp_path / "never"
+    assert run(["decouple", str(tiny_lenet_dir), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+

@@ -1,0 +1,154 @@
+"""The HTML report: self-contained, every number taken from the run's files, bad input refused cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from mdakit.artifacts import load_with_card, read_card, save
+from mdakit.assemble import assemble, evaluate_assembled, save_assembled
+from mdakit.cli import run
+from mdakit.data import load_dataset
+from mdakit.disassemble import disassemble
+from mdakit.evaluate import evaluate
+from mdakit.metrics import model_size
+from mdakit.report.figures import figure_bytes, new_figure
+from mdakit.report.items import classify
+from mdakit.report.markup import num, pct
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_lenet_dir, data_dir):
+    """A small run: a model, two parts of it, their assembly and an analysis directory."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("run")
+    module, card = load_with_card(tiny_lenet_dir)
+    test, _ = load_dataset("mnist", "test", data_dir)
+    evaluation = evaluate(module, test, card.logit_classes)
+    card.metrics = {"test_accuracy": evaluation.accuracy, "per_class_test_accuracy": evaluation.per_class_accuracy,
+                    **model_size(module, card.input_shape)}
+    save(module, root / "lenet5-mnist", card)
+    for classes in ("0,1", "2,3"):
+        part = disassemble(root / "lenet5-mnist", "mnist", classes, samples=10, data_dir=data_dir)
+        part.save(root / f"part-{classes.replace(',', '')}")
+    model, card = assemble([root / "part-01", root / "part-23"])
+    card.metrics = evaluate_assembled(model, card, data_dir=data_dir)
+    save_assembled(model, root / "assembled", card)
+    analysis = root / "analysis"
+    analysis.mkdir()
+    (analysis / "summary.json").write_text(json.dumps({"method": "nad", "similarity_mean": 0.4321,
+                                                       "misclassification": {"difference": 0.0123}}))
+    (analysis / "similarity.json").write_text(json.dumps({"mean": 0.4321}))
+    (analysis / "misclassification.json").write_text(json.dumps({"overall": {"mistaken": 0.5, "other": 0.3}}))
+    (analysis / "similarity.png").write_bytes(figure_bytes(new_figure(2, 2)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    argv = ["report", str(run_dir), "--out", str(out), "--samples", "10", "--max-classes", "4", "--route-classes",
+            "2", "--data-dir", str(data_dir), "--json"]
+    assert run(argv) == 0
+    return out, out.read_text()
+
+
+def test_run_directory_kinds(run_dir):
+    kinds = {p.name: classify(p) for p in run_dir.iterdir()}
+    assert kinds == {"lenet5-mnist": "model", "part-01": "part", "part-23": "part", "assembled": "assembly",
+                     "analysis": "analysis"}
+    assert classify(run_dir) is None
+
+
+def test_report_is_self_contained(report):
+    _, html = report
+    assert html.startswith("<!DOCTYPE html>")
+    links = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert links and not [u for u in links if re.match(r"(https?:)?//", u)]
+    assert all(u.startswith(("data:", "#")) for u in links)
+    assert "<script" not in html and "@import" not in html and "url(" not in html
+
+
+def test_every_section_and_block_is_there(report):
+    _, html = report
+    ids = re.findall(r'<section id="([^"]+)"', html)
+    assert ids == ["overview", "model-lenet5-mnist", "part-part-01", "part-part-23", "assembly-assembled",
+                   "analysis-analysis"]
+    for title in ("Decision routes", "Class similarity", "Contribution patterns", "Kept filters per class",
+                  "Size and cost", "Accuracy, size and cost", "Misclassification"):
+        assert f"<h3>{title}</h3>" in html
+    assert "Not computed" not in html
+    assert html.count('src="data:image/svg+xml;base64,') == 3  # the model's routes and each part's
+
+
+def _section(html: str, section_id: str) -> str:
+    start = html.index(f'<section id="{section_id}"')
+    return html[start:html.index("</section>", start)]
+
+
+def test_numbers_equal_the_files(report, run_dir):
+    _, html = report
+    _, model_card = read_card(run_dir / "lenet5-mnist")
+    model = _section(html, "model-lenet5-mnist")
+    metrics = model_card["metrics"]
+    assert f"<td>{pct(metrics['test_accuracy'])}</td>" in model
+    for key in ("params", "nonzero_params", "macs"):
+        assert f"<td>{num(metrics[key])}</td>" in model
+    for c, acc in metrics["per_class_test_accuracy"].items():
+        assert f'<td class="l">{c} {c}</td><td>{pct(acc)}</td>' in model
+    for name in ("part-01", "part-23"):
+        m = read_card(run_dir / name)[1]["metrics"]
+        part = _section(html, f"part-{name}")
+        for key in ("part_accuracy", "original_accuracy", "original_restricted_accuracy"):
+            assert f"<td>{pct(m[key])}</td>" in part
+        assert f"<td>{num(m['part_size']['params'])}</td><td>{num(m['part_size']['nonzero_params'])}</td>" \
+               f"<td>{num(m['part_size']['macs'])}</td>" in part
+        assert "restricted to the part&#x27;s logits (reference)" in part
+    assembly = json.loads((run_dir / "assembled" / "assembly.json").read_text())["metrics"]
+    section = _section(html, "assembly-assembled")
+    assert f"<td>{pct(assembly['accuracy'])}</td>" in section
+    assert f"<td>{pct(assembly['original_accuracy'])}</td>" in section
+    assert f"<td>{num(assembly['size']['macs'])}</td>" in section
+    assert "<td>0.4321</td>" in _section(html, "analysis-analysis")
+
+
+def test_files_only_report_without_data(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert run(["report", str(run_dir / "assembled"), str(run_dir / "part-01"), "--no-compute", "--out", str(out),
+                "--data-dir", str(tmp_path / "no-data"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sections"] == ["overview", "part-part-01", "assembly-assembled"]
+    assert "Decision routes" not in out.read_text()
+
+
+def test_missing_data_becomes_a_note(run_dir, tmp_path):
+    out = tmp_path / "r.html"
+    assert run(["report", str(run_dir / "lenet5-mnist"), "--out", str(out), "--data-dir", str(tmp_path / "none")]) == 0
+    assert '<p class="note">Not computed: ' in out.read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{tmp}/missing"], "does not exist"),
+    (["{tmp}/empty"], "is not a model, part, assembly"),
+    (["{tmp}/corrupt"], "not valid JSON"),
+    (["{run}", "--samples", "0"], "--samples must be at least 1"),
+])
+def test_bad_input_exits_2_and_writes_nothing(argv, message, run_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "card.json").write_text('{"format": "mdakit-mo')
+    out = tmp_path / "out" / "report.html"
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
+    assert run(["report", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_existing_report_is_kept_without_force(run_dir, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    out.write_text("previous")
+    assert run(["report", str(run_dir / "assembled"), "--out", str(out), "--no-compute"]) == 2
+    assert out.read_text() == "previous" and "already exists" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""timm architectures in the zoo: graph, extraction equivalence and assembly (resnet18), and the precise
+errors for the timm models whose ops mdakit cannot follow yet (efficientnet_b0, convnext_atto)."""
+
+import warnings
+
+import pytest
+import torch
+
+from mdakit.artifacts import ModelCard, load_with_card, save
+from mdakit.assemble import assemble
+from mdakit.errors import MdakitError
+from mdakit.graph import trace
+from mdakit.masks import LayerMask
+from mdakit.surgery import MaskedModel, keep_sets, rebuild
+from mdakit.zoo import build_model
+from nets import randomize_batchnorm
+
+pytest.importorskip("timm")
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def images(mnist_test):
+    test, _ = mnist_test
+    return torch.stack([test[i][0] for i in range(0, 600, 100)])
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return randomize_batchnorm(build_model("timm:resnet18", SHAPE, 10)).eval()
+
+
+def _random_masks(graph, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {layer.name: LayerMask(torch.ones(layer.out_size, layer.in_size, dtype=torch.bool),
+                                  torch.rand(layer.in_size, generator=g) < 0.6,
+                                  torch.ones(layer.out_size, dtype=torch.bool)) for layer in graph.layers}
+
+
+def test_timm_model_is_built_for_the_dataset_shape(resnet18):
+    assert resnet18(torch.zeros(2, *SHAPE)).shape == (2, 10)
+    assert resnet18.net.conv1.in_channels == 1
+    with pytest.raises(MdakitError, match="unknown timm model"):
+        build_model("timm:no_such_net", SHAPE, 10)
+
+
+def test_resnet18_graph_couples_residual_channels(resnet18):
+    graph = trace(resnet18, SHAPE)
+    assert len(graph.layers) == 21 and graph.output_layer.name == "net.fc"
+    first, second = graph.layer("net.layer1.0.conv2"), graph.layer("net.layer1.1.conv2")
+    assert torch.equal(graph.groups(first.out_ids), graph.groups(second.out_ids))  # identity shortcuts
+    assert torch.equal(graph.groups(graph.layer("net.conv1").out_ids), graph.groups(first.out_ids))
+    proj = graph.layer("net.layer2.0.downsample.0")
+    assert torch.equal(graph.groups(proj.out_ids), graph.groups(graph.layer("net.layer2.0.conv2").out_ids))
+
+
+def test_resnet18_extraction_equals_masked_original(resnet18, images):
+    graph = trace(resnet18, SHAPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keep = keep_sets(graph, _random_masks(graph, 1), [7, 2, 4])
+    part = rebuild(resnet18, keep).eval()
+    with torch.no_grad():
+        diff = (part(images) - MaskedModel(graph, keep).eval()(images)).abs().max()
+    assert diff <= 1e-4
+    assert sum(p.numel() for p in part.parameters()) < sum(p.numel() for p in resnet18.parameters())
+
+
+@pytest.mark.parametrize("layout", ["parallel", "padded"])
+def test_resnet18_parts_assemble(resnet18, images, tmp_path, layout):
+    graph = trace(resnet18, SHAPE)
+    parts = []
+    for p, (classes, seed) in enumerate((([0, 1], 2), ([5], 3))):
+        keep = keep_sets(graph, _random_masks(graph, seed), classes)
+        card = ModelCard("timm:resnet18", list(SHAPE), 10, dataset="mnist", logit_classes=classes,
+                         edits=[keep.to_dict()])
+        parts.append(save(rebuild(resnet18, keep).eval(), tmp_path / f"part-{p}", card))
+    model, _ = assemble(parts, layout=layout)
+    with torch.no_grad():
+        want = torch.cat([load_with_card(path)[0](images) for path in parts], dim=1)
+        assert (model.eval()(images) - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name, op", [("efficientnet_b0", "getattr"), ("convnext_atto", "permute")])
+def test_unsupported_timm_models_name_the_op(name, op):
+    model = build_model(f"timm:{name}", (1, 32, 32), 10)
+    with pytest.raises(MdakitError, match=f"unsupported op call_(function|method) '{op}' at node"):
+        trace(model, (1, 32, 32))
