@@ -201,6 +201,18 @@ def main() -> None:
     report(payload)
 
 
+def _spread(points: list, count: int = 12) -> list:
+    """About ``count`` evenly spaced entries of ``points``, the first and the last included.
+
+    >>> _spread(list(range(10)), 4)
+    [0, 3, 6, 9]
+    """
+    if len(points) <= count:
+        return points
+    step = (len(points) - 1) / (count - 1)
+    return [points[round(i * step)] for i in range(count)]
+
+
 def report(p: dict[str, Any]) -> None:
     """The RESULTS.md section of a ``scale.json`` payload."""
     c, m, r1, r2 = p["config"], p["memory_model"], p["runs"]["1"], p["runs"]["2"]
@@ -246,7 +258,7 @@ Memory model ({m['layers']} layers; bytes per class per layer in `results/scale.
   **{m['measured_peak_mb']:.0f} MB**. The {m['measured_peak_mb'] - m['predicted_peak_mb']:.0f} MB the model does
   not explain are not live tensors we know of (most likely freed blocks the allocator keeps; not verified).
   Peak RSS after each chunk of the 1-process run (classes done: MB):
-  {', '.join(f"{n}: {mb:.0f}" for n, mb in r1['ranks'][0]['peak_after_chunks'])} — it levels off instead of
+  {', '.join(f"{n}: {mb:.0f}" for n, mb in _spread(r1['ranks'][0]['peak_after_chunks']))} — it levels off instead of
   growing with the classes. Rank 0's gather streams class by class; opening the gathered file lazily parses
   its safetensors header once, the one term that grows with the class count (transient, inside the peak above).
 
