@@ -44,8 +44,10 @@ def _roundtrip(item, tmp_path, fmt, images):
     return out
 
 
-ARCHS = ["lenet5", "vgg16", pytest.param("resnet50", marks=pytest.mark.slow),
-         pytest.param("googlenet", marks=pytest.mark.slow)]
+SLOW = pytest.mark.slow
+ARCHS = ["lenet5", "vgg16", "resnet20", "timm:resnet18", pytest.param("resnet50", marks=SLOW),
+         pytest.param("googlenet", marks=SLOW), pytest.param("torchvision:resnet18", marks=SLOW),
+         pytest.param("torchvision:googlenet", marks=SLOW), pytest.param("timm:efficientnet_b0", marks=SLOW)]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -1,5 +1,6 @@
-"""timm architectures in the zoo: graph, extraction equivalence and assembly (resnet18), and the precise
-errors for the timm models whose ops mdakit cannot follow yet (efficientnet_b0, convnext_atto)."""
+"""timm architectures in the zoo: graph, extraction equivalence and assembly (resnet18, efficientnet_b0 with
+its squeeze-excitation gates and BatchNormAct layers), and the precise errors for the timm models whose ops
+mdakit cannot follow yet (convnext_atto, mobilenetv3)."""
 
 import warnings
 
@@ -23,6 +24,12 @@ SHAPE = (1, 28, 28)
 def images(mnist_test):
     test, _ = mnist_test
     return torch.stack([test[i][0] for i in range(0, 600, 100)])
+
+
+@pytest.fixture(scope="module", params=["resnet18", "efficientnet_b0"])
+def timm_model(request):
+    torch.manual_seed(0)
+    return request.param, randomize_batchnorm(build_model(f"timm:{request.param}", SHAPE, 10)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -55,34 +62,52 @@ def test_resnet18_graph_couples_residual_channels(resnet18):
     assert torch.equal(graph.groups(proj.out_ids), graph.groups(graph.layer("net.layer2.0.conv2").out_ids))
 
 
-def test_resnet18_extraction_equals_masked_original(resnet18, images):
-    graph = trace(resnet18, SHAPE)
+def test_efficientnet_squeeze_excitation_couples_the_gated_channels():
+    model = build_model("timm:efficientnet_b0", SHAPE, 10).eval()
+    graph = trace(model, SHAPE)
+    block = "net.blocks.1.0"
+    dw, expand = graph.layer(f"{block}.conv_dw"), graph.layer(f"{block}.se.conv_expand")
+    assert dw.module.groups == dw.in_size  # depthwise: its input and output channels are one group
+    assert torch.equal(graph.groups(dw.out_ids), graph.groups(expand.out_ids))  # x * gate(x)
+    assert torch.equal(graph.groups(dw.in_ids), graph.groups(dw.out_ids))
+    assert not graph.pinned_mask()[graph.groups(graph.layer(f"{block}.se.conv_reduce").out_ids)].any()
+
+
+def test_extraction_equals_masked_original(timm_model, images):
+    name, model = timm_model
+    graph = trace(model, SHAPE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         keep = keep_sets(graph, _random_masks(graph, 1), [7, 2, 4])
-    part = rebuild(resnet18, keep).eval()
+    part = rebuild(model, keep).eval()
     with torch.no_grad():
         diff = (part(images) - MaskedModel(graph, keep).eval()(images)).abs().max()
-    assert diff <= 1e-4
-    assert sum(p.numel() for p in part.parameters()) < sum(p.numel() for p in resnet18.parameters())
+    assert diff <= 1e-4, (name, float(diff))
+    assert sum(p.numel() for p in part.parameters()) < sum(p.numel() for p in model.parameters())
+    if name == "efficientnet_b0":  # the sliced BatchNormAct layers keep their SiLU
+        assert type(part.net.bn2).__name__ == "BatchNormAct2d"
+        assert type(part.net.bn2.act).__name__ == type(model.net.bn2.act).__name__ == "SiLU"
 
 
 @pytest.mark.parametrize("layout", ["parallel", "padded"])
-def test_resnet18_parts_assemble(resnet18, images, tmp_path, layout):
-    graph = trace(resnet18, SHAPE)
+def test_parts_assemble(timm_model, images, tmp_path, layout):
+    name, model = timm_model
+    graph = trace(model, SHAPE)
     parts = []
     for p, (classes, seed) in enumerate((([0, 1], 2), ([5], 3))):
-        keep = keep_sets(graph, _random_masks(graph, seed), classes)
-        card = ModelCard("timm:resnet18", list(SHAPE), 10, dataset="mnist", logit_classes=classes,
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            keep = keep_sets(graph, _random_masks(graph, seed), classes)
+        card = ModelCard(f"timm:{name}", list(SHAPE), 10, dataset="mnist", logit_classes=classes,
                          edits=[keep.to_dict()])
-        parts.append(save(rebuild(resnet18, keep).eval(), tmp_path / f"part-{p}", card))
-    model, _ = assemble(parts, layout=layout)
+        parts.append(save(rebuild(model, keep).eval(), tmp_path / f"part-{p}", card))
+    assembled, _ = assemble(parts, layout=layout)
     with torch.no_grad():
         want = torch.cat([load_with_card(path)[0](images) for path in parts], dim=1)
-        assert (model.eval()(images) - want).abs().max() <= 1e-4
+        assert (assembled.eval()(images) - want).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name, op", [("efficientnet_b0", "getattr"), ("convnext_atto", "permute")])
+@pytest.mark.parametrize("name, op", [("convnext_atto", "permute"), ("mobilenetv3_small_100", "linear")])
 def test_unsupported_timm_models_name_the_op(name, op):
     model = build_model(f"timm:{name}", (1, 32, 32), 10)
     with pytest.raises(MdakitError, match=f"unsupported op call_(function|method) '{op}' at node"):

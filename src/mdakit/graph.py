@@ -55,6 +55,7 @@ BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, op
                     operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 NON_TENSOR_METHODS = {"size", "dim"}
+NON_TENSOR_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
 
 
 @dataclass
@@ -189,6 +190,25 @@ def _describe(node: torch.fx.Node) -> str:
     return f"{node.op} {name!r} at node {node.name!r}"
 
 
+class Tracer(torch.fx.Tracer):
+    """torch.fx's tracer with every BatchNorm kept as a leaf, subclasses included (timm's
+    ``BatchNormAct2d`` is a BatchNorm followed by channel-wise activation and dropout; traced through,
+    it would become a functional ``batch_norm`` on parameters the surgery could not slice)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, module_qualified_name)
+
+
+def fx_trace(model: nn.Module) -> torch.fx.Graph:
+    """The fx graph of ``model`` as :func:`trace` sees it (node names included).
+
+    >>> from mdakit.zoo import build_model
+    >>> [n.op for n in fx_trace(build_model("lenet5", (1, 28, 28), 10)).nodes][:2]
+    ['placeholder', 'get_attr']
+    """
+    return Tracer().trace(model)
+
+
 def trace(model: nn.Module, input_shape: Sequence[int]) -> ChannelGraph:
     """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) into a :class:`ChannelGraph`.
 
@@ -200,7 +220,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> ChannelGraph:
     400
     """
     try:
-        graph = torch.fx.Tracer().trace(model)  # torch.nn modules stay leaves
+        graph = fx_trace(model)  # torch.nn modules and every BatchNorm stay leaves
     except Exception as exc:  # fx raises many types for untraceable code
         raise MdakitError(f"cannot trace {type(model).__name__} with torch.fx: {str(exc).splitlines()[0]}") from exc
     gm = torch.fx.GraphModule(model, graph)
@@ -392,8 +412,10 @@ class _Builder:
         target = node.target
         out_shape = _shape(node)
         if node.op == "call_method" and target in NON_TENSOR_METHODS or (
-                target is getattr and node.args[1] in ("shape", "dtype", "device")):
+                target is getattr and node.args[1] in NON_TENSOR_ATTRIBUTES):
             return
+        if out_shape is None and not self.tensor_args(node):
+            return  # bookkeeping on sizes and flags (``x.ndim == 4``, ``torch._assert``): no channels flow
         if target is operator.getitem and node.args[0].name not in self.ids:
             return
         if out_shape is None:

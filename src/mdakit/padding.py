@@ -24,7 +24,7 @@ from torch import nn
 
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, _Edge, trace
-from mdakit.surgery import set_module
+from mdakit.surgery import resized_batchnorm, set_module
 from mdakit.zoo import MultiNormalize, Normalize
 
 Layout = list[tuple[int, int]]  # merged channel position -> (part, channel index in that part)
@@ -167,7 +167,7 @@ def _merge_layer(modules: Sequence[nn.Module], in_layout: Layout, out_layout: La
 
 def _merge_batchnorm(modules: Sequence[nn.Module], layout: Layout) -> nn.Module:
     first = modules[0]
-    merged = type(first)(len(layout), first.eps, first.momentum, first.affine, first.track_running_stats)
+    merged = resized_batchnorm(first, len(layout))
     names = [n for n in ("weight", "bias", "running_mean", "running_var") if getattr(first, n) is not None]
     with torch.no_grad():
         for i, (p, c) in enumerate(layout):

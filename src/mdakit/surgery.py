@@ -118,17 +118,37 @@ def _slice_linear(linear: nn.Linear, ins: list[int], outs: list[int]) -> nn.Line
     return new
 
 
+def resized_batchnorm(bn: nn.modules.batchnorm._BatchNorm, size: int) -> nn.modules.batchnorm._BatchNorm:
+    """A copy of ``bn`` over ``size`` channels, with fresh parameters and buffers (weights 1, the rest 0).
+
+    A copy rather than ``type(bn)(size, ...)``, so subclasses keep what their constructor set up (timm's
+    ``BatchNormAct2d`` keeps its activation).
+
+    >>> bn = resized_batchnorm(nn.BatchNorm2d(8, eps=1e-3), 3)
+    >>> bn.num_features, bn.eps, bn.weight.tolist(), bn.running_mean.tolist()
+    (3, 0.001, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    """
+    new = copy.deepcopy(bn)
+    new.num_features = size
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        old = getattr(bn, name)
+        if old is None:
+            continue
+        fresh = (torch.ones if name in ("weight", "running_var") else torch.zeros)(size, dtype=old.dtype,
+                                                                                   device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(new, name, nn.Parameter(fresh, requires_grad=old.requires_grad))
+        else:
+            new.register_buffer(name, fresh)
+    return new
+
+
 def _slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: list[int]) -> nn.Module:
-    new = type(bn)(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                   device=(bn.weight.device if bn.weight is not None else None))
+    new = resized_batchnorm(bn, len(keep))
     with torch.no_grad():
-        if bn.affine:
-            new.weight.copy_(bn.weight[keep])
-            new.bias.copy_(bn.bias[keep])
-        if bn.track_running_stats:
-            new.running_mean.copy_(bn.running_mean[keep])
-            new.running_var.copy_(bn.running_var[keep])
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(bn, name) is not None:
+                getattr(new, name).copy_(getattr(bn, name)[keep])
     return new
 
 
@@ -218,6 +238,5 @@ def resize(model: nn.Module, edit: Mapping) -> nn.Module:
             raise MdakitError(f"edit names {name!r}, which is not a Conv2d or Linear layer")
         set_module(model, name, new)
     for name, size in edit["channel_modules"].items():
-        old = model.get_submodule(name)
-        set_module(model, name, type(old)(size, old.eps, old.momentum, old.affine, old.track_running_stats))
+        set_module(model, name, resized_batchnorm(model.get_submodule(name), size))
     return model

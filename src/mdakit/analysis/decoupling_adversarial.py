@@ -21,7 +21,7 @@ from torch import nn
 
 from mdakit.decouple.gates import DecoupledNet, find_sites
 from mdakit.errors import MdakitError
-from mdakit.graph import trace
+from mdakit.graph import fx_trace, trace
 
 CLASSIFIERS: dict[str, Callable[[int], object]] = {
     "random forest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
@@ -61,7 +61,7 @@ class ChannelActivity(nn.Module):
     def __init__(self, model: nn.Module, input_shape: Sequence[int], layers: Sequence[str] | None = None):
         super().__init__()
         graph = trace(model, input_shape)
-        fx_graph = torch.fx.Tracer().trace(model)
+        fx_graph = fx_trace(model)
         names = [layer.name for layer in graph.layers if layer.kind == "conv"] if layers is None else list(layers)
         if not names:
             raise MdakitError("the model has no conv layer whose channel activity could be read")

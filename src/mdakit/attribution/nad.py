@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Subset
 
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph
+from mdakit.graph import ChannelGraph, fx_trace
 from mdakit.masks import ComponentMasks, LayerMask
 from mdakit.progress import progress as progress_bar
 
@@ -98,7 +98,7 @@ def parse_beta(text: str | float | None) -> float | str | None:
 # ------------------------------------------------------------------ mask points
 def _traced(graph: ChannelGraph) -> torch.fx.GraphModule:
     """The model as an fx GraphModule with the node names of :func:`mdakit.graph.trace`."""
-    gm = torch.fx.GraphModule(graph.model, torch.fx.Tracer().trace(graph.model))
+    gm = torch.fx.GraphModule(graph.model, fx_trace(graph.model))
     param = next(graph.model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = graph.model.training

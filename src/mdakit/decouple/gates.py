@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, trace
+from mdakit.graph import ChannelGraph, fx_trace, trace
 
 GATES = "decouple_gates"
 ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
@@ -223,7 +223,7 @@ class DecoupledNet(nn.Module):
         graph = trace(model, input_shape)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = graph.output_layer.out_size
-        fx_graph = torch.fx.Tracer().trace(model)
+        fx_graph = fx_trace(model)
         self.sites = find_sites(fx_graph, graph, default_gated_layers(graph) if layers is None else layers, hidden)
         if not self.sites:
             raise MdakitError("the model has no conv layer to gate")
