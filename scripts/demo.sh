@@ -2,7 +2,8 @@
 # The main job on a small real default: LeNet-5 on MNIST and on Fashion-MNIST, trained once (a rerun
 # reuses the saved models) and evaluated on their test splits; then parts for a few classes are cut
 # from each (contribution attribution, thresholds calibrated on held-out training images) and an MNIST
-# part is assembled with a Fashion-MNIST part into one classifier.
+# part is assembled with a Fashion-MNIST part into one classifier; the classes' sub-networks are compared
+# (contribution and NAD masks) and everything lands in one HTML report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MDAKIT=.venv/bin/mdakit
@@ -22,6 +23,10 @@ $MDAKIT eval "$OUT/part-fashion-trouser-bag"
 $MDAKIT disassemble "$OUT/lenet5-fashion-mnist" --classes 0,1,2 --calibrate 0.25 --out "$OUT/part-fashion-012" --force
 # one classifier over digits 0-2 and garments 0-2, from two models trained on different datasets
 $MDAKIT assemble "$OUT/part-mnist-012" "$OUT/part-fashion-012" --rescale paper --out "$OUT/assembled" --force
+# which classes' sub-networks overlap, and whether the model confuses the classes that share the most
+for method in contribution nad; do
+  $MDAKIT analyze "$OUT/lenet5-mnist" --method "$method" --per-class 200 --out "$OUT/analysis-mnist-$method" --force
+done
 # one self-contained HTML page over the whole run: cards, accuracies, sizes, routes, similarity, patterns
 $MDAKIT report "$OUT" --out "$OUT/report.html" --force >/dev/null
 echo "report: $(realpath "$OUT/report.html")"

@@ -16,7 +16,7 @@ def _figure(width: float = 7.0, height: float = 4.0) -> Figure:
 
 
 def plot_accuracy(report: dict, path: str | Path, title: str = "") -> Path:
-    """Fig. 2: classes per accuracy bin, original (solid) and sub-architectures (dotted).
+    """Fig. 2: classes per accuracy bin, original and sub-architectures side by side.
 
     >>> import tempfile
     >>> report = {"bins": [str(i) for i in range(10)], "original_histogram": [0] * 9 + [2],
@@ -26,10 +26,12 @@ def plot_accuracy(report: dict, path: str | Path, title: str = "") -> Path:
     """
     fig = _figure()
     ax = fig.add_subplot()
-    x = range(len(report["bins"]))
-    ax.plot(x, report["original_histogram"], "-o", label=f"original (mean {100 * report['original_mean']:.2f}%)")
-    ax.plot(x, report["sub_architecture_histogram"], ":s",
-            label=f"sub-architectures (mean {100 * report['sub_architecture_mean']:.2f}%)")
+    x = list(range(len(report["bins"])))
+    ax.bar([i - 0.2 for i in x], report["original_histogram"], 0.4,
+           label=f"original (mean {100 * report['original_mean']:.2f}%)")
+    ax.bar([i + 0.2 for i in x], report["sub_architecture_histogram"], 0.4, hatch="//",
+           label=f"sub-architectures (mean {100 * report['sub_architecture_mean']:.2f}%)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xticks(list(x), report["bins"], rotation=45, ha="right")
     ax.set_xlabel("Top-1 accuracy on the class's test images (%)")
     ax.set_ylabel("classes")
