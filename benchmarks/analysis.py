@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/analysis.py --archs resnet50 googlenet
 
 Per model: the original's confusion on the whole test split (once), then per method (contribution,
-gradient, and nad when ``mdakit.attribution.nad`` exists) the masks of all ten classes (50 samples
+gradient and nad) the masks of all ten classes (50 samples
 each), the per-layer similarity, the misclassification statistics (Table 1), the sub-architecture
 accuracy on ``--per-class`` test images per class (Fig. 2) and the hit rate on ``--mosaics`` mosaics
 (Fig. 4). Cells are cached under runs/bench/analysis/, so a rerun resumes. Results:
@@ -14,7 +14,6 @@ benchmarks/results/analysis.json and a section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -35,13 +34,7 @@ ARCHS = ["lenet5", "vgg16", "resnet50", "googlenet"]
 DATASETS = ["mnist", "fashion-mnist"]
 CACHE = ROOT / "runs" / "bench" / "analysis"
 SAMPLES = 50
-
-
-def methods() -> tuple[list[str], str | None]:
-    """The mask methods to compare, and why one was skipped."""
-    if importlib.util.find_spec("mdakit.attribution.nad") is None:
-        return ["contribution", "gradient"], "nad skipped: mdakit.attribution.nad does not exist yet"
-    return ["contribution", "gradient", "nad"], None
+METHODS = ["contribution", "gradient", "nad"]
 
 
 def _method_cell(source, graph, confusion: torch.Tensor, method: str, per_class: int, mosaics: int) -> dict:
@@ -111,7 +104,7 @@ def _best(hit: dict[str, float]) -> tuple[int, float]:
     return i + 1, v
 
 
-def report(rows: list[dict], per_class: int, mosaics: int, skipped: str | None) -> str:
+def report(rows: list[dict], per_class: int, mosaics: int) -> str:
     lines = [
         "Command: `.venv/bin/python benchmarks/analysis.py` (archs as listed; 2 CPU cores shared with other jobs). "
         f"Masks of all ten classes from {SAMPLES} training samples each (seed 0, default thresholds). Samples kept "
@@ -122,8 +115,6 @@ def report(rows: list[dict], per_class: int, mosaics: int, skipped: str | None) 
         "layer left out) of the Jaccard similarity of kept filters. *Mis.* / *Oth.*: mean similarity of the true "
         "class's sub-architecture with the mistaken class's / with every other class's, over mistaken images; "
         "*Dif.* = Mis. − Oth. (target: > 0 on all four architectures).", ""]
-    if skipped:
-        lines += [f"Note: {skipped}.", ""]
     lines += ["| model | dataset | method | mistakes | Mis. | Oth. | Dif. | sign | sub-arch acc. / orig. (mean) | "
               "sub ≥ orig. | similarity first → last layer | hit rate last conv | best (layer) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -168,19 +159,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     CACHE.mkdir(parents=True, exist_ok=True)
-    method_list, skipped = methods()
-    if skipped:
-        print(skipped, file=sys.stderr)
     rows = [row for a in args.archs for d in args.datasets
-            if (row := cell(a, d, method_list, args.per_class, args.mosaics)) is not None]
+            if (row := cell(a, d, METHODS, args.per_class, args.mosaics)) is not None]
     previous = ROOT / "benchmarks" / "results" / "analysis.json"
     if previous.is_file():  # keep the cells of architectures not rerun this time
         done = {(r["arch"], r["dataset"]) for r in rows}
         rows = [r for r in json.loads(previous.read_text())["rows"] if (r["arch"], r["dataset"]) not in done] + rows
     rows.sort(key=lambda r: (ARCHS.index(r["arch"]), DATASETS.index(r["dataset"])))
     write_json("analysis", {"environment": environment(), "per_class": args.per_class, "mosaics": args.mosaics,
-                            "samples": SAMPLES, "skipped": skipped, "rows": rows})
-    update_report("Sub-architecture analyses (issue 6: NAD §4)", report(rows, args.per_class, args.mosaics, skipped))
+                            "samples": SAMPLES, "rows": rows})
+    update_report("Sub-architecture analyses (issue 6: NAD §4)", report(rows, args.per_class, args.mosaics))
 
 
 if __name__ == "__main__":
