@@ -117,10 +117,12 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-def _report(rows: list[dict], finetune_images: int) -> str:
+def _report(rows: list[dict], finetune_images: int, env: dict) -> str:
     head = ("| dataset | CNN | orig. | ours acc. | ours +ft | rMACs | rPara. | Grad. acc. | rMACs | rPara. | "
             "FPGM acc. | FPGM +ft | rMACs | rPara. | ours ≥ FPGM (no ft) |")
-    lines = ["Measured (all in %; accuracy on the full test split, argmax over all 10 logits; +ft = one epoch "
+    lines = [f"Command: `.venv/bin/python benchmarks/compression.py --finetune-images {finetune_images}` (zoo models "
+             "from runs/zoo; FPGM through Torch-Pruning at the largest MACs ratio not above ours).", "",
+             "Measured (all in %; accuracy on the full test split, argmax over all 10 logits; +ft = one epoch "
              f"of fine-tuning on {finetune_images:,} training images):", "", head,
              "|" + "---|" * 15]
     wins = 0
@@ -140,7 +142,7 @@ def _report(rows: list[dict], finetune_images: int) -> str:
               "masked-original check (max |Δlogit| in the JSON). Torch-Pruning 1.6.1 fails on a concat pooled "
               "to 2×2, flattened into a Linear (tests/test_compress.py); none of these networks has that "
               "pattern.", "",
-              "Published (seed Table 6, rFLOPs as printed):", "",
+              "Published (seed Table 6, rFLOPs as printed; other hardware, other model variants and training):", "",
               "| dataset | CNN | orig. | ours acc. | rFLOPs | rPara. | Grad. acc. | rFLOPs | rPara. | FPGM acc. | "
               "rFLOPs | rPara. |", "|" + "---|" * 12]
     for (dataset, arch), values in PUBLISHED.items():
@@ -149,6 +151,7 @@ def _report(rows: list[dict], finetune_images: int) -> str:
                if not any(r["arch"] == a and r["dataset"] == d for r in rows)]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(missing)} (run `.venv/bin/python benchmarks/compression.py`)."]
+    lines += ["", f"Environment: {env}."]
     return "\n".join(lines)
 
 
@@ -171,10 +174,11 @@ def main() -> None:
     rows = [json.loads(p.read_text()) for d in DATASETS for a in NAMES
             for p in [CACHE / f"{a}-{d}-ft{args.finetune_images}.json"] if p.is_file()]
     rows = [r for r in rows if "fpgm_ft" in r]
-    write_json("compression", {"environment": environment(), "finetune_images": args.finetune_images,
+    env = environment()
+    write_json("compression", {"environment": env, "finetune_images": args.finetune_images,
                                "published_table6": {f"{d}/{a}": v for (d, a), v in PUBLISHED.items()},
                                "rows": rows})
-    update_report("Compression against FPGM (seed Table 6)", _report(rows, args.finetune_images))
+    update_report("Compression against FPGM (seed Table 6)", _report(rows, args.finetune_images, env))
 
 
 if __name__ == "__main__":
