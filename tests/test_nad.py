@@ -135,7 +135,7 @@ def test_same_seed_same_masks(lenet):
 def test_part_is_smaller_and_equals_masked_original(tiny_lenet_dir, mnist_train, mnist_test):
     train, _ = mnist_train
     test, _ = mnist_test
-    settings = NADSettings(iterations=10, batch_size=8, beta=0.3, init=0.5)  # a start that drops channels
+    settings = NADSettings(iterations=10, batch_size=8, beta=0.3)
     part = disassemble(tiny_lenet_dir, train, [4, 2], "nad", samples=16, settings=settings, test_data=test)
     assert part.report["part_size"]["params"] < part.report["original_size"]["params"]
     model, card = load_with_card(tiny_lenet_dir)
@@ -146,6 +146,17 @@ def test_part_is_smaller_and_equals_masked_original(tiny_lenet_dir, mnist_train,
         assert torch.allclose(part.model(images), masked(images)[:, [4, 2]], atol=1e-5)
     dropped = [int((~m.outputs).sum()) for m in part.masks.union([4, 2]).values()][:2]
     assert sum(dropped) > 0
+
+
+def test_larger_beta_keeps_fewer_channels(lenet):
+    graph = trace(lenet.model, (1, 28, 28))
+    chosen = {3: torch.nonzero(torch.as_tensor(lenet.train.targets) == 3).flatten()[:32]}
+    kept = []
+    for beta in (0.03, 3.0):
+        masks = nad_masks(graph, lenet.train, chosen, {3: 3}, NADSettings(beta=beta))
+        kept.append(sum(int(m.outputs.sum()) for name, m in masks.per_class[3].items()
+                        if name != graph.output_layer.name))
+    assert kept[1] < kept[0], kept
 
 
 def test_beta_auto_and_family_default(lenet):
