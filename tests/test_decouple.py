@@ -187,3 +187,10 @@ def test_cli_decouple_bad_input(tmp_path, capsys, tiny_lenet_dir, extra, message
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
+
+
+def test_batchnorm_subclasses_after_gated_convs_are_refused():
+    pytest.importorskip("timm")
+    model = build_model("timm:efficientnet_b0", (1, 28, 28), 10).eval()
+    with pytest.raises(MdakitError, match="BatchNormAct2d"):
+        DecoupledNet(model, (1, 28, 28))

@@ -25,7 +25,7 @@ from mdakit.attribution.nad import (
 from mdakit.cli import run
 from mdakit.disassemble import compute_masks, disassemble, resolve_source
 from mdakit.errors import MdakitError
-from mdakit.graph import trace
+from mdakit.graph import fx_trace, trace
 from mdakit.surgery import keep_sets, kept_groups, rebuild
 from mdakit.zoo import build_model
 from nets import ResidualNet, randomize_batchnorm
@@ -35,7 +35,7 @@ FAST = NADSettings(iterations=4, batch_size=8)
 
 def _targets(model: nn.Module, shape: tuple[int, ...]) -> list[str]:
     """What each mask point is: the module it calls, or the function."""
-    gm = torch.fx.symbolic_trace(model)
+    gm = torch.fx.GraphModule(model, fx_trace(model))
     nodes = {n.name: n for n in gm.graph.nodes}
     graph = trace(model, shape)
     out = []
@@ -157,6 +157,15 @@ def test_larger_beta_keeps_fewer_channels(lenet):
         kept.append(sum(int(m.outputs.sum()) for name, m in masks.per_class[3].items()
                         if name != graph.output_layer.name))
     assert kept[1] < kept[0], kept
+
+
+def test_entries_no_gradient_reaches_are_kept(lenet, monkeypatch):
+    import mdakit.attribution.nad as nad
+
+    monkeypatch.setattr(nad, "nad_loss", lambda logits, *args, **kwargs: logits.sum() * 0.0)
+    graph = trace(lenet.model, (1, 28, 28))
+    masks = nad_masks(graph, lenet.train, {3: torch.arange(16)}, {3: 3}, FAST)
+    assert all(bool(m.outputs.all()) for name, m in masks.per_class[3].items() if name != graph.output_layer.name)
 
 
 def test_beta_auto_and_family_default(lenet):

@@ -331,8 +331,8 @@ def normalized_step(theta: torch.Tensor, grad: torch.Tensor, blocks: Sequence[to
 
     The gradient is L2-normalised per block as in the paper, then scaled by ``√n`` so that ``lr`` is
     the root-mean-square step of one entry whatever the block's width: with a unit-length step, a
-    512-channel block would move each entry by about 0.004, and 20 steps could never drop a channel
-    from ``σ ≈ 0.95``. Zero gradients do not move.
+    512-channel block would move each entry by about 0.004, and in 20 steps the masks would barely
+    leave their start. Zero gradients do not move.
 
     >>> theta = torch.zeros(3)
     >>> normalized_step(theta, torch.tensor([3.0, 4.0, 2.0]), [torch.tensor([0, 1]), torch.tensor([2])], 0.1)
@@ -397,6 +397,7 @@ def search_class(search: _Search, images: torch.Tensor, row: int, beta: float, s
         search.state.values = torch.ones(search.layout.size + 1, device=search.device)
         correct = search.gm(images).argmax(1) == row
         search.state.seen.clear()
+    moved = torch.zeros(search.layout.size, dtype=torch.bool, device=search.device)
     for batch in _schedule(len(images), settings, generator):
         gates = _gates(search, theta)
         with torch.enable_grad():
@@ -406,7 +407,10 @@ def search_class(search: _Search, images: torch.Tensor, row: int, beta: float, s
         search.state.seen.clear()
         if grad is not None:
             normalized_step(theta, grad, search.layout.blocks, settings.lr)
-    return theta.detach()
+            moved |= grad != 0
+    # an entry no gradient ever reached has no evidence against it: keep it (θ = +inf) rather than let
+    # the start decide (at θ = 0, Eq. 16's "σ ≤ 0.5 → 0" would drop it)
+    return torch.where(moved, theta.detach(), torch.full_like(theta.detach(), math.inf))
 
 
 def class_masks(graph: ChannelGraph, layout: _GateLayout, theta: torch.Tensor, row: int) -> dict[str, LayerMask]:
@@ -482,13 +486,14 @@ def nad_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch
     layer's size and swamps the CE term); ``iterations=20`` of 16 images (the paper's count; 20
     epochs over the images, as the authors' code does, is many times slower and misses the 10 s
     target on VGG-16); ``init=0`` (σ = 0.5, the midpoint of the paper's random start, so runs are
-    deterministic): each entry then ends on the side of 0.5 its accumulated normalised gradient points to,
-    and β acts as the sparsity weight it is. A start near the original network (θ = 3, σ ≈ 0.95) cannot
-    leave it in 20 steps of RMS size ``lr``: on VGG-16 MNIST it kept about 92% of the filters whatever β
-    (0.1 to 3), while θ = 0 kept 64%, 43% and 28% at β = 0.1, 0.3 and 1, every class's sub-architecture
-    still at least as accurate as the original on its own class. ``β`` per architecture family from
-    :data:`DEFAULT_BETA` (0.3; the residual and inception families use the same value, untuned), or
-    ``"auto"`` (:func:`auto_beta` on the first class).
+    deterministic): each entry then ends on the side of 0.5 its accumulated normalised gradient
+    points to (an entry no gradient reaches is kept), and β acts as the sparsity weight it is. A
+    start near the original network (θ = 3, σ ≈ 0.95) cannot leave it in 20 steps of RMS size
+    ``lr``: on VGG-16 MNIST it kept about 92% of the filters whatever β (0.1 to 3), while θ = 0
+    kept 64%, 43% and 28% at β = 0.1, 0.3 and 1, every class's sub-architecture still at least as
+    accurate as the original on its own class. ``β`` per architecture family from
+    :data:`DEFAULT_BETA` (0.3; the residual and inception families use the same value, untuned),
+    or ``"auto"`` (:func:`auto_beta` on the first class).
     ``on_class(c, seconds)`` is called after each class.
 
     >>> from mdakit.graph import trace

@@ -159,6 +159,10 @@ def _chain_after(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> list[
         if user.all_input_nodes != [node]:
             break
         is_bn = user.op == "call_module" and isinstance(modules[str(user.target)], nn.BatchNorm2d)
+        if is_bn and type(modules[str(user.target)]) is not nn.BatchNorm2d:
+            raise MdakitError(f"decoupling folds plain BatchNorm2d layers after a gated conv; {user.target!r} is a "
+                              f"{type(modules[str(user.target)]).__name__}, whose extra behaviour (e.g. a built-in "
+                              "activation) dynamic inference would drop")
         if not (is_bn and not seen_bn) and not _is_activation(user, modules):
             break
         seen_bn |= is_bn
