@@ -4,7 +4,8 @@
     make bench PROFILE=full
 
 *quick* (LeNet-5 on MNIST and Fashion-MNIST, minutes): zoo training, Table 1 and Table 4 over 3 seeds,
-Tables 2 and 5, Fig. 4 sweeps. *full* adds VGG-16, ResNet-50 and GoogLeNet (training them takes hours
+Tables 2 and 5, Fig. 4 sweeps, and NAD beside contribution and gradient (the NAD mask search and the
+sub-architecture analyses of the NAD paper). *full* adds VGG-16, ResNet-50 and GoogLeNet (training them takes hours
 on 2 CPU cores: see the zoo table in RESULTS.md for the epochs), the disassembly speed benchmark, and
 two seeds for the larger models. Every step caches its cells under runs/, so a rerun resumes where the
 last one stopped; each step is a script in benchmarks/ that can also be run alone. The wall time of each
@@ -27,6 +28,8 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("Tables 1 and 4: disassembly", ["disassembly.py", "accuracy", "--archs", "lenet5", "--seeds", "0", "1", "2"]),
         ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5"]),
         ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5"]),
+        ("NAD mask search", ["nad.py", "--archs", "lenet5", "--threads", "1"]),
+        ("NAD analyses, all three methods", ["analysis.py", "--archs", "lenet5"]),
     ],
     "full": [
         ("zoo training", ["zoo_training.py"]),
@@ -36,6 +39,8 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("Tables 1 and 4: disassembly, all architectures", ["disassembly.py", "accuracy", "--seeds", "0", "1"]),
         ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5", *LARGE]),
         ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5", "vgg16"]),
+        ("NAD mask search", ["nad.py", "--archs", "lenet5", "vgg16", "--variants", "--threads", "1"]),
+        ("NAD analyses, all three methods", ["analysis.py", "--archs", "lenet5", *LARGE]),
     ],
 }
 
