@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ from dataclasses import replace
 
 import torch
 
-from common import ROOT, environment, update_report, write_json
+from common import RESULTS_DIR, ROOT, environment, update_report, write_json
 from mdakit.artifacts import load_with_card
 from mdakit.attribution.nad import NADSettings, nad_masks
 from mdakit.attribution.samples import select_samples
@@ -95,25 +96,32 @@ def run_cell(arch: str, dataset: str, settings: NADSettings, classes: list[int],
             "classes_at_least_original": meets, "share_at_least_original": meets / len(per_class)}
 
 
-def _report(cells: list[dict], argv: list[str] | None = None) -> str:
-    command = " ".join(["benchmarks/nad.py", *(argv or [])])
-    lines = [f"Command: `.venv/bin/python {command}`; per class: search at the settings shown, "
+def _key(cell: dict) -> tuple:
+    """What makes two cells the same measurement: model, data and search settings (not the seed's outcome)."""
+    s = cell["settings"]
+    return (cell["arch"], cell["dataset"], s["loss"], s["iterations"], s["epochs"], s["batch_size"], s["init"],
+            str(s.get("beta_given")))
+
+
+def _report(cells: list[dict]) -> str:
+    lines = ["Command: `.venv/bin/python benchmarks/nad.py --archs lenet5 vgg16 --variants --threads 1` (a run "
+             "with fewer architectures replaces only its own rows); per class: search at the settings shown, "
              "then the class's sub-architecture (body cut to its masks, all logits kept, physically extracted) "
              "against the original on the class's test images, argmax over all logits. Targets: ≤ 10 s per "
              "class on VGG-16 (2 CPU cores) and sub ≥ orig. for ≥ 90% of classes. Wall seconds depend on what "
              "else the machine runs (the reference step column is one unmasked forward+backward at the same "
              "batch, measured in the same run); CPU seconds with `--threads 1` do not, and bound the wall "
              "time of an idle 2-core machine.", "",
-             "| model | loss | steps | β | s/class median (max) | CPU s/class | ref. step s | sub ≥ orig. | "
+             "| model | loss | steps | start σ | β | s/class median (max) | CPU s/class | ref. step s | sub ≥ orig. | "
              "orig. acc | sub acc | params kept | filters kept |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in cells:
         s, cls = cell["settings"], cell["classes"]
         steps = f"{s['epochs']} epochs" if s["epochs"] else f"{s['iterations']} it."
         mean = {key: statistics.mean(r[key] for r in cls) for key in
                 ("original_accuracy", "sub_accuracy", "sub_params_share", "kept_filters_share")}
         lines.append(f"| {cell['arch']}-{cell['dataset']} | {s['loss']} | {steps} × {s['batch_size']} | "
-                     f"{s['beta']:g} | "
+                     f"{1 / (1 + math.exp(-s['init'])):.2f} | {s['beta']:g} | "
                      f"{cell['median_seconds']:.1f} ({cell['max_seconds']:.1f}) | {cell['median_cpu_seconds']:.1f} | "
                      f"{cell['reference_step_seconds']:.2f} | {cell['classes_at_least_original']}/{len(cls)} | "
                      f"{mean['original_accuracy']:.2%} | {mean['sub_accuracy']:.2%} | "
@@ -138,12 +146,16 @@ def main() -> None:
     if args.variants:
         jobs += [(args.archs[-1], args.datasets[0], variant, VARIANT_CLASSES)
                  for variant in (replace(default, loss="paper"), replace(default, epochs=20))]
+    previous = RESULTS_DIR / "nad.json"
+    kept = json.loads(previous.read_text())["cells"] if previous.is_file() else []  # cells not rerun this time
     cells = []
     for arch, dataset, settings, classes in jobs:
         cells.append(run_cell(arch, dataset, settings, classes, args.samples))
         print(_report(cells[-1:]).splitlines()[-1], flush=True)
-        write_json("nad", {"environment": env, "command": sys.argv[1:], "cells": cells})
-        update_report("NAD mask search (issue 6)", _report(cells, sys.argv[1:]) + f"\n\nEnvironment: {env}.")
+        done = {_key(c) for c in cells}
+        merged = [c for c in kept if _key(c) not in done] + cells
+        write_json("nad", {"environment": env, "command": sys.argv[1:], "cells": merged})
+        update_report("NAD mask search (issue 6)", _report(merged) + f"\n\nEnvironment: {env}.")
     print(json.dumps([{k: v for k, v in c.items() if k != "classes"} for c in cells], indent=2, default=str))
 
 
