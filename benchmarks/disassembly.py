@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, environment, median_seconds, peak_tensor_bytes, update_report, write_json
+from common import RESULTS_DIR, ROOT, environment, median_seconds, peak_tensor_bytes, update_report, write_json
 from contribution_kernel import naive_contributions
 from mdakit.artifacts import load_with_card
 from mdakit.attribution.contribution import (
@@ -374,6 +374,13 @@ def main() -> None:
         print(json.dumps(result, indent=2))
     else:
         rows = accuracy(args.archs, args.datasets, args.samples, args.tolerance, args.seeds)
+        previous = RESULTS_DIR / "disassembly_accuracy.json"
+        if previous.is_file():  # keep the cells of the models not rerun this time
+            redone = {(a, d) for a in args.archs for d in args.datasets}
+            rows = [r for r in json.loads(previous.read_text())["cells"] if (r["arch"], r["dataset"]) not in redone
+                    and r["arch"] in ARCHS and r["dataset"] in DATASETS] + rows
+            rows.sort(key=lambda r: (ARCHS.index(r["arch"]), DATASETS.index(r["dataset"]),
+                                     CLASS_SETS.index(r["classes"]), r["seed"]))
         write_json("disassembly_accuracy", {"environment": env, "cells": rows})
         update_report("Disassembly accuracy (contribution attribution)", _accuracy_report(rows, args.tolerance)
                       + f"\n\nEnvironment: {env}.")
