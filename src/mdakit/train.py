@@ -66,6 +66,27 @@ def _accuracy(model: nn.Module, data: Dataset, device: torch.device, batch_size:
     return correct / max(total, 1)
 
 
+def fit_and_validation(train_data: Dataset, train_subset: int | None, val_fraction: float, seed: int
+                       ) -> tuple[Dataset, Dataset]:
+    """The images to fit on and the stratified validation split held out of them, after taking a
+    stratified subset of about ``train_subset`` images when one is asked for.
+
+    >>> from mdakit.data import ImageTensorDataset
+    >>> ds = ImageTensorDataset(torch.zeros(40, 1, 2, 2, dtype=torch.uint8), torch.arange(40) % 2)
+    >>> fit, val = fit_and_validation(ds, 20, 0.5, seed=0)
+    >>> len(fit), len(val)
+    (10, 10)
+    """
+    data = train_data
+    if train_subset is not None:
+        num_classes = len(torch.unique(labels_of(train_data)))
+        data = per_class_subset(train_data, max(1, train_subset // num_classes), seed=seed)
+    fit_data, val_data = stratified_split(data, val_fraction, seed=seed)
+    if len(fit_data) == 0 or len(val_data) == 0:
+        raise MdakitError("too few training images to hold out a validation split")
+    return fit_data, val_data
+
+
 def train(model: nn.Module, train_data: Dataset, config: TrainConfig = TrainConfig(),
           device: torch.device | str = "cpu", show_progress: bool = True) -> TrainResult:
     """Train ``model`` in place on ``train_data`` and load the weights of its best validation epoch.
@@ -81,13 +102,7 @@ def train(model: nn.Module, train_data: Dataset, config: TrainConfig = TrainConf
     config.validate()
     device = torch.device(device)
     generator = seed_everything(config.seed)
-    data = train_data
-    if config.train_subset is not None:
-        num_classes = len(torch.unique(labels_of(train_data)))
-        data = per_class_subset(train_data, max(1, config.train_subset // num_classes), seed=config.seed)
-    fit_data, val_data = stratified_split(data, config.val_fraction, seed=config.seed)
-    if len(fit_data) == 0 or len(val_data) == 0:
-        raise MdakitError("too few training images to hold out a validation split")
+    fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
     loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mdakit.artifacts import ModelCard, load_with_card
-from mdakit.data import labels_of, load_dataset, make_loader, per_class_subset, stratified_split
+from mdakit.data import load_dataset, make_loader
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.decouple.losses import LossWeights, decoupling_loss
 from mdakit.decouple.paths import collect_paths
@@ -22,6 +22,7 @@ from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.progress import progress as progress_bar
 from mdakit.seeding import seed_everything
+from mdakit.train import fit_and_validation
 
 # interpretable-decoupling Table 5: (λ_m, λ_k, λ_s, R) per network; "resnet56" is the fallback.
 TABLE5: dict[str, tuple[float, float, float, float]] = {
@@ -106,13 +107,7 @@ def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, dev
     config.validate()
     device = torch.device(device)
     generator = seed_everything(config.seed)
-    data = train_data
-    if config.train_subset is not None:
-        num_classes = len(torch.unique(labels_of(train_data)))
-        data = per_class_subset(train_data, max(1, config.train_subset // num_classes), seed=config.seed)
-    fit_data, val_data = stratified_split(data, config.val_fraction, seed=config.seed)
-    if len(fit_data) == 0 or len(val_data) == 0:
-        raise MdakitError("too few training images to hold out a validation split")
+    fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
     loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
     net.to(device)
     gate_params = [p for gate in net.gates for p in gate.parameters()] + list(net.heads.parameters())
