@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +26,7 @@ from torch import nn
 from mdakit.data import DatasetInfo
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.errors import MdakitError
+from mdakit.files import write_directory
 from mdakit.surgery import KeepSets, rebuild, resize
 from mdakit.zoo import build_model
 
@@ -123,26 +121,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, force: bool, write: Any) -> None:
-    path = Path(path)
-    if path.exists() and not force:
-        raise MdakitError(f"{path} already exists; choose another --out or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "previous")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = False) -> Path:
     """Write ``model`` and ``card`` to the directory ``path`` atomically (all or nothing).
 
@@ -161,7 +139,7 @@ def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = Fals
                                 "num_tensors": len(tensors)}
         (tmp / CARD_FILE).write_text(json.dumps(card_dict, indent=2) + "\n")
 
-    _write_atomically(Path(path), force, write)
+    write_directory(path, force, write)
     return Path(path)
 
 

@@ -42,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, _write_atomically, load_with_card, save
+from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, save
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, ClassUnion, load_dataset, per_class_subset
 from mdakit.disassemble import Part, Source, holdout_images
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
+from mdakit.files import write_directory
 from mdakit.graph import trace
 from mdakit.metrics import model_size
 from mdakit.padding import merge_padded, padded_widths
@@ -568,7 +569,7 @@ def save_assembled(model: AssembledModel | PaddedAssembly, path: str | Path, car
             (tmp / "merged").rmdir()
         (tmp / ASSEMBLY_FILE).write_text(json.dumps(raw, indent=2) + "\n")
 
-    _write_atomically(Path(path), force, write)
+    write_directory(path, force, write)
     return Path(path)
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mdakit.errors import MdakitError
+from mdakit.files import write_directory
 
 MASKS_FILE = "masks.safetensors"
 MASKS_JSON = "masks.json"
@@ -183,27 +182,18 @@ class ComponentMasks:
         The tensors are streamed class by class (:func:`write_masks_file`), so lazily loaded masks
         are saved without loading every class at once.
         """
-        path = Path(path)
-        if path.exists() and not force:
-            raise MdakitError(f"{path} already exists; choose another --out or pass --force")
         first = self.per_class[self.classes[0]] if self.classes else {}
         shapes = {name: tuple(mask.kernel_shape) for name, mask in first.items()}
         meta = {"format": MASKS_FORMAT, "method": self.method, "settings": self.settings,
                 "classes": self.classes, "class_names": {str(c): n for c, n in self.class_names.items()},
                 "layers": self.layer_names, "kernel_shapes": {name: list(s) for name, s in shapes.items()},
                 "info": self.info}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             write_masks_file(tmp / MASKS_FILE, self.classes, shapes, self.per_class)
             (tmp / MASKS_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+
+        return write_directory(path, force, write)
 
     @classmethod
     def load(cls, path: str | Path, lazy: bool = False) -> ComponentMasks:

@@ -18,8 +18,6 @@ Paths are collected on ``per_class`` test images of each class (seeded).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from mdakit.decouple.export import ungated
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.decouple.paths import collect_paths
 from mdakit.errors import MdakitError
+from mdakit.files import write_directory
 from mdakit.graph import trace
 
 
@@ -121,18 +120,14 @@ def paths_report(model_path: str | Path, out: str | Path, dataset: str | None = 
     paths = collect_paths(net, data, device=device)
     paths.predictions = torch.tensor(card.logit_classes)[paths.predictions]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        summary = _write_all(net, card, paths, data, classes, settings, tmp, out, device)
+    summary: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        summary.update(_write_all(net, card, paths, data, classes, settings, tmp, out, device))
         summary.update(model=str(model_path), dataset=info.name, settings=asdict(settings))
         write_json(tmp / "summary.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_directory(out, force, write)
     return summary
 
 

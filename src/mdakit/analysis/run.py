@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from mdakit.analysis.subarch import check_masks
 from mdakit.data import parse_classes
 from mdakit.disassemble import Source, compute_masks, resolve_source
 from mdakit.errors import MdakitError
+from mdakit.files import write_directory
 from mdakit.graph import ChannelGraph, trace
 from mdakit.masks import MASKS_JSON, ComponentMasks
 
@@ -172,25 +170,15 @@ def write_analyses(results: dict[str, dict], out: str | Path, masks: ComponentMa
                    force: bool = False) -> Path:
     """Write ``<name>.json`` + ``<name>.png`` per analysis, ``summary.json`` and, if given, ``masks/``
     into ``out``, atomically (a temporary sibling directory renamed at the end)."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         for name, result in results.items():
             (tmp / f"{name}.json").write_text(json.dumps(_finite(result), indent=2, default=str) + "\n")
             _plot(name, result, tmp / f"{name}.png")
         (tmp / "summary.json").write_text(json.dumps(_finite(summarize(results)), indent=2, default=str) + "\n")
         if masks is not None:
             masks.save(tmp / "masks")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_directory(out, force, write)
 
 
 def analyze(path: str | Path, out: str | Path, dataset: str | None = None,

@@ -13,10 +13,10 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
-from mdakit.artifacts import _write_atomically
 from mdakit.data import labels_of
 from mdakit.errors import MdakitError
 from mdakit.evaluate import predict_logits
+from mdakit.files import write_directory
 from mdakit.report.contrib import ClassAttribution, sample_sums
 from mdakit.report.figures import save_figure
 from mdakit.report.route_plot import draw_routes
@@ -114,5 +114,5 @@ def write_route_map(result: RouteMap, out: str | Path, force: bool = False) -> l
         save_figure(fig, tmp / "routes")
         (tmp / "routes.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
 
-    _write_atomically(Path(out), force, write)
+    write_directory(out, force, write)
     return [Path(out) / name for name in ("routes.png", "routes.svg", "routes.json")]

@@ -20,10 +20,10 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import Subset
 
-from mdakit.artifacts import _write_atomically
 from mdakit.attribution.contribution import relative_contributions
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
+from mdakit.files import write_directory
 from mdakit.report.contrib import ClassAttribution, sample_sums
 from mdakit.report.figures import COLORS, new_figure, save_figure
 
@@ -144,5 +144,5 @@ def write_patterns(patterns: dict[str, Any], out: str | Path, force: bool = Fals
         for stem, entry in zip(stems, patterns["layers"]):
             save_figure(pattern_figure(patterns, entry), tmp / stem, ("png",))
 
-    _write_atomically(Path(out), force, write)
+    write_directory(out, force, write)
     return [Path(out) / "patterns.json", *(Path(out) / f"{stem}.png" for stem in stems)]
