@@ -31,6 +31,7 @@ PLAN = [
     ("googlenet", "fashion-mnist", 2, 128, None),
     ("resnet50", "mnist", 1, 128, None),
     ("resnet50", "fashion-mnist", 1, 128, None),
+    ("resnet20", "fashion-mnist", 8, 128, None),
 ]
 
 

@@ -26,8 +26,8 @@ from mdakit.surgery import MaskedModel
 def _decoupled(tiny_lenet_dir, seed: int = 0):
     """The tiny LeNet with gates whose biases sit around 0, so inputs take different paths."""
     model, card = load_with_card(tiny_lenet_dir)
-    net = DecoupledNet(model, card.input_shape)
     torch.manual_seed(seed)
+    net = DecoupledNet(model, card.input_shape)
     for gate in net.gates:
         nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
     card.edits = [*card.edits, net.edit()]

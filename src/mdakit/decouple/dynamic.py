@@ -49,16 +49,18 @@ PER_CHANNEL_METHODS = ACTIVATION_METHODS | {"contiguous"}
 
 
 class Packed(NamedTuple):
-    """Some channels of a B×C×H×W tensor: ``values`` (B×k×H×W) are the original channels ``index`` (k)."""
+    """Some channels of a B×C×H×W tensor: ``values`` (B×k×H×W) are the original channels ``index`` (k),
+    found at ``position`` (k) among the filters the producing layer kept."""
 
     values: torch.Tensor
     index: torch.Tensor
+    position: torch.Tensor
 
 
 def densify(packed: Packed, channels: int) -> torch.Tensor:
     """The full tensor, zeros in the channels ``packed`` does not hold.
 
-    >>> densify(Packed(torch.ones(1, 1, 1, 1), torch.tensor([2])), 3).flatten().tolist()
+    >>> densify(Packed(torch.ones(1, 1, 1, 1), torch.tensor([2]), torch.tensor([0])), 3).flatten().tolist()
     [0.0, 0.0, 1.0]
     """
     values = packed.values
@@ -66,80 +68,112 @@ def densify(packed: Packed, channels: int) -> torch.Tensor:
     return out.index_copy_(1, packed.index, values)
 
 
-def _positions(alive: torch.Tensor, channels: int) -> torch.Tensor:
-    """Lookup from original channel number to its position among ``alive`` (-1: removed)."""
-    pos = torch.full((channels,), -1, dtype=torch.long)
-    pos[alive] = torch.arange(len(alive))
-    return pos
+def add_packed(a: Packed | torch.Tensor, b: Packed | torch.Tensor, channels: int) -> torch.Tensor:
+    """``a + b`` for same-shaped operands of which at least one is packed (a residual add), densifying once.
+
+    >>> one = Packed(torch.ones(1, 1, 1, 1), torch.tensor([1]), torch.tensor([0]))
+    >>> add_packed(torch.ones(1, 2, 1, 1), one, 2).flatten().tolist()
+    [1.0, 2.0]
+    """
+    if isinstance(a, Packed):
+        a, b = b, a
+    if isinstance(a, Packed):
+        a = densify(a, channels)
+    return a.index_add(1, b.index, b.values)
+
+
+def with_values(packed: Packed, values: torch.Tensor) -> Packed:
+    """``packed`` with new values for the same channels (after a per-channel op)."""
+    return packed._replace(values=values)
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone(), requires_grad=False)
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
 
 class InputSparseConv(nn.Module):
-    """A conv that reads a :class:`Packed` input and uses only the weight columns of its channels."""
+    """A conv that reads a :class:`Packed` input and uses only the weight columns of its channels.
+
+    ``in_alive`` are the input channels the producing layer kept, in the order of its ``position``.
+    """
 
     def __init__(self, conv: nn.Conv2d, in_alive: torch.Tensor):
         super().__init__()
         self.weight = _frozen(conv.weight[:, in_alive])
         self.bias = _frozen(conv.bias) if conv.bias is not None else None
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.register_buffer("in_pos", _positions(in_alive, conv.in_channels))
 
     def forward(self, x: Packed) -> torch.Tensor:
-        pos = self.in_pos[x.index]
+        pos = x.position
         weight = self.weight if len(pos) == self.weight.shape[1] else self.weight.index_select(1, pos)
         return F.conv2d(x.values, weight, self.bias, self.stride, self.padding, self.dilation)
 
 
+def _batchnorm_affine(op: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``x · scale + shift``."""
+    if op.running_mean is None:
+        raise MdakitError("dynamic inference needs BatchNorm layers with running statistics")
+    scale = (op.weight if op.weight is not None else torch.ones_like(op.running_var)) \
+        / torch.sqrt(op.running_var + op.eps)
+    shift = (op.bias if op.bias is not None else torch.zeros_like(scale)) - op.running_mean * scale
+    return scale.detach(), shift.detach()
+
+
 class DynamicGatedConv(nn.Module):
-    """Gate, then conv → BN → activations over the selected filters only; returns :class:`Packed`."""
+    """Gate, then conv → BN → activations over the selected filters only; returns :class:`Packed`.
+
+    A BatchNorm right after the conv is folded into the conv's weights and bias (one op fewer per
+    layer at batch 1); the gate's average pool is a sum whose 1 / (H·W) rides on the first matmul.
+    ``in_alive`` is set when the input arrives packed from another gated layer: the input channels
+    that layer kept, in the order of its ``position``.
+    """
 
     def __init__(self, conv: nn.Conv2d, gate: nn.Module, chain: Sequence[nn.Module | Callable], alive: torch.Tensor,
                  in_alive: torch.Tensor | None):
         super().__init__()
         rows = alive
         cols = in_alive if in_alive is not None else torch.arange(conv.in_channels)
-        self.weight = _frozen(conv.weight[rows][:, cols])
-        self.bias = _frozen(conv.bias[rows]) if conv.bias is not None else None
+        weight = conv.weight[rows][:, cols].detach()
+        bias = conv.bias[rows].detach() if conv.bias is not None else None
+        chain = list(chain)
+        if chain and isinstance(chain[0], nn.BatchNorm2d):
+            scale, shift = (t[rows] for t in _batchnorm_affine(chain.pop(0)))
+            weight = weight * scale[:, None, None, None]
+            bias = shift + (bias * scale if bias is not None else 0)
+        self.weight = _frozen(weight)
+        self.bias = _frozen(bias) if bias is not None else None
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.gate_w1, self.gate_b1 = _frozen(gate.fc1.weight[:, cols]), _frozen(gate.fc1.bias)
-        self.gate_w2, self.gate_b2 = _frozen(gate.fc2.weight[rows]), _frozen(gate.fc2.bias[rows])
+        self.gate_w1t, self.gate_b1 = _frozen(gate.fc1.weight[:, cols].t()), _frozen(gate.fc1.bias)
+        self.gate_w2t, self.gate_b2 = _frozen(gate.fc2.weight[rows].t()), _frozen(gate.fc2.bias[rows])
         self.register_buffer("index", rows.clone())
-        self.register_buffer("in_pos", _positions(cols, conv.in_channels) if in_alive is not None else None)
-        self.functions: list[Callable | None] = []  # None: the BatchNorm, applied as its eval-mode scale and shift
+        self.register_buffer("positions", torch.arange(len(rows)))
+        self.functions: list[Callable | None] = []  # None: a later BatchNorm, applied as its scale and shift
         self.register_buffer("scale", None)
         self.register_buffer("shift", None)
         for op in chain:
             if isinstance(op, nn.BatchNorm2d):
-                if op.running_mean is None:
-                    raise MdakitError("dynamic inference needs BatchNorm layers with running statistics")
-                scale = (op.weight if op.weight is not None else torch.ones_like(op.running_var)) \
-                    / torch.sqrt(op.running_var + op.eps)
-                shift = (op.bias if op.bias is not None else torch.zeros_like(scale)) - op.running_mean * scale
-                self.scale, self.shift = scale[rows].detach().clone(), shift[rows].detach().clone()
+                scale, shift = _batchnorm_affine(op)
+                self.scale, self.shift = scale[rows].clone(), shift[rows].clone()
             self.functions.append(None if isinstance(op, nn.BatchNorm2d) else op)
 
     def forward(self, x: Packed | torch.Tensor) -> Packed:
-        if isinstance(x, Packed):
-            values, pos = x.values, self.in_pos[x.index]
-            pooled = values.new_zeros(values.shape[0], self.gate_w1.shape[1]).index_copy_(1, pos, values.mean((2, 3)))
-        else:
-            values, pos = x, None
-            pooled = values.mean((2, 3))
-        g = F.linear(F.relu(F.linear(pooled, self.gate_w1, self.gate_b1)), self.gate_w2, self.gate_b2)
-        z = g > 0
-        keep = torch.nonzero(z.any(0)).flatten()
+        packed = isinstance(x, Packed)
+        values = x.values if packed else x
+        w1t = self.gate_w1t
+        if packed and len(x.position) != len(w1t):
+            w1t = w1t.index_select(0, x.position)
+        pixels = values.shape[2] * values.shape[3]
+        hidden = torch.addmm(self.gate_b1, values.sum((2, 3)), w1t, alpha=1.0 / pixels).relu_()
+        z = torch.addmm(self.gate_b2, hidden, self.gate_w2t) > 0
+        keep = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
         silent = len(keep) == 0
         if silent:  # nothing selected in the whole batch: run one filter and zero it
             keep = keep.new_zeros(1)
         full = len(keep) == len(self.index)
-        if pos is not None and len(pos) != self.weight.shape[1]:
-            weight = self.weight[keep[:, None], pos[None, :]] if not full else self.weight.index_select(1, pos)
-        else:
-            weight = self.weight if full else self.weight.index_select(0, keep)
-        bias = None if self.bias is None else (self.bias if full else self.bias[keep])
+        weight = self.weight if full else self.weight.index_select(0, keep)
+        if packed and len(x.position) != weight.shape[1]:
+            weight = weight.index_select(1, x.position)
+        bias = None if self.bias is None else (self.bias if full else self.bias.index_select(0, keep))
         out = F.conv2d(values, weight, bias, self.stride, self.padding, self.dilation)
         for fn in self.functions:
             if fn is not None:
@@ -150,7 +184,9 @@ class DynamicGatedConv(nn.Module):
                 out = torch.addcmul(self.shift[keep][:, None, None], out, self.scale[keep][:, None, None])
         if silent or values.shape[0] > 1:
             out = out * z.index_select(1, keep)[:, :, None, None].to(out.dtype)
-        return Packed(out, self.index if full else self.index[keep])
+        if full:
+            return Packed(out, self.index, self.positions)
+        return Packed(out, self.index.index_select(0, keep), keep)
 
 
 def _chain_op(node: torch.fx.Node, body: nn.Module) -> nn.Module | Callable:
@@ -261,10 +297,12 @@ def _rewrite(body: torch.fx.GraphModule, sites: Sequence[GateSite], alive: Mappi
         elif node.all_input_nodes == [node.args[0]] and _per_channel(node, body):
             source = node.args[0]
             values = graph.call_function(operator.getitem, (env[source], 0))
-            index = graph.call_function(operator.getitem, (env[source], 1))
             result = copy_node(node, lambda n, s=source, v=values: v if n is s else env[n])
-            env[node] = graph.call_function(Packed, (result, index))
+            env[node] = graph.call_function(with_values, (env[source], result))
             packed[node] = packed[source]
+        elif _residual_add(node):
+            a, b = node.args
+            env[node] = graph.call_function(add_packed, (env[a], env[b], int(node.meta["tensor_meta"].shape[1])))
         elif node.op == "call_module" and isinstance(conv := body.get_submodule(str(node.target)), nn.Conv2d) \
                 and conv.groups == 1 and node.all_input_nodes == [node.args[0]]:
             name = f"sparse_inputs.{node.name}"
@@ -274,6 +312,15 @@ def _rewrite(body: torch.fx.GraphModule, sites: Sequence[GateSite], alive: Mappi
             env[node] = copy_node(node, dense_of)
     graph.lint()
     return graph, modules
+
+
+def _residual_add(node: torch.fx.Node) -> bool:
+    """A two-operand add of same-shaped tensors (no broadcasting), as residual blocks do."""
+    if node.op != "call_function" or node.target not in (operator.add, operator.iadd, torch.add) or node.kwargs \
+            or len(node.args) != 2 or not all(isinstance(a, torch.fx.Node) for a in node.args):
+        return False
+    shapes = [tuple(a.meta["tensor_meta"].shape) for a in node.args if "tensor_meta" in a.meta]
+    return len(shapes) == 2 and shapes[0] == shapes[1] == tuple(node.meta["tensor_meta"].shape)
 
 
 def _targets(node: torch.fx.Node) -> list[str]:

@@ -183,6 +183,7 @@ def decouple(model_path: str | Path, dataset: str | None = None, config: Decoupl
     if max(card.logit_classes) >= info.num_classes or len(card.logit_classes) != info.num_classes:
         raise MdakitError(f"the model has {len(card.logit_classes)} logits but {info.name} has {info.num_classes} "
                           "classes: decoupling fine-tunes a full classifier of the dataset")
+    seed_everything(config.seed)  # the controlling modules start from seeded weights
     net = DecoupledNet(original, card.input_shape, layers).to(device)
     before = evaluate(original, test_data, card.logit_classes, device=device, show_progress=show_progress)
     result = finetune(net, train_data, config, device=device, show_progress=show_progress)
