@@ -23,13 +23,14 @@ import torch
 
 from common import ROOT, environment, update_report, write_json
 from mdakit.artifacts import load, load_with_card, save
-from mdakit.data import load_dataset, per_class_subset
+from mdakit.data import load_dataset, make_loader
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input
 from mdakit.decouple.finetune import DecoupleConfig, decouple
 from mdakit.decouple.losses import LossWeights
 from mdakit.decouple.paths import collect_paths
 from mdakit.evaluate import evaluate
 from mdakit.metrics import count_macs, count_parameters
+from mdakit.train import fit_and_validation
 
 RESULTS = "decoupling"
 
@@ -51,6 +52,16 @@ def _time_per_image(models: dict[str, torch.nn.Module], images: torch.Tensor, ba
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
+@torch.no_grad()
+def _agreement(gated: torch.nn.Module, dynamic: torch.nn.Module, test: torch.utils.data.Dataset) -> float:
+    """Share of test images on which the dynamic model predicts what the gated model predicts."""
+    same = total = 0
+    for images, _ in make_loader(test, 256):
+        same += int((gated(images).argmax(1) == dynamic(images).argmax(1)).sum())
+        total += len(images)
+    return same / total
+
+
 def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, time_images: int, tag: str = ""
             ) -> dict:
     source = ROOT / "runs" / "zoo" / f"{arch}-{dataset}"
@@ -63,11 +74,11 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
     original = load(source)
     train, info = load_dataset(dataset, "train")
     test, _ = load_dataset(dataset, "test")
-    fit = per_class_subset(train, config.train_subset // info.num_classes, seed=config.seed) \
-        if config.train_subset else train
+    fit, _ = fit_and_validation(train, config.train_subset, config.val_fraction, config.seed)
     train_paths = collect_paths(net, fit)
-    dynamic = DynamicNet(net, train_paths.alive())
+    dynamic = DynamicNet(net, train_paths.alive(), train_paths.energetic())
     dynamic_eval = evaluate(dynamic, test, card.logit_classes)
+    agreement = _agreement(net, dynamic, test)
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -98,6 +109,9 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
         "seconds_per_image": {"batch1_1thread": batch1, "batch64_1thread": batch64, "batch1_images": time_images,
                               "batch64_images": 640},
         "max_abs_difference_dynamic_vs_gated_batch1": worst,
+        "always_on_filters": sum(dynamic.always_on.values()),
+        "ungated_layers": sum(block.gate_w2t is None for block in dynamic.net.blocks.children()),
+        "test_prediction_agreement_dynamic_vs_gated": agreement,
     }
 
 
@@ -138,7 +152,12 @@ def _report(rows: list[dict]) -> str:
         "(masking, every filter computed) runs at " + ", ".join(
         f"{r['arch']} {1e3 * r['seconds_per_image']['batch1_1thread']['gated']:.2f} ms" for r in rows) +
         " per image at batch 1. Silent / energetic / dynamic counts are over the gated filters on the fine-tuning "
-        "images."]
+        "images. Filters energetic on every fine-tuning image run without asking their gate, and a layer left with "
+        "only those runs no gate (exact on the fine-tuning images, an approximation elsewhere): " + ", ".join(
+        f"{r['arch']} {r.get('always_on_filters', 0)} filters, {r.get('ungated_layers', 0)} of "
+        f"{len(r['gated_layers'])} layers without a gate, test predictions equal to the gated model's on "
+        f"{100 * r['test_prediction_agreement_dynamic_vs_gated']:.2f}% of the test images"
+        for r in rows if "test_prediction_agreement_dynamic_vs_gated" in r) + "."]
     return "\n".join(lines)
 
 

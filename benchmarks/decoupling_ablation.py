@@ -79,7 +79,7 @@ def measure(arch: str, dataset: str, config: DecoupleConfig, macs_images: int) -
     test, _ = load_dataset(dataset, "test")
     fit, _ = fit_and_validation(train, config.train_subset, config.val_fraction, config.seed)
     paths = collect_paths(net, fit)
-    dynamic = DynamicNet(net, paths.alive())
+    dynamic = DynamicNet(net, paths.alive(), paths.energetic())
     accuracy = evaluate(dynamic, test, card.logit_classes, show_progress=False).accuracy
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:macs_images]
     macs = macs_per_input(dynamic, torch.stack([test[int(i)][0] for i in order]))
@@ -138,13 +138,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-subset", type=int, default=12000)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--gate-lr", type=float, default=1.0)
-    parser.add_argument("--lambda-m", type=float, default=0.1)
+    parser.add_argument("--gate-lr", type=float, default=0.3)
+    parser.add_argument("--lambda-m", type=float, default=0.05)
     parser.add_argument("--lambda-k", type=float, default=1.0)
-    parser.add_argument("--lambda-s", type=float, default=0.02)
-    parser.add_argument("--target-ratio", type=float, default=0.4)
-    parser.add_argument("--sweep-m", type=float, nargs="*", default=[0.0, 0.03, 0.1, 0.3, 1.0])
-    parser.add_argument("--sweep-s", type=float, nargs="*", default=[0.0, 0.005, 0.02, 0.05, 0.2])
+    parser.add_argument("--lambda-s", type=float, default=0.01)
+    parser.add_argument("--target-ratio", type=float, default=0.5)
+    parser.add_argument("--sweep-m", type=float, nargs="*", default=[0.0, 0.01, 0.05, 0.2, 1.0])
+    parser.add_argument("--sweep-s", type=float, nargs="*", default=[0.0, 0.003, 0.01, 0.03, 0.1])
     parser.add_argument("--macs-images", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -175,8 +175,9 @@ def main() -> None:
     lines = [
         f"Command: `.venv/bin/python benchmarks/decoupling_ablation.py --arch {args.arch} --dataset {args.dataset} "
         f"--train-subset {args.train_subset} --epochs {args.epochs}` (base λ_m / λ_k / λ_s / R = {base.lambda_m:g} / "
-        f"{base.lambda_k:g} / {base.lambda_s:g} / {base.target_ratio:g}, gate lr {args.gate_lr:g}, batch "
-        f"{args.batch_size}; {args.epochs} epochs on a stratified {args.train_subset}-image training subset, 90% "
+        f"{base.lambda_k:g} / {base.lambda_s:g} / {base.target_ratio:g}, KL {base.kl_direction}, gate lr "
+        f"{args.gate_lr:g}, batch {args.batch_size}; {args.epochs} epochs on a stratified {args.train_subset}-image "
+        "training subset, 90% "
         "for fitting; every run from the same trained model, seed and schedule). Accuracy: the dynamic model on "
         f"the full test split (original {100 * original['accuracy']['original']:.2f}%); MACs: mean per test image at "
         f"batch 1 over {args.macs_images} images (original {original['macs']['original'] / 1e6:.2f} M); filter "

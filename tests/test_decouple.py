@@ -25,6 +25,7 @@ def _closed_some_gates(net: DecoupledNet, seed: int = 0) -> DecoupledNet:
     """Gate biases around 0 so inputs select different, partial filter sets."""
     torch.manual_seed(seed)
     for gate in net.gates:
+        nn.init.normal_(gate.fc2.weight, 0.0, 0.5)  # input-dependent gates (they start input-blind)
         nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
     return net.eval()
 
@@ -127,6 +128,55 @@ def test_save_load_round_trip(tmp_path, mnist_test):
     assert 0.05 < float(torch.cat([z.flatten() for z in a.z]).mean()) < 0.95
 
 
+class _TinyResidual(nn.Module):
+    """A user-built net: an in-place residual add after a gated conv, and a conv → ReLU → BN order."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.late, self.late_bn = nn.Conv2d(8, 12, 3, stride=2), nn.BatchNorm2d(12)
+        self.head = nn.Sequential(nn.Conv2d(12, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        out += x
+        out = torch.relu(out)
+        return self.head(self.late_bn(torch.relu(self.late(out))))
+
+
+def test_dynamic_equals_gated_on_a_user_residual_net(mnist_test):
+    test, info = mnist_test
+    torch.manual_seed(0)
+    model = _TinyResidual()
+    for bn in (model.bn1, model.bn2, model.late_bn):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    net = _closed_some_gates(DecoupledNet(model.eval(), info.input_shape))
+    assert net.layers == ["conv1", "conv2", "late"]
+    x = _images(test, 12)
+    dynamic = DynamicNet(net)
+    with torch.no_grad():
+        ref = net(x)
+        assert (dynamic(x) - ref).abs().max() <= 1e-4
+        assert (torch.cat([dynamic(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    macs = macs_per_input(dynamic, x[:4])
+    assert max(macs) < count_macs(net, info.input_shape)
+    paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
+    static = DynamicNet(net, paths.alive(), paths.energetic())
+    with torch.no_grad():
+        assert (torch.cat([static(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    ungated = DynamicNet(net, always_on={name: torch.arange(8 if name != "late" else 12) for name in net.layers})
+    assert all(block.gate_w2t is None for block in ungated.net.blocks.children())  # no gate left to run
+    with torch.no_grad():
+        plain = DynamicNet(_closed_some_gates(DecoupledNet(model.eval(), info.input_shape)))
+        for gate in plain.net.blocks.children():
+            gate.gate_b2.data.fill_(50.0)  # every gate open: the same function as running no gate
+        assert (ungated(x) - plain(x)).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize("arch, width", [("vgg16", {"width": 0.125}), ("lenet5", {}),
                                          pytest.param("resnet20", {}, marks=pytest.mark.slow)])
 def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_train):
@@ -148,6 +198,11 @@ def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_trai
     assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in dynamic.parameters())
     macs = macs_per_input(pruned, x[:2])
     assert max(macs) < count_macs(net, info.input_shape)
+    static = DynamicNet(net, alive, paths.energetic())  # filters every image selects run without their gate
+    assert sum(static.always_on.values()) == sum(len(v) for v in paths.energetic().values()) > 0
+    with torch.no_grad():
+        assert (static(x) - ref).abs().max() <= 1e-4
+        assert (torch.cat([static(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
 
 
 def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):

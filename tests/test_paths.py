@@ -29,6 +29,7 @@ def _decoupled(tiny_lenet_dir, seed: int = 0):
     torch.manual_seed(seed)
     net = DecoupledNet(model, card.input_shape)
     for gate in net.gates:
+        nn.init.normal_(gate.fc2.weight, 0.0, 0.5)  # input-dependent gates (they start input-blind)
         nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
     card.edits = [*card.edits, net.edit()]
     card.provenance = {**card.provenance, "decoupled_from": str(tiny_lenet_dir)}

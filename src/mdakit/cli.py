@@ -420,7 +420,9 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                  lambda_s: Annotated[float | None, typer.Option(help="Weight of L_s (default: Table 5).")] = None,
                  target_ratio: Annotated[float | None, typer.Option(help="R in [0, 1): share of filters each input "
                                                                          "keeps (default: Table 5).")] = None,
-                 kl_direction: Annotated[str, typer.Option(help="z||y (the papers' KL(z‖y)) or y||z.")] = "z||y",
+                 kl_direction: Annotated[str, typer.Option(
+                     help="y||z (default: KL(y‖z), a filter that responds while unselected is penalised) or z||y "
+                          "(the papers' written KL(z‖y))")] = "y||z",
                  train_subset: Annotated[int | None, typer.Option(help="Fine-tune on N images (stratified).")] = None,
                  seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:

@@ -13,6 +13,10 @@ A batch computes the union of its inputs' selections and zeroes each input's uns
 batch-1 inference computes exactly the input's own path and larger batches stay exact. Filters that
 no training input selects (``alive`` from :meth:`~mdakit.decouple.paths.Paths.alive`) are removed
 physically: their weights, BN entries, gate rows and the next layer's matching input columns.
+Filters that every training input selects (``always_on``, from
+:meth:`~mdakit.decouple.paths.Paths.energetic`) can be computed without asking the gate, and a layer
+whose kept filters are all such runs no gate: like the removal, this is exact on the training
+inputs and an approximation elsewhere, so measure the result on test data.
 """
 
 from __future__ import annotations
@@ -122,16 +126,17 @@ def _batchnorm_affine(op: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 class DynamicGatedConv(nn.Module):
     """Gate, then conv → BN → activations over the selected filters only; returns :class:`Packed`.
 
-    A BatchNorm right after the conv is folded into the conv's weights and bias (one op fewer per
-    layer at batch 1); the gate's average pool is a sum whose 1 / (H·W) rides on the first matmul.
+    ``rows`` are the filters kept (original numbers), the first ``always_on`` of them computed for
+    every input without asking the gate; the gate decides only about the others, and a layer with
+    none left runs no gate at all. A BatchNorm right after the conv is folded into the conv's
+    weights and bias; the gate's average pool is a sum whose 1 / (H·W) rides on the first matmul.
     ``in_alive`` is set when the input arrives packed from another gated layer: the input channels
     that layer kept, in the order of its ``position``.
     """
 
-    def __init__(self, conv: nn.Conv2d, gate: nn.Module, chain: Sequence[nn.Module | Callable], alive: torch.Tensor,
-                 in_alive: torch.Tensor | None):
+    def __init__(self, conv: nn.Conv2d, gate: nn.Module, chain: Sequence[nn.Module | Callable], rows: torch.Tensor,
+                 in_alive: torch.Tensor | None, always_on: int = 0):
         super().__init__()
-        rows = alive
         cols = in_alive if in_alive is not None else torch.arange(conv.in_channels)
         weight = conv.weight[rows][:, cols].detach()
         bias = conv.bias[rows].detach() if conv.bias is not None else None
@@ -143,8 +148,13 @@ class DynamicGatedConv(nn.Module):
         self.weight = _frozen(weight)
         self.bias = _frozen(bias) if bias is not None else None
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.gate_w1t, self.gate_b1 = _frozen(gate.fc1.weight[:, cols].t()), _frozen(gate.fc1.bias)
-        self.gate_w2t, self.gate_b2 = _frozen(gate.fc2.weight[rows].t()), _frozen(gate.fc2.bias[rows])
+        self.always_on = int(always_on)
+        asked = rows[self.always_on:]
+        gated = len(asked) > 0
+        self.gate_w1t = _frozen(gate.fc1.weight[:, cols].t()) if gated else None
+        self.gate_b1 = _frozen(gate.fc1.bias) if gated else None
+        self.gate_w2t = _frozen(gate.fc2.weight[asked].t()) if gated else None
+        self.gate_b2 = _frozen(gate.fc2.bias[asked]) if gated else None
         self.register_buffer("index", rows.clone())
         self.register_buffer("positions", torch.arange(len(rows)))
         self.functions: list[Callable | None] = []  # None: a later BatchNorm, applied as its scale and shift
@@ -156,20 +166,33 @@ class DynamicGatedConv(nn.Module):
                 self.scale, self.shift = scale[rows].clone(), shift[rows].clone()
             self.functions.append(None if isinstance(op, nn.BatchNorm2d) else op)
 
-    def forward(self, x: Packed | torch.Tensor) -> Packed:
-        packed = isinstance(x, Packed)
-        values = x.values if packed else x
+    def _selection(self, values: torch.Tensor, position: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """The gate's decisions z (B × asked filters), the asked filters chosen, every kept position, and
+        whether nothing at all was selected (then one filter runs and is zeroed)."""
         w1t = self.gate_w1t
-        if packed and len(x.position) != len(w1t):
-            w1t = w1t.index_select(0, x.position)
+        if position is not None and len(position) != len(w1t):
+            w1t = w1t.index_select(0, position)
         pixels = values.shape[2] * values.shape[3]
         hidden = torch.addmm(self.gate_b1, values.sum((2, 3)), w1t, alpha=1.0 / pixels).relu_()
         z = torch.addmm(self.gate_b2, hidden, self.gate_w2t) > 0
-        keep = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
-        silent = len(keep) == 0
-        if silent:  # nothing selected in the whole batch: run one filter and zero it
-            keep = keep.new_zeros(1)
-        full = len(keep) == len(self.index)
+        chosen = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
+        if self.always_on:
+            return z, chosen, torch.cat((self.positions[:self.always_on], chosen + self.always_on)), False
+        if len(chosen) == 0:
+            chosen = chosen.new_zeros(1)
+            return z, chosen, chosen, True
+        return z, chosen, chosen, False
+
+    def forward(self, x: Packed | torch.Tensor) -> Packed:
+        packed = isinstance(x, Packed)
+        values = x.values if packed else x
+        if self.gate_w2t is None:
+            z = chosen = keep = None
+            full, silent = True, False
+        else:
+            z, chosen, keep, silent = self._selection(values, x.position if packed else None)
+            full = len(keep) == len(self.index)
         weight = self.weight if full else self.weight.index_select(0, keep)
         if packed and len(x.position) != weight.shape[1]:
             weight = weight.index_select(1, x.position)
@@ -182,8 +205,11 @@ class DynamicGatedConv(nn.Module):
                 out = torch.addcmul(self.shift[:, None, None], out, self.scale[:, None, None])
             else:
                 out = torch.addcmul(self.shift[keep][:, None, None], out, self.scale[keep][:, None, None])
-        if silent or values.shape[0] > 1:
-            out = out * z.index_select(1, keep)[:, :, None, None].to(out.dtype)
+        if z is not None and (values.shape[0] > 1 or silent):
+            selected = z.index_select(1, chosen).to(out.dtype)
+            if self.always_on:
+                selected = torch.cat((selected.new_ones(len(selected), self.always_on), selected), 1)
+            out = out * selected[:, :, None, None]
         if full:
             return Packed(out, self.index, self.positions)
         return Packed(out, self.index.index_select(0, keep), keep)
@@ -219,7 +245,8 @@ class DynamicNet(nn.Module):
     True
     """
 
-    def __init__(self, model: DecoupledNet, alive: Mapping[str, torch.Tensor] | None = None):
+    def __init__(self, model: DecoupledNet, alive: Mapping[str, torch.Tensor] | None = None,
+                 always_on: Mapping[str, torch.Tensor] | None = None):
         super().__init__()
         self.input_shape = model.input_shape
         self.layers = list(model.layers)
@@ -231,10 +258,17 @@ class DynamicNet(nn.Module):
                 ShapeProp(body).propagate(torch.zeros(2, *model.input_shape, device=_device(model)))
         finally:
             model.train(was_training)
-        alive = {name: torch.as_tensor(alive[name], dtype=torch.long).sort().values for name in self.layers} \
-            if alive is not None else {s.layer: torch.arange(s.channels) for s in model.sites}
-        self.kept = {name: len(alive[name]) for name in self.layers}
-        graph, modules = _rewrite(body, model.sites, alive)
+        channels = {s.layer: s.channels for s in model.sites}
+        rows, on = {}, {}
+        for name in self.layers:
+            kept = torch.as_tensor(alive[name], dtype=torch.long) if alive is not None else torch.arange(channels[name])
+            every = torch.as_tensor(always_on[name], dtype=torch.long) if always_on is not None else kept[:0]
+            first = torch.isin(kept, every)
+            rows[name] = torch.cat((kept[first].sort().values, kept[~first].sort().values))
+            on[name] = int(first.sum())
+        self.kept = {name: len(rows[name]) for name in self.layers}
+        self.always_on = on
+        graph, modules = _rewrite(body, model.sites, rows, on)
         self.net = torch.fx.GraphModule(modules, graph)
         self.eval()
 
@@ -247,8 +281,8 @@ def _device(module: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _rewrite(body: torch.fx.GraphModule, sites: Sequence[GateSite], alive: Mapping[str, torch.Tensor]
-             ) -> tuple[torch.fx.Graph, dict[str, Any]]:
+def _rewrite(body: torch.fx.GraphModule, sites: Sequence[GateSite], alive: Mapping[str, torch.Tensor],
+             always_on: Mapping[str, int]) -> tuple[torch.fx.Graph, dict[str, Any]]:
     nodes = {node.name: node for node in body.graph.nodes}
     site_of_conv = {site.conv_node: i for i, site in enumerate(sites)}
     skip: set[str] = set()
@@ -289,7 +323,8 @@ def _rewrite(body: torch.fx.GraphModule, sites: Sequence[GateSite], alive: Mappi
             conv = body.get_submodule(site.layer)
             chain = [_chain_op(nodes[name], body) for name in site.chain]
             gate = body.get_submodule(f"{GATES}.{i}")
-            modules[f"blocks.{i}"] = DynamicGatedConv(conv, gate, chain, alive[site.layer], packed.get(source))
+            modules[f"blocks.{i}"] = DynamicGatedConv(conv, gate, chain, alive[site.layer], packed.get(source),
+                                                      always_on[site.layer])
             env[mask_of[i]] = graph.call_module(f"blocks.{i}", (env[source],))
             packed[mask_of[i]] = alive[site.layer]
         elif not any(arg in packed for arg in node.all_input_nodes):

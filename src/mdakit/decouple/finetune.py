@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -53,7 +55,9 @@ class DecoupleConfig:
     """Fine-tuning settings: SGD (momentum 0.9) with a cosine schedule, and the loss weights.
 
     ``gate_lr`` is the learning rate of the controlling modules and W_cla heads, which start from
-    scratch while the body is pretrained (default: 10 × ``lr``).
+    scratch while the body is pretrained (default: 10 × ``lr``). After each epoch the BatchNorm
+    statistics are re-estimated over ``recalibrate_batches`` fine-tuning batches with binary gates
+    (:func:`recalibrate_batchnorm`; 0 keeps the statistics gathered while training).
     """
 
     epochs: int = 1
@@ -65,6 +69,7 @@ class DecoupleConfig:
     seed: int = 0
     train_subset: int | None = None
     val_fraction: float = 0.1
+    recalibrate_batches: int = 50
     weights: LossWeights = field(default_factory=LossWeights)
 
     def validate(self) -> None:
@@ -72,6 +77,8 @@ class DecoupleConfig:
             raise MdakitError(f"epochs must be at least 1, got {self.epochs}")
         if not all(v > 0 and math.isfinite(v) for v in (self.lr, self.gate_lr or self.lr)) or self.batch_size < 1:
             raise MdakitError("learning rates must be positive and batch size at least 1")
+        if self.recalibrate_batches < 0:
+            raise MdakitError(f"recalibrate_batches must be >= 0, got {self.recalibrate_batches}")
         if self.train_subset is not None and self.train_subset < 1:
             raise MdakitError(f"--train-subset must be positive, got {self.train_subset}")
         self.weights.validate()
@@ -91,6 +98,44 @@ class DecoupleResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: DecoupledNet, loader: Iterable, batches: int, device: torch.device | str = "cpu"
+                          ) -> int:
+    """Re-estimate every BatchNorm's running statistics with the gates deciding as at inference.
+
+    Training mixes soft and noisy gates (improved SemHash), so the statistics gathered while
+    fine-tuning describe activations the deployed, hard-gated network never sees. This pass resets
+    them and averages over ``batches`` batches with binary gates; weights are untouched. Returns the
+    number of batches used.
+
+    >>> from mdakit.zoo import build_model
+    >>> net = DecoupledNet(build_model("vgg16", (1, 28, 28), 2, width=0.125), (1, 28, 28))
+    >>> recalibrate_batchnorm(net, [(torch.rand(8, 1, 28, 28), None)], batches=4)
+    1
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    used = 0
+    try:
+        for images, _ in loader:
+            if used == batches:
+                break
+            net(images.to(device))
+            used += 1
+    finally:
+        for m, (momentum, training) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+    return used
 
 
 def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, device: torch.device | str = "cpu",
@@ -138,6 +183,7 @@ def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, dev
                 sums[k] = sums.get(k, 0.0) + v * len(labels)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", ce=f"{sums['ce'] / seen:.4f}",
                             density=f"{sums['density'] / seen:.3f}", refresh=False)
+        recalibrate_batchnorm(net, loader, config.recalibrate_batches, device)
         paths = collect_paths(net, val_data, device=device)
         row = {"epoch": epoch, **{f"train_{k}": v / seen for k, v in sums.items()},
                "val_accuracy": float((paths.predictions == paths.labels).float().mean()),

@@ -82,8 +82,10 @@ def gate_hidden(in_channels: int, reduction: int = 4, minimum: int = 4) -> int:
 class ControllingModule(nn.Module):
     """GAP → FC(C→hidden) → ReLU → FC(hidden→N) = g, then :func:`improved_semhash`.
 
-    ``open_bias`` initialises g's bias so that every filter starts selected (the fine-tune starts
-    from the pretrained function).
+    g starts at ``open_bias`` for every input (the second FC's weights start at zero, its bias at
+    ``open_bias``), so every filter starts selected and the fine-tune starts from the pretrained
+    function; with random weights there, g would swing by several units with the input's pooled
+    activations and close a third of the filters before the first step.
 
     >>> gate = ControllingModule(8, 5).eval()
     >>> gate(torch.rand(2, 8, 3, 3)).shape
@@ -95,6 +97,7 @@ class ControllingModule(nn.Module):
         hidden = hidden or gate_hidden(in_channels)
         self.fc1 = nn.Linear(in_channels, hidden)
         self.fc2 = nn.Linear(hidden, out_channels)
+        nn.init.zeros_(self.fc2.weight)
         nn.init.constant_(self.fc2.bias, open_bias)
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,13 @@
 - L_mi = Σ_l CE(softmax(W_cla^l z^l), label): a class must be readable from each layer's path.
 - L_kl = Σ_l mean_batch KL between z^l and y^l (the layer's pooled output before masking), each turned
   into a distribution over channels: p = (v + ε) / Σ(v + ε), y clamped at 0 first. The default
-  direction is the papers' written KL(z ‖ y) (``"z||y"``: a selected filter that stays silent is
-  penalised); ``"y||z"`` (a filter that responds while unselected is penalised) is the option.
+  direction is KL(y ‖ z) (``"y||z"``: a filter that responds while unselected is penalised); the
+  papers' written KL(z ‖ y) (``"z||y"``: a selected filter that stays silent is penalised) is the
+  option. Why: at the start of a fine-tune every gate is open, so p_z is uniform, while a ReLU
+  layer's pooled output is zero in many channels, whose ε-floored probability makes each of them
+  cost about log(1/ε) ≈ 14 nats under KL(z ‖ y); summed over ResNet-20's 19 gated layers with
+  λ_k = 1 that term took its Fashion-MNIST validation accuracy from 91 % to 14 % in 21 steps
+  (CE alone: 91 %, KL(y ‖ z): 89 %).
 - L_s = Σ_l |mean_batch ‖z^l‖₁ − R·N^l|, R the target share of active filters (R = 0: plain ℓ1).
 """
 
@@ -31,7 +36,7 @@ class LossWeights:
     lambda_k: float = 1.0
     lambda_s: float = 0.00015
     target_ratio: float = 0.0
-    kl_direction: str = "z||y"
+    kl_direction: str = "y||z"
     eps: float = 1e-6
 
     def validate(self) -> None:

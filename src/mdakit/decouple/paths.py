@@ -50,6 +50,10 @@ class Paths:
         """Per layer, the indices of the filters some input selects (the rest are silent)."""
         return {name: torch.nonzero(self.z[name].any(0)).flatten() for name in self.layers}
 
+    def energetic(self) -> dict[str, torch.Tensor]:
+        """Per layer, the indices of the filters every input selects."""
+        return {name: torch.nonzero(self.z[name].all(0)).flatten() for name in self.layers}
+
 
 @torch.no_grad()
 def collect_paths(model: DecoupledNet, data: Dataset | DataLoader, device: torch.device | str = "cpu",
