@@ -6,10 +6,12 @@
 *quick* (LeNet-5 on MNIST and Fashion-MNIST, minutes): zoo training, Table 1 and Table 4 over 3 seeds,
 Tables 2 and 5, Fig. 4 sweeps, and NAD beside contribution and gradient (the NAD mask search and the
 sub-architecture analyses of the NAD paper). *full* adds VGG-16, ResNet-50 and GoogLeNet (training them takes hours
-on 2 CPU cores: see the zoo table in RESULTS.md for the epochs), the disassembly speed benchmark, and
-two seeds for the larger models. Every step caches its cells under runs/, so a rerun resumes where the
-last one stopped; each step is a script in benchmarks/ that can also be run alone. The wall time of each
-step is written to benchmarks/results/suite-<profile>.json and RESULTS.md.
+on 2 CPU cores: see the zoo table in RESULTS.md for the epochs), the disassembly speed benchmark,
+two seeds for the larger models, and the decoupling paper's runs (ResNet-20 and VGG-16 on Fashion-MNIST:
+dynamic inference, the Table 7 ablation with the λ sweeps, adversarial detection). Every step caches
+its cells under runs/, so a rerun resumes where the last one stopped; each step is a script in
+benchmarks/ that can also be run alone. The wall time of each step is written to
+benchmarks/results/suite-<profile>.json and RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ import time
 from common import ROOT, environment, update_report, write_json
 
 LARGE = ["vgg16", "resnet50", "googlenet"]
+# The decoupling runs of RESULTS.md (Fashion-MNIST) and the model directories they write.
+DECOUPLE_RESNET20 = ["--arch", "resnet20", "--dataset", "fashion-mnist", "--epochs", "10", "--lambda-m", "0.05",
+                     "--lambda-s", "0.01", "--target-ratio", "0.5", "--gate-lr", "0.3", "--tag=-m005-s001-r05"]
+DECOUPLED_RESNET20 = "runs/decouple/resnet20-fashion-mnist-e10-nall-m005-s001-r05"
+DECOUPLE_VGG16 = ["--arch", "vgg16", "--dataset", "fashion-mnist", "--epochs", "5", "--train-subset", "30000",
+                  "--lambda-m", "0.05", "--lambda-s", "0.002", "--target-ratio", "0.5", "--gate-lr", "0.3",
+                  "--tag=-m005-s0002-r05"]
+DECOUPLED_VGG16 = "runs/decouple/vgg16-fashion-mnist-e5-n30000-m005-s0002-r05"
 PROFILES: dict[str, list[tuple[str, list[str]]]] = {
     "quick": [
         ("zoo training", ["zoo_training.py", "--only", "lenet5"]),
@@ -41,6 +51,12 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5", "vgg16"]),
         ("NAD mask search", ["nad.py", "--archs", "lenet5", "vgg16", "--variants", "--threads", "1"]),
         ("NAD analyses, all three methods", ["analysis.py", "--archs", "lenet5", *LARGE]),
+        ("decoupling: ResNet-20", ["decoupling.py", *DECOUPLE_RESNET20]),
+        ("decoupling: VGG-16", ["decoupling.py", *DECOUPLE_VGG16]),
+        ("decoupling ablation (Table 7, Fig. 12)", ["decoupling_ablation.py"]),
+        ("adversarial detection: ResNet-20", ["adversarial.py", "--model", DECOUPLED_RESNET20, "--name", "resnet20"]),
+        ("adversarial detection: VGG-16", ["adversarial.py", "--model", DECOUPLED_VGG16, "--name", "vgg16",
+                                           "--pgd-steps", "5"]),
     ],
 }
 

@@ -9,6 +9,7 @@ from mdakit.artifacts import ModelCard, load, load_with_card, save
 from mdakit.cli import run
 from mdakit.data import ClassSubset
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input
+from mdakit.decouple.finetune import recalibrate_batchnorm
 from mdakit.decouple.gates import DecoupledNet, improved_semhash, saturating_sigmoid
 from mdakit.decouple.losses import LossWeights, kl_loss, mi_loss, sparse_loss
 from mdakit.decouple.paths import collect_paths
@@ -249,3 +250,27 @@ def test_batchnorm_subclasses_after_gated_convs_are_refused():
     model = build_model("timm:efficientnet_b0", (1, 28, 28), 10).eval()
     with pytest.raises(MdakitError, match="BatchNormAct2d"):
         DecoupledNet(model, (1, 28, 28))
+
+
+def test_batchnorm_recalibration_uses_the_hard_gated_statistics(mnist_test):
+    test, info = mnist_test
+    torch.manual_seed(0)
+    net = _closed_some_gates(DecoupledNet(build_model("vgg16", info.input_shape, 10, info.mean, info.std,
+                                                      width=0.125), info.input_shape))
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in norms:
+        bn.running_mean.fill_(5.0)
+    x = _images(test, 32)
+    seen: list[torch.Tensor] = []
+    late = norms[3]  # behind gated layers: what it sees depends on the gates' binary decisions
+    gates: list[torch.Tensor] = []
+    handles = [late.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].mean((0, 2, 3)))),
+               net.gates[0].register_forward_hook(lambda _m, _inputs, z: gates.append(z))]
+    net.train()
+    assert recalibrate_batchnorm(net, [(x[:16], None), (x[16:], None), (x, None)], batches=2) == 2
+    for handle in handles:
+        handle.remove()
+    assert net.training and all(bn.training for bn in norms) and late.momentum == 0.1  # mode restored
+    assert len(seen) == 2 and torch.allclose(late.running_mean, (seen[0] + seen[1]) / 2, atol=1e-5)
+    assert all(((z == 0) | (z == 1)).all() for z in gates), "binary gates, as at inference"
+    assert 0 < float(torch.cat(gates).mean()) < 1

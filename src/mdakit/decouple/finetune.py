@@ -108,7 +108,7 @@ def recalibrate_batchnorm(net: DecoupledNet, loader: Iterable, batches: int, dev
     Training mixes soft and noisy gates (improved SemHash), so the statistics gathered while
     fine-tuning describe activations the deployed, hard-gated network never sees. This pass resets
     them and averages over ``batches`` batches with binary gates; weights are untouched. Returns the
-    number of batches used.
+    number of batches used; the model is left in the mode it came in.
 
     >>> from mdakit.zoo import build_model
     >>> net = DecoupledNet(build_model("vgg16", (1, 28, 28), 2, width=0.125), (1, 28, 28))
@@ -118,7 +118,8 @@ def recalibrate_batchnorm(net: DecoupledNet, loader: Iterable, batches: int, dev
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
-    saved = [(m.momentum, m.training) for m in norms]
+    momenta = [m.momentum for m in norms]
+    was_training = net.training
     net.eval()
     for m in norms:
         m.reset_running_stats()
@@ -132,9 +133,9 @@ def recalibrate_batchnorm(net: DecoupledNet, loader: Iterable, batches: int, dev
             net(images.to(device))
             used += 1
     finally:
-        for m, (momentum, training) in zip(norms, saved, strict=True):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
-            m.train(training)
+        net.train(was_training)
     return used
 
 
