@@ -199,6 +199,12 @@ def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_trai
     assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in dynamic.parameters())
     macs = macs_per_input(pruned, x[:2])
     assert max(macs) < count_macs(net, info.input_shape)
+    for gather_above in (0, 10 ** 9):  # every gated conv copies out its selected filters / none does
+        every = DynamicNet(net, gather_above=gather_above)
+        assert {block.gather for block in every.net.blocks.children()} == {gather_above == 0}
+        with torch.no_grad():
+            assert (torch.cat([every(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+            assert (every(x) - ref).abs().max() <= 1e-4
     static = DynamicNet(net, alive, paths.energetic())  # filters every image selects run without their gate
     assert sum(static.always_on.values()) == sum(len(v) for v in paths.energetic().values()) > 0
     with torch.no_grad():
