@@ -149,6 +149,19 @@ def _report(rows: list[dict]) -> str:
             f"{r['params']['dynamic']:,} | {1e3 * t1['original']:.2f} / {1e3 * t1['dynamic']:.2f} ms | "
             f"{t1['original'] / t1['dynamic']:.2f}× | {1e3 * t64['original']:.3f} / {1e3 * t64['dynamic']:.3f} ms | "
             f"{t64['original'] / t64['dynamic']:.2f}× |")
+    lines += ["", "Targets of issue 7 (Fashion-MNIST), per run:", "",
+              "| model | MACs ≥ 2× lower | accuracy ≤ 0.5 points lower | batch 1 ≥ 1.5× faster | "
+              "≥ 20% of gated filters dynamic |", "|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["macs"]["original"] / r["macs"]["dynamic_mean"]
+        drop = 100 * (r["accuracy"]["original"] - r["accuracy"]["dynamic"])
+        t1 = r["seconds_per_image"]["batch1_1thread"]
+        speed = t1["original"] / t1["dynamic"]
+        dynamic = r["filter_states_train"]["dynamic"] / r["filter_states_train"]["gated_filters"]
+        verdicts = [(f"{ratio:.2f}×", ratio >= 2), (f"{drop:+.2f} points lost", drop <= 0.5),
+                    (f"{speed:.2f}×", speed >= 1.5), (f"{100 * dynamic:.1f}%", dynamic >= 0.2)]
+        lines.append(f"| {r['arch']} ({r['dataset']}) | " + " | ".join(
+            f"{text} {'met' if ok else '**missed**'}" for text, ok in verdicts) + " |")
     lines += ["", "Largest |dynamic − gated| logit difference at batch 1 on 32 test images: " + ", ".join(
         f"{r['arch']} {r['max_abs_difference_dynamic_vs_gated_batch1']:.1e}" for r in rows) + ". The gated model "
         "(masking, every filter computed) runs at " + ", ".join(
