@@ -158,7 +158,7 @@ def _report(rows: list[dict]) -> str:
         t1 = r["seconds_per_image"]["batch1_1thread"]
         speed = t1["original"] / t1["dynamic"]
         dynamic = r["filter_states_train"]["dynamic"] / r["filter_states_train"]["gated_filters"]
-        verdicts = [(f"{ratio:.2f}×", ratio >= 2), (f"{drop:+.2f} points lost", drop <= 0.5),
+        verdicts = [(f"{ratio:.2f}×", ratio >= 2), (f"{-drop:+.2f} points", drop <= 0.5),
                     (f"{speed:.2f}×", speed >= 1.5), (f"{100 * dynamic:.1f}%", dynamic >= 0.2)]
         lines.append(f"| {r['arch']} ({r['dataset']}) | " + " | ".join(
             f"{text} {'met' if ok else '**missed**'}" for text, ok in verdicts) + " |")
