@@ -24,6 +24,7 @@ import time
 import torch
 
 from common import ROOT, environment, update_report, write_json
+from mdakit.analysis.decoupling_states import filter_states
 from mdakit.artifacts import load, load_with_card, save
 from mdakit.data import load_dataset, make_loader
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input
@@ -92,7 +93,7 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
     batch1 = _time_per_image({"original": original, "gated": net, "dynamic": dynamic}, images[:time_images], 1, 3)
     batch64 = _time_per_image({"original": original, "gated": net, "dynamic": dynamic}, images[:640], 64, 3)
     states = train_paths.filter_states()
-    totals = {k: sum(s[k] for s in states.values()) for k in ("silent", "energetic", "dynamic")}
+    totals = filter_states(train_paths)["total"]
     gated_filters = sum(totals.values())
     macs_original = count_macs(original, info.input_shape)
     return {

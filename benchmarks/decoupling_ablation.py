@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from common import RESULTS_DIR, ROOT, environment, update_report, write_json  # noqa: E402
+from mdakit.analysis.decoupling_states import filter_states  # noqa: E402
 from mdakit.artifacts import load, load_with_card, save  # noqa: E402
 from mdakit.data import load_dataset  # noqa: E402
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input  # noqa: E402
@@ -83,16 +84,14 @@ def measure(arch: str, dataset: str, config: DecoupleConfig, macs_images: int) -
     accuracy = evaluate(dynamic, test, card.logit_classes, show_progress=False).accuracy
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:macs_images]
     macs = macs_per_input(dynamic, torch.stack([test[int(i)][0] for i in order]))
-    states = paths.filter_states()
-    totals = {k: sum(s[k] for s in states.values()) for k in ("silent", "energetic", "dynamic")}
-    filters = sum(totals.values())
+    states = filter_states(paths)
     return {"model": str(out.relative_to(ROOT)), "weights": dataclasses.asdict(config.weights),
             "accuracy": {"original": card.metrics["original_test_accuracy"], "gated": card.metrics["test_accuracy"],
                          "dynamic": accuracy},
             "macs": {"original": count_macs(load(source), info.input_shape),
                      "dynamic_mean": statistics.mean(macs), "images": len(macs)},
-            "filters": {**totals, "gated_filters": filters},
-            "filter_share": {k: v / filters for k, v in totals.items()},
+            "filters": {**states["total"], "gated_filters": sum(states["total"].values())},
+            "filter_share": states["total_shares"],
             "gate_density_test": card.metrics["test_gate_density"]}
 
 

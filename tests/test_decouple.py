@@ -129,6 +129,14 @@ def test_save_load_round_trip(tmp_path, mnist_test):
     assert 0.05 < float(torch.cat([z.flatten() for z in a.z]).mean()) < 0.95
 
 
+def _assert_equals_gated(dynamic: nn.Module, x: torch.Tensor, ref: torch.Tensor, batched: bool = True) -> None:
+    """``dynamic`` gives the gated logits ``ref`` image by image (batch 1) and, if ``batched``, on the batch."""
+    with torch.no_grad():
+        assert (torch.cat([dynamic(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+        if batched:
+            assert (dynamic(x) - ref).abs().max() <= 1e-4
+
+
 class _TinyResidual(nn.Module):
     """A user-built net: an in-place residual add after a gated conv, and a conv → ReLU → BN order."""
 
@@ -161,14 +169,11 @@ def test_dynamic_equals_gated_on_a_user_residual_net(mnist_test):
     dynamic = DynamicNet(net)
     with torch.no_grad():
         ref = net(x)
-        assert (dynamic(x) - ref).abs().max() <= 1e-4
-        assert (torch.cat([dynamic(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    _assert_equals_gated(dynamic, x, ref)
     macs = macs_per_input(dynamic, x[:4])
     assert max(macs) < count_macs(net, info.input_shape)
     paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
-    static = DynamicNet(net, paths.alive(), paths.energetic())
-    with torch.no_grad():
-        assert (torch.cat([static(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    _assert_equals_gated(DynamicNet(net, paths.alive(), paths.energetic()), x, ref, batched=False)
     ungated = DynamicNet(net, always_on={name: torch.arange(8 if name != "late" else 12) for name in net.layers})
     assert all(block.gate_w2t is None for block in ungated.net.blocks.children())  # no gate left to run
     with torch.no_grad():
@@ -189,27 +194,21 @@ def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_trai
     dynamic = DynamicNet(net)
     with torch.no_grad():
         ref = net(x)
-        assert (dynamic(x) - ref).abs().max() <= 1e-4
-        assert (torch.cat([dynamic(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    _assert_equals_gated(dynamic, x, ref)
     paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
     alive = paths.alive()
     pruned = DynamicNet(net, alive)  # filters silent on these images removed: same outputs on them
-    with torch.no_grad():
-        assert (torch.cat([pruned(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    _assert_equals_gated(pruned, x, ref, batched=False)
     assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in dynamic.parameters())
     macs = macs_per_input(pruned, x[:2])
     assert max(macs) < count_macs(net, info.input_shape)
     for gather_above in (0, 10 ** 9):  # every gated conv copies out its selected filters / none does
         every = DynamicNet(net, gather_above=gather_above)
         assert {block.gather for block in every.net.blocks.children()} == {gather_above == 0}
-        with torch.no_grad():
-            assert (torch.cat([every(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
-            assert (every(x) - ref).abs().max() <= 1e-4
+        _assert_equals_gated(every, x, ref)
     static = DynamicNet(net, alive, paths.energetic())  # filters every image selects run without their gate
     assert sum(static.always_on.values()) == sum(len(v) for v in paths.energetic().values()) > 0
-    with torch.no_grad():
-        assert (static(x) - ref).abs().max() <= 1e-4
-        assert (torch.cat([static(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
+    _assert_equals_gated(static, x, ref)
 
 
 def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):
