@@ -100,27 +100,29 @@ def _key(cell: dict) -> tuple:
     """What makes two cells the same measurement: model, data and search settings (not the seed's outcome)."""
     s = cell["settings"]
     return (cell["arch"], cell["dataset"], s["loss"], s["iterations"], s["epochs"], s["batch_size"], s["init"],
-            str(s.get("beta_given")))
+            str(s.get("beta_given")), s.get("linear", False))
 
 
 def _report(cells: list[dict]) -> str:
-    lines = ["Command: `.venv/bin/python benchmarks/nad.py --archs lenet5 vgg16 --variants --threads 1` (a run "
-             "with fewer architectures replaces only its own rows); per class: search at the settings shown, "
+    lines = ["Command: `.venv/bin/python benchmarks/nad.py --archs lenet5 vgg16 --variants --linear --threads 1` "
+             "(a run with fewer architectures replaces only its own rows); per class: search at the settings shown, "
              "then the class's sub-architecture (body cut to its masks, all logits kept, physically extracted) "
              "against the original on the class's test images, argmax over all logits. Targets: ≤ 10 s per "
              "class on VGG-16 (2 CPU cores) and sub ≥ orig. for ≥ 90% of classes. Wall seconds depend on what "
              "else the machine runs (the reference step column is one unmasked forward+backward at the same "
              "batch, measured in the same run); CPU seconds with `--threads 1` do not, and bound the wall "
-             "time of an idle 2-core machine.", "",
-             "| model | loss | steps | start σ | β | s/class median (max) | CPU s/class | ref. step s | sub ≥ orig. | "
-             "orig. acc | sub acc | params kept | filters kept |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "time of an idle 2-core machine. *Masks*: conv = after each conv block (DESIGN §2.3, the default); "
+             "conv + FC = also after each hidden fully connected block (`--nad-linear`).", "",
+             "| model | masks | loss | steps | start σ | β | s/class median (max) | CPU s/class | ref. step s | "
+             "sub ≥ orig. | orig. acc | sub acc | params kept | filters kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in cells:
         s, cls = cell["settings"], cell["classes"]
         steps = f"{s['epochs']} epochs" if s["epochs"] else f"{s['iterations']} it."
         mean = {key: statistics.mean(r[key] for r in cls) for key in
                 ("original_accuracy", "sub_accuracy", "sub_params_share", "kept_filters_share")}
-        lines.append(f"| {cell['arch']}-{cell['dataset']} | {s['loss']} | {steps} × {s['batch_size']} | "
+        masks = "conv + FC" if s.get("linear") else "conv"
+        lines.append(f"| {cell['arch']}-{cell['dataset']} | {masks} | {s['loss']} | {steps} × {s['batch_size']} | "
                      f"{1 / (1 + math.exp(-s['init'])):.2f} | {s['beta']:g} | "
                      f"{cell['median_seconds']:.1f} ({cell['max_seconds']:.1f}) | {cell['median_cpu_seconds']:.1f} | "
                      f"{cell['reference_step_seconds']:.2f} | {cell['classes_at_least_original']}/{len(cls)} | "
@@ -136,6 +138,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--variants", action="store_true",
                         help="on the last arch's first dataset, also the paper loss and 20 epochs (classes 0 and 6)")
+    parser.add_argument("--linear", action="store_true",
+                        help="also search every cell with hidden fully connected blocks masked (--nad-linear)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (1 on a shared machine: CPU seconds then bound 2-core wall time)")
     args = parser.parse_args()
@@ -143,6 +147,9 @@ def main() -> None:
     env = environment()
     default = NADSettings()
     jobs = [(arch, dataset, default, list(range(10))) for arch in args.archs for dataset in args.datasets]
+    if args.linear:
+        jobs += [(arch, dataset, replace(default, linear=True), list(range(10)))
+                 for arch in args.archs for dataset in args.datasets]
     if args.variants:
         jobs += [(args.archs[-1], args.datasets[0], variant, VARIANT_CLASSES)
                  for variant in (replace(default, loss="paper"), replace(default, epochs=20))]

@@ -38,7 +38,7 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("Tables 1 and 4: disassembly", ["disassembly.py", "accuracy", "--archs", "lenet5", "--seeds", "0", "1", "2"]),
         ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5"]),
         ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5"]),
-        ("NAD mask search", ["nad.py", "--archs", "lenet5", "--threads", "1"]),
+        ("NAD mask search", ["nad.py", "--archs", "lenet5", "--linear", "--threads", "1"]),
         ("NAD analyses, all three methods", ["analysis.py", "--archs", "lenet5"]),
     ],
     "full": [
@@ -49,7 +49,8 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("Tables 1 and 4: disassembly, all architectures", ["disassembly.py", "accuracy", "--seeds", "0", "1"]),
         ("Tables 2 and 5: assembly", ["assembly.py", "--archs", "lenet5", *LARGE]),
         ("Fig. 4: sweeps", ["sweeps.py", "--archs", "lenet5", "vgg16"]),
-        ("NAD mask search", ["nad.py", "--archs", "lenet5", "vgg16", "--variants", "--threads", "1"]),
+        ("NAD mask search", ["nad.py", "--archs", "lenet5", "vgg16", "--variants", "--linear",
+                                                 "--threads", "1"]),
         ("NAD analyses, all three methods", ["analysis.py", "--archs", "lenet5", *LARGE]),
         ("decoupling: ResNet-20", ["decoupling.py", *DECOUPLE_RESNET20]),
         ("decoupling: VGG-16", ["decoupling.py", *DECOUPLE_VGG16]),

@@ -60,6 +60,28 @@ def test_mask_points_on_zoo(arch, count, kinds):
         assert targets.count("cat") == 9
 
 
+def test_linear_mask_points_are_hidden_fully_connected_blocks():
+    graph = trace(build_model("vgg16", (1, 28, 28), 10), (1, 28, 28))
+    convs, with_linear = mask_points(graph), mask_points(graph, linear=True)
+    assert with_linear[:13] == convs and len(with_linear) == 15  # two hidden Linear+ReLU+Dropout blocks
+    resnet = trace(build_model("resnet50", (1, 28, 28), 10), (1, 28, 28))
+    assert mask_points(resnet, linear=True) == mask_points(resnet)  # its only Linear gives the logits
+
+
+def test_linear_masks_cut_hidden_units_and_part_equals_gated_model(lenet, mnist_test):
+    test, _ = mnist_test
+    graph = trace(lenet.model, (1, 28, 28))
+    chosen = {5: torch.nonzero(torch.as_tensor(lenet.train.targets) == 5).flatten()[:32]}
+    masks = nad_masks(graph, lenet.train, chosen, {5: 5}, NADSettings(beta=1.0, linear=True))
+    hidden = [m for layer, m in masks.per_class[5].items() if layer != graph.output_layer.name][-2:]
+    assert masks.settings["linear"] and all(not bool(m.outputs.all()) for m in hidden)
+    part = rebuild(lenet.model, keep_sets(graph, masks.per_class[5], list(range(10)))).eval()
+    masked = gated_model(graph, kept_groups(graph, masks.per_class[5]), linear=True)
+    images = torch.stack([test[i][0] for i in range(32)])
+    with torch.no_grad():
+        assert torch.allclose(part(images), masked(images), atol=1e-5)
+
+
 def test_mask_points_on_torchvision_resnet18():
     model = torchvision.models.resnet18(num_classes=10)
     points = mask_points(trace(model, (3, 32, 32)))
@@ -198,12 +220,14 @@ def test_nad_settings_for_another_method(lenet):
 def test_cli_masks_nad(tiny_lenet_dir, tmp_path, capsys, data_dir):
     out = tmp_path / "m"
     code = run(["masks", str(tiny_lenet_dir), "--classes", "0-1", "--samples", "8", "--out", str(out),
-                "--method", "nad", "--beta", "0.5", "--nad-loss", "paper", "--json", "--data-dir", str(data_dir)])
+                "--method", "nad", "--beta", "0.5", "--nad-loss", "paper", "--nad-linear", "--json",
+                "--data-dir", str(data_dir)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["classes"] == [0, 1]
     meta = json.loads((out / "masks.json").read_text())
     assert meta["method"] == "nad" and meta["settings"]["beta"] == 0.5 and meta["settings"]["loss"] == "paper"
+    assert meta["settings"]["linear"]
     bad = run(["masks", str(tiny_lenet_dir), "--classes", "0", "--out", str(tmp_path / "b"), "--method", "nad",
                "--beta", "-2", "--data-dir", str(data_dir)])
     assert bad == 2

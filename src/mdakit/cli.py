@@ -219,9 +219,9 @@ def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="
 
 def _settings(alpha_conv: float, beta_conv: float, alpha_linear: float, beta_linear: float,
               layers: int | None, method: str = "contribution", beta: str | None = None,
-              nad_loss: str = "code") -> ContributionSettings | NADSettings:
+              nad_loss: str = "code", nad_linear: bool = False) -> ContributionSettings | NADSettings:
     if method == "nad":
-        settings = NADSettings(beta=parse_beta(beta), loss=nad_loss)
+        settings = NADSettings(beta=parse_beta(beta), loss=nad_loss, linear=nad_linear)
         settings.validate()
         return settings
     settings = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
@@ -239,6 +239,8 @@ MethodOpt = Annotated[str, typer.Option(help="Attribution method: contribution, 
 NadBetaOpt = Annotated[str | None, typer.Option(
     "--beta", help="NAD: β (a positive number or 'auto' for the elbow method; default: per architecture).")]
 NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code) or paper (Eq. 12–14).")]
+NadLinearOpt = Annotated[bool, typer.Option(
+    help="NAD: also mask the outputs of hidden fully connected blocks (default: conv blocks only, DESIGN §2.3).")]
 SamplesOpt = Annotated[int, typer.Option(help="Training samples per class.")]
 CalibrateOpt = Annotated[float | None, typer.Option(
     help="Relax the thresholds until the part is within this many accuracy points of the original on "
@@ -251,7 +253,7 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
                     method: MethodOpt = "contribution", samples: SamplesOpt = 50,
                     alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
                     beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, beta: NadBetaOpt = None,
-                    nad_loss: NadLossOpt = "code",
+                    nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
                     kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
                     calibrate: CalibrateOpt = None,
                     dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
@@ -260,7 +262,7 @@ def disassemble_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", 
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
     _refuse_existing(out, force)
     dev = resolve_device(device)
-    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss, nad_linear)
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
                        kernel_masks=kernel_masks, calibrate=calibrate, seed=seed, device=dev, data_dir=data_dir,
                        show_progress=True)
@@ -287,7 +289,7 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
               method: MethodOpt = "contribution", samples: SamplesOpt = 50,
               alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
               beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, calibrate: CalibrateOpt = None,
-              beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code",
+              beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
               dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
               seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               class_chunk: Annotated[int | None, typer.Option(
@@ -306,7 +308,7 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
     """
     _refuse_existing(out, force)
     dev = resolve_device(device)
-    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss, nad_linear)
     source = resolve_source(model_path, dataset, None, None, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
     with joined(dev, timeout) as world:
@@ -463,7 +465,8 @@ def compress_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                  method: MethodOpt = "contribution", samples: SamplesOpt = 50,
                  alpha_conv: AlphaConv = 0.3, beta_conv: BetaConv = 0.2, alpha_linear: AlphaLinear = 0.4,
                  beta_linear: BetaLinear = 0.3, layers: LayersOpt = None, beta: NadBetaOpt = None,
-                 nad_loss: NadLossOpt = "code", calibrate: CalibrateOpt = None, seed: int = 0,
+                 nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False, calibrate: CalibrateOpt = None,
+                 seed: int = 0,
                  device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
@@ -471,7 +474,7 @@ def compress_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
 
     _refuse_existing(out, force)
     dev = resolve_device(device)
-    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss)
+    settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss, nad_linear)
     small = compress(model_path, dataset, method, samples=samples, settings=settings, calibrate=calibrate,
                      seed=seed, device=dev, data_dir=data_dir, show_progress=True)
     small.save(out, force=force)

@@ -12,6 +12,9 @@ a conv, an add or a concat starts a new run. The block output of a run is its la
 first pooling op (else its last node), unless all its channels are pinned (the model input's are).
 This gives the output of each conv's BN+ReLU in VGG and LeNet, the add+ReLU of each residual block
 and the stem's ReLU in ResNet, each inception concat and the stem's ReLUs in GoogLeNet.
+With ``linear=True`` (:class:`NADSettings`), runs of 2-D trunk nodes that start at a hidden fully
+connected layer (not the logits) are block outputs too: the Linear+ReLU(+Dropout) blocks of a
+classifier head, whose units the sub-architectures then share out as well.
 
 Channels coupled across mask points (a residual stream passes through every block output of a stage)
 share one mask entry: physically they are one channel, so what the search learns is exactly what
@@ -51,7 +54,10 @@ class NADSettings:
     """Search settings; ``beta`` is a number, ``None`` (the family default) or ``"auto"`` (elbow).
 
     ``iterations`` steps of ``batch_size`` class images each; ``epochs`` (when set) replaces them
-    by that many passes over the class's images, as the authors' code does.
+    by that many passes over the class's images, as the authors' code does. ``linear`` also masks
+    the outputs of hidden fully connected blocks (DESIGN §2.3 places masks after conv blocks only,
+    the default): a narrow conv body such as LeNet-5's 6- and 16-channel blocks leaves a class too
+    little to drop, while its 120- and 84-unit hidden layers carry the per-class features.
     """
 
     beta: float | str | None = None
@@ -62,6 +68,7 @@ class NADSettings:
     lr: float = 0.1
     init: float = 0.0
     seed: int = 0
+    linear: bool = False
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -162,32 +169,38 @@ def _is_pool(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     return node.op == "call_function" and node.target in POOL_FUNCTIONS
 
 
-def mask_points(graph: ChannelGraph) -> list[str]:
+def mask_points(graph: ChannelGraph, linear: bool = False) -> list[str]:
     """The fx node names whose output channels NAD masks: one block output per trunk run (module doc).
 
     >>> from mdakit.graph import trace
     >>> from mdakit.zoo import build_model
-    >>> mask_points(trace(build_model("lenet5", (1, 28, 28), 10), (1, 28, 28)))
-    ['net_features_1', 'net_features_4']
+    >>> g = trace(build_model("lenet5", (1, 28, 28), 10), (1, 28, 28))
+    >>> mask_points(g), mask_points(g, linear=True)[2:]
+    (['net_features_1', 'net_features_4'], ['net_classifier_2', 'net_classifier_4'])
     """
-    return _mask_points(graph, _traced(graph))
+    return _mask_points(graph, _traced(graph), linear)
 
 
-def _mask_points(graph: ChannelGraph, gm: torch.fx.GraphModule) -> list[str]:
+def _mask_points(graph: ChannelGraph, gm: torch.fx.GraphModule, linear: bool = False) -> list[str]:
     shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
               if hasattr(n.meta.get("tensor_meta"), "shape")}
     pools = {n.name for n in gm.graph.nodes if _is_pool(gm, n)}
+    hidden = {layer.node for layer in graph.layers if layer is not graph.output_layer} if linear else set()
     pinned = graph.pinned_mask()
     runs: list[list[str]] = []
     previous = None
     for name in _trunk(graph):
-        if len(shapes.get(name, ())) != 4:
+        rank = len(shapes.get(name, ()))
+        if rank != 4 and not (rank == 2 and (name in hidden or previous is not None)):
             previous = None
             continue
-        if previous is not None and _continues(graph, name, previous):
+        if previous is not None and rank == len(shapes[previous]) and _continues(graph, name, previous):
             runs[-1].append(name)
-        else:
+        elif rank == 4 or name in hidden:
             runs.append([name])
+        else:
+            previous = None
+            continue
         previous = name
     points = []
     for run in runs:
@@ -259,7 +272,7 @@ def _gated(gm: torch.fx.GraphModule, layout: _GateLayout) -> tuple[torch.fx.Grap
     return gm, state
 
 
-def gated_model(graph: ChannelGraph, keep: torch.Tensor) -> nn.Module:
+def gated_model(graph: ChannelGraph, keep: torch.Tensor, linear: bool = False) -> nn.Module:
     """The model with each mask point's channels multiplied by ``keep`` (bool or float over group
     representatives, as :func:`mdakit.surgery.kept_groups` returns): the binary sub-architecture.
 
@@ -270,7 +283,7 @@ def gated_model(graph: ChannelGraph, keep: torch.Tensor) -> nn.Module:
     torch.Size([1, 10])
     """
     gm = _traced(graph)
-    layout = gate_layout(graph, _mask_points(graph, gm))
+    layout = gate_layout(graph, _mask_points(graph, gm, linear))
     gm, state = _gated(gm, layout)
     state.values = torch.cat([keep[layout.groups].float(), torch.ones(1)])
     return _Clearing(gm, state).eval()
@@ -360,10 +373,10 @@ class _Search:
     log: list[dict] = field(default_factory=list)
 
 
-def _prepare(graph: ChannelGraph, device: torch.device | str) -> _Search:
+def _prepare(graph: ChannelGraph, device: torch.device | str, linear: bool = False) -> _Search:
     graph.model.eval().to(device)
     gm = _traced(graph)
-    points = _mask_points(graph, gm)
+    points = _mask_points(graph, gm, linear)
     if not points:
         raise MdakitError("NAD found no block output to mask in this model")
     layout = gate_layout(graph, points)
@@ -506,7 +519,7 @@ def nad_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch
     ('nad', [0])
     """
     settings.validate()
-    search = _prepare(graph, device)
+    search = _prepare(graph, device, settings.linear)
     settings_out = settings.to_dict()
     beta = settings.beta if isinstance(settings.beta, float | int) else DEFAULT_BETA[architecture_family(graph)]
     per_class: dict[int, dict[str, LayerMask]] = {}
