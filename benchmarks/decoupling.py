@@ -189,17 +189,18 @@ def main() -> None:
     parser.add_argument("--target-ratio", type=float, default=0.0)
     parser.add_argument("--gate-lr", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--head-start", type=float, default=0.0, help="W_cla heads start as class readouts (scale)")
     parser.add_argument("--tag", default="", help="Suffix of the decoupled model's directory under runs/decouple/.")
     parser.add_argument("--macs-images", type=int, default=500)
     parser.add_argument("--time-images", type=int, default=200)
     args = parser.parse_args()
     weights = LossWeights(args.lambda_m, args.lambda_k, args.lambda_s, args.target_ratio)
     config = DecoupleConfig(epochs=args.epochs, gate_lr=args.gate_lr, batch_size=args.batch_size,
-                            train_subset=args.train_subset, weights=weights)
+                            train_subset=args.train_subset, head_start=args.head_start, weights=weights)
     row = run_one(args.arch, args.dataset, config, args.macs_images, args.time_images, args.tag)
     path = ROOT / "benchmarks" / "results" / f"{RESULTS}.json"
     rows = json.loads(path.read_text())["runs"] if path.is_file() else []
-    rows = [r for r in rows if (r["arch"], r["dataset"]) != (args.arch, args.dataset) and "command" in r] + [row]
+    rows = [r for r in rows if r["model"] != row["model"] and "command" in r] + [row]
     env = environment()
     write_json(RESULTS, {"environment": env, "runs": rows})
     update_report("Decoupling: gated fine-tuning and dynamic inference", _report(rows) + f"\n\nEnvironment: {env}.")

@@ -9,7 +9,7 @@ from mdakit.artifacts import ModelCard, load, load_with_card, save
 from mdakit.cli import run
 from mdakit.data import ClassSubset
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input
-from mdakit.decouple.finetune import recalibrate_batchnorm
+from mdakit.decouple.finetune import recalibrate_batchnorm, warm_start_heads
 from mdakit.decouple.gates import DecoupledNet, improved_semhash, saturating_sigmoid
 from mdakit.decouple.losses import LossWeights, kl_loss, mi_loss, sparse_loss
 from mdakit.decouple.paths import collect_paths
@@ -225,13 +225,13 @@ def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):
 def test_cli_decouple_end_to_end(tmp_path, capsys, tiny_lenet_dir, data_dir):
     out = tmp_path / "dec"
     code = run(["decouple", str(tiny_lenet_dir), "--out", str(out), "--epochs", "1", "--train-subset", "600",
-                "--batch-size", "32", "--lambda-s", "0.01", "--data-dir", str(data_dir), "--json"])
+                "--batch-size", "32", "--lambda-s", "0.01", "--head-start", "2", "--data-dir", str(data_dir), "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
     assert report["gated_layers"] == ["net.features.3"]
     assert report["config"]["weights"]["lambda_s"] == 0.01 and report["config"]["weights"]["lambda_m"] == 0.01
-    assert report["test_accuracy"] > 0.8
+    assert report["test_accuracy"] > 0.8 and report["config"]["head_start"] == 2
     model, card = load_with_card(out)
     assert isinstance(model, DecoupledNet) and card.provenance["decoupled_from"] == str(tiny_lenet_dir)
     assert card.metrics["test_accuracy"] == report["test_accuracy"]
@@ -239,7 +239,7 @@ def test_cli_decouple_end_to_end(tmp_path, capsys, tiny_lenet_dir, data_dir):
 
 @pytest.mark.parametrize("extra, message", [
     (["--lambda-m", "-1"], "lambda-m"), (["--target-ratio", "1.5"], "target-ratio"),
-    (["--target-ratio", "-0.1"], "target-ratio"), (["--epochs", "0"], "epochs"),
+    (["--target-ratio", "-0.1"], "target-ratio"), (["--epochs", "0"], "epochs"), (["--head-start", "-1"], "head-start"),
 ])
 def test_cli_decouple_bad_input(tmp_path, capsys, tiny_lenet_dir, extra, message):
     out = tmp_path / "never"
@@ -248,6 +248,24 @@ def test_cli_decouple_bad_input(tmp_path, capsys, tiny_lenet_dir, extra, message
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
+
+
+def test_warm_started_heads_read_the_class_from_the_filters(mnist_test):
+    test, info = mnist_test
+    images, labels = zip(*(test[i] for i in range(64)))
+    images, labels = torch.stack(images), torch.tensor(labels)
+    torch.manual_seed(0)
+    net = DecoupledNet(build_model("vgg16", info.input_shape, 10, width=0.125), info.input_shape).eval()
+    assert warm_start_heads(net, [(images[:32], labels[:32]), (images[32:], labels[32:])], batches=5, scale=3.0) == 2
+    with torch.no_grad():
+        ys = net(images, return_gates=True).y
+    for head, y in zip(net.heads, ys, strict=True):
+        present = labels.unique()
+        means = torch.stack([y[labels == c].mean(0) for c in present])
+        full = torch.zeros(10, y.shape[1]).index_copy_(0, present, means)
+        expected = (full - full.mean(0)) / (y.std(0, unbiased=False) + 1e-6) * 3.0 / math.sqrt(y.shape[1])
+        assert torch.allclose(head.weight, expected, atol=1e-4)
+        assert torch.allclose(head.weight.sum(0), torch.zeros(y.shape[1]), atol=1e-4)  # centred over classes
 
 
 def test_batchnorm_subclasses_after_gated_convs_are_refused():

@@ -426,6 +426,9 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                      help="y||z (default: KL(y‖z), a filter that responds while unselected is penalised) or z||y "
                           "(the papers' written KL(z‖y))")] = "y||z",
                  train_subset: Annotated[int | None, typer.Option(help="Fine-tune on N images (stratified).")] = None,
+                 head_start: Annotated[float, typer.Option(
+                     help="Start the W_cla heads as class readouts of the filters, at this scale (0: random; "
+                          "see mdakit.decouple.finetune.warm_start_heads).")] = 0.0,
                  seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:
     """Fine-tune MODEL with a controlling module on its conv layers, so each input uses a thin path."""
@@ -440,7 +443,7 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                           lambda_k, base.lambda_s if lambda_s is None else lambda_s,
                           base.target_ratio if target_ratio is None else target_ratio, kl_direction)
     config = DecoupleConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, train_subset=train_subset,
-                            weights=weights)
+                            head_start=head_start, weights=weights)
     config.validate()
     result = decouple(model_path, dataset, config, device=dev, data_dir=data_dir, show_progress=True)
     save(result.model, out, result.card, force=force)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -58,6 +59,8 @@ class DecoupleConfig:
     scratch while the body is pretrained (default: 10 × ``lr``). After each epoch the BatchNorm
     statistics are re-estimated over ``recalibrate_batches`` fine-tuning batches with binary gates
     (:func:`recalibrate_batchnorm`; 0 keeps the statistics gathered while training).
+    ``head_start`` > 0 starts the W_cla heads as class readouts of the filters' pooled outputs,
+    scaled by it (:func:`warm_start_heads`); 0 keeps their random start.
     """
 
     epochs: int = 1
@@ -70,6 +73,7 @@ class DecoupleConfig:
     train_subset: int | None = None
     val_fraction: float = 0.1
     recalibrate_batches: int = 50
+    head_start: float = 0.0
     weights: LossWeights = field(default_factory=LossWeights)
 
     def validate(self) -> None:
@@ -77,6 +81,8 @@ class DecoupleConfig:
             raise MdakitError(f"epochs must be at least 1, got {self.epochs}")
         if not all(v > 0 and math.isfinite(v) for v in (self.lr, self.gate_lr or self.lr)) or self.batch_size < 1:
             raise MdakitError("learning rates must be positive and batch size at least 1")
+        if not (self.head_start >= 0 and math.isfinite(self.head_start)):
+            raise MdakitError(f"--head-start must be >= 0, got {self.head_start}")
         if self.recalibrate_batches < 0:
             raise MdakitError(f"recalibrate_batches must be >= 0, got {self.recalibrate_batches}")
         if self.train_subset is not None and self.train_subset < 1:
@@ -139,6 +145,60 @@ def recalibrate_batchnorm(net: DecoupledNet, loader: Iterable, batches: int, dev
     return used
 
 
+HEAD_START_BATCHES = 20  # of 256 fine-tuning images: the class means of :func:`warm_start_heads`
+
+
+@torch.no_grad()
+def warm_start_heads(net: DecoupledNet, loader: Iterable, batches: int, scale: float,
+                     device: torch.device | str = "cpu") -> int:
+    """Start each W_cla head as a readout of which of its layer's filters respond to which class.
+
+    Row c of head l becomes ``scale · (m_c − mean_c m_c) / (s · √N)``: ``m_c`` the mean over class-c
+    images of the layer's pooled output y (before masking, every gate as it decides), ``s`` y's
+    standard deviation over images, N the layer's filters; over ``batches`` batches of ``loader``.
+    Why: with every gate open, z is the same for every input, so a randomly started head learns
+    nothing from it and L_mi gives the gates no gradient (measured: L_mi stays at N_layers · log K for a
+    whole fine-tune and no filter becomes dynamic). A head that already reads the class from the
+    filters sends each image's gates a class-specific push from the first step. Returns the number of
+    batches used.
+
+    >>> from mdakit.zoo import build_model
+    >>> net = DecoupledNet(build_model("lenet5", (1, 28, 28), 2), (1, 28, 28))
+    >>> warm_start_heads(net, [(torch.rand(8, 1, 28, 28), torch.arange(8) % 2)], batches=4, scale=1.0)
+    1
+    """
+    was_training = net.training
+    net.eval()
+    classes = net.num_classes
+    counts = torch.zeros(classes, device=device)
+    sums: list[torch.Tensor] = []
+    moments: list[torch.Tensor] = []
+    used = 0
+    try:
+        for images, labels in loader:
+            if used == batches:
+                break
+            out = net(images.to(device), return_gates=True)
+            onehot = F.one_hot(torch.as_tensor(labels).to(device), classes).to(out.logits.dtype)
+            if not sums:
+                sums = [onehot.new_zeros(classes, y.shape[1]) for y in out.y]
+                moments = [onehot.new_zeros(2, y.shape[1]) for y in out.y]
+            for total, moment, y in zip(sums, moments, out.y, strict=True):
+                total += onehot.T @ y
+                moment += torch.stack((y.sum(0), y.square().sum(0)))
+            counts += onehot.sum(0)
+            used += 1
+    finally:
+        net.train(was_training)
+    images = counts.sum()
+    for head, total, moment in zip(net.heads, sums, moments, strict=False):
+        means = total / counts.clamp_min(1)[:, None]
+        spread = (moment[1] / images - (moment[0] / images).square()).clamp_min(0).sqrt()
+        readout = (means - means.mean(0)) / (spread + 1e-6)
+        head.weight.copy_(scale * readout / math.sqrt(readout.shape[1]))
+    return used
+
+
 def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, device: torch.device | str = "cpu",
              show_progress: bool = True) -> DecoupleResult:
     """Fine-tune ``net`` in place with the decoupling loss; returns the per-epoch history.
@@ -156,6 +216,8 @@ def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, dev
     fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
     loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
     net.to(device)
+    if config.head_start > 0:
+        warm_start_heads(net, make_loader(fit_data, 256), HEAD_START_BATCHES, config.head_start, device)
     gate_params = [p for gate in net.gates for p in gate.parameters()] + list(net.heads.parameters())
     gate_ids = {id(p) for p in gate_params}
     groups = [{"params": [p for p in net.parameters() if id(p) not in gate_ids], "lr": config.lr},
