@@ -119,6 +119,11 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
     }
 
 
+def _run(row: dict) -> str:
+    """A run's name in the tables: its model directory under runs/decouple/."""
+    return row["model"].rsplit("/", 1)[-1]
+
+
 def _report(rows: list[dict]) -> str:
     lines = [
         "Commands (zoo models from runs/zoo): " + "; ".join(f"`{r['command']}`" for r in rows if "command" in r) +
@@ -126,23 +131,26 @@ def _report(rows: list[dict]) -> str:
         "and W_cla heads, BatchNorm statistics re-estimated with binary gates after each epoch (50 batches), KL "
         "direction in the table. The loss weights are stronger than Table 5 (which is tuned for 200-epoch CIFAR "
         "runs and barely moves the gates in a few epochs): see the λ columns. Accuracy is on the full 10,000-image "
-        "test split. *Dynamic* computes "
+        "test split. *Heads*: W_cla started at random, or as class readouts of the filters at the given scale "
+        "(`--head-start`, `mdakit.decouple.finetune.warm_start_heads`). *Dynamic* computes "
         "only the filters each input's gates select, with filters silent on every fine-tuning image removed; "
         "MACs are FlopCounterMode counts per test image at batch 1 (only what runs, gates included); times are "
         "per image with one thread, the three models interleaved, median of 3 passes.", "",
-        "| model | dataset | epochs × images | λ_m / λ_k / λ_s / R, KL | acc. orig. | acc. gated | acc. dynamic | "
-        "gate density (test) | silent / energetic / dynamic filters | MACs orig. | MACs dynamic (mean) | ratio | "
-        "params orig. → dynamic | batch 1: orig. / dynamic | speed-up | batch 64: orig. / dynamic | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| run | dataset | epochs × images | λ_m / λ_k / λ_s / R, KL | heads | acc. orig. | acc. gated | "
+        "acc. dynamic | gate density (test) | silent / energetic / dynamic filters | MACs orig. | "
+        "MACs dynamic (mean) | ratio | params orig. → dynamic | batch 1: orig. / dynamic | speed-up | "
+        "batch 64: orig. / dynamic | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cfg = r["finetune"]["config"]
         w = cfg["weights"]
         t1, t64 = r["seconds_per_image"]["batch1_1thread"], r["seconds_per_image"]["batch64_1thread"]
         fs = r["filter_states_train"]
+        heads = f"readout × {cfg['head_start']:g}" if cfg.get("head_start") else "random"
         lines.append(
-            f"| {r['arch']} | {r['dataset']} | {cfg['epochs']} × {r['finetune']['result']['train_samples']} | "
+            f"| {_run(r)} | {r['dataset']} | {cfg['epochs']} × {r['finetune']['result']['train_samples']} | "
             f"{w['lambda_m']:g} / {w['lambda_k']:g} / {w['lambda_s']:g} / {w['target_ratio']:g}, "
-            f"{w.get('kl_direction', 'z||y')} | {100 * r['accuracy']['original']:.2f} | "
+            f"{w.get('kl_direction', 'z||y')} | {heads} | {100 * r['accuracy']['original']:.2f} | "
             f"{100 * r['accuracy']['gated']:.2f} | {100 * r['accuracy']['dynamic']:.2f} | "
             f"{r['gate_density']['test']:.3f} | {fs['silent']} / {fs['energetic']} / {fs['dynamic']} | "
             f"{r['macs']['original']:,} | {r['macs']['dynamic_mean']:,.0f} | "
@@ -151,7 +159,7 @@ def _report(rows: list[dict]) -> str:
             f"{t1['original'] / t1['dynamic']:.2f}× | {1e3 * t64['original']:.3f} / {1e3 * t64['dynamic']:.3f} ms | "
             f"{t64['original'] / t64['dynamic']:.2f}× |")
     lines += ["", "Targets of issue 7 (Fashion-MNIST), per run:", "",
-              "| model | MACs ≥ 2× lower | accuracy ≤ 0.5 points lower | batch 1 ≥ 1.5× faster | "
+              "| run | MACs ≥ 2× lower | accuracy ≤ 0.5 points lower | batch 1 ≥ 1.5× faster | "
               "≥ 20% of gated filters dynamic |", "|---|---|---|---|---|"]
     for r in rows:
         ratio = r["macs"]["original"] / r["macs"]["dynamic_mean"]
@@ -159,18 +167,18 @@ def _report(rows: list[dict]) -> str:
         t1 = r["seconds_per_image"]["batch1_1thread"]
         speed = t1["original"] / t1["dynamic"]
         dynamic = r["filter_states_train"]["dynamic"] / r["filter_states_train"]["gated_filters"]
-        verdicts = [(f"{ratio:.2f}×", ratio >= 2), (f"{-drop:+.2f} points", drop <= 0.5),
+        verdicts = [(f"{ratio:.2f}×", ratio >= 2), (f"{0.0 - drop:+.2f} points", drop <= 0.5),
                     (f"{speed:.2f}×", speed >= 1.5), (f"{100 * dynamic:.1f}%", dynamic >= 0.2)]
-        lines.append(f"| {r['arch']} ({r['dataset']}) | " + " | ".join(
+        lines.append(f"| {_run(r)} | " + " | ".join(
             f"{text} {'met' if ok else '**missed**'}" for text, ok in verdicts) + " |")
     lines += ["", "Largest |dynamic − gated| logit difference at batch 1 on 32 test images: " + ", ".join(
-        f"{r['arch']} {r['max_abs_difference_dynamic_vs_gated_batch1']:.1e}" for r in rows) + ". The gated model "
+        f"{_run(r)} {r['max_abs_difference_dynamic_vs_gated_batch1']:.1e}" for r in rows) + ". The gated model "
         "(masking, every filter computed) runs at " + ", ".join(
-        f"{r['arch']} {1e3 * r['seconds_per_image']['batch1_1thread']['gated']:.2f} ms" for r in rows) +
+        f"{_run(r)} {1e3 * r['seconds_per_image']['batch1_1thread']['gated']:.2f} ms" for r in rows) +
         " per image at batch 1. Silent / energetic / dynamic counts are over the gated filters on the fine-tuning "
         "images. Filters energetic on every fine-tuning image run without asking their gate, and a layer left with "
         "only those runs no gate (exact on the fine-tuning images, an approximation elsewhere): " + ", ".join(
-        f"{r['arch']} {r.get('always_on_filters', 0)} filters, {r.get('ungated_layers', 0)} of "
+        f"{_run(r)} {r.get('always_on_filters', 0)} filters, {r.get('ungated_layers', 0)} of "
         f"{len(r['gated_layers'])} layers without a gate, test predictions equal to the gated model's on "
         f"{100 * r['test_prediction_agreement_dynamic_vs_gated']:.2f}% of the test images"
         for r in rows if "test_prediction_agreement_dynamic_vs_gated" in r) + "."]
