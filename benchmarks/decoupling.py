@@ -1,9 +1,13 @@
 """Decoupling benchmark (issue 7 parts 1–2): gated fine-tuning, then real dynamic inference vs the original.
 
-    .venv/bin/python benchmarks/decoupling.py --arch resnet20 --dataset fashion-mnist --epochs 6 \\
+    .venv/bin/python benchmarks/decoupling.py --arch resnet20 --dataset fashion-mnist --epochs 10 \\
         --lambda-m 0.05 --lambda-s 0.01 --target-ratio 0.5 --gate-lr 0.3 --tag=-m005-s001-r05
-    .venv/bin/python benchmarks/decoupling.py --arch vgg16 --dataset fashion-mnist --epochs 2 --train-subset 30000 \\
-        --lambda-m 0.05 --lambda-s 0.01 --target-ratio 0.5 --gate-lr 0.3 --tag=-m005-s001-r05
+    .venv/bin/python benchmarks/decoupling.py --arch resnet20 --dataset fashion-mnist --epochs 10 \\
+        --lambda-m 0.1 --lambda-s 0.005 --target-ratio 0.5 --gate-lr 0.3 --head-start 4 --tag=-m01-s0005-r05-h4
+    .venv/bin/python benchmarks/decoupling.py --arch vgg16 --dataset fashion-mnist --epochs 5 --train-subset 30000 \\
+        --lambda-m 0.05 --lambda-s 0.002 --target-ratio 0.5 --gate-lr 0.3 --tag=-m005-s0002-r05
+
+(the runs of benchmarks/suite.py's full profile; each run is one row, keyed by its model directory)
 
 Models come from runs/zoo/<arch>-<dataset>; the decoupled model is saved under runs/decouple/ and reused
 by a rerun (its card holds the original's and the gated model's test accuracy and gate density, measured

@@ -275,6 +275,7 @@ def _gated(gm: torch.fx.GraphModule, layout: _GateLayout) -> tuple[torch.fx.Grap
 def gated_model(graph: ChannelGraph, keep: torch.Tensor, linear: bool = False) -> nn.Module:
     """The model with each mask point's channels multiplied by ``keep`` (bool or float over group
     representatives, as :func:`mdakit.surgery.kept_groups` returns): the binary sub-architecture.
+    ``linear`` places the masks as :class:`NADSettings` ``linear`` does (hidden fully connected blocks too).
 
     >>> from mdakit.graph import trace
     >>> from mdakit.zoo import build_model

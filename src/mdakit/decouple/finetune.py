@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -82,7 +83,7 @@ class DecoupleConfig:
         if not all(v > 0 and math.isfinite(v) for v in (self.lr, self.gate_lr or self.lr)) or self.batch_size < 1:
             raise MdakitError("learning rates must be positive and batch size at least 1")
         if not (self.head_start >= 0 and math.isfinite(self.head_start)):
-            raise MdakitError(f"--head-start must be >= 0, got {self.head_start}")
+            raise MdakitError(f"head_start (--head-start) must be >= 0, got {self.head_start}")
         if self.recalibrate_batches < 0:
             raise MdakitError(f"recalibrate_batches must be >= 0, got {self.recalibrate_batches}")
         if self.train_subset is not None and self.train_subset < 1:
@@ -145,7 +146,7 @@ def recalibrate_batchnorm(net: DecoupledNet, loader: Iterable, batches: int, dev
     return used
 
 
-HEAD_START_BATCHES = 20  # of 256 fine-tuning images: the class means of :func:`warm_start_heads`
+HEAD_START_BATCHES = 20  # of 256 shuffled fine-tuning images: the class means of :func:`warm_start_heads`
 
 
 @torch.no_grad()
@@ -154,13 +155,14 @@ def warm_start_heads(net: DecoupledNet, loader: Iterable, batches: int, scale: f
     """Start each W_cla head as a readout of which of its layer's filters respond to which class.
 
     Row c of head l becomes ``scale · (m_c − mean_c m_c) / (s · √N)``: ``m_c`` the mean over class-c
-    images of the layer's pooled output y (before masking, every gate as it decides), ``s`` y's
-    standard deviation over images, N the layer's filters; over ``batches`` batches of ``loader``.
+    images of the layer's pooled output y (before masking, every gate as it decides), the mean taken
+    over the classes present, ``s`` y's standard deviation over images, N the layer's filters; over
+    the first ``batches`` batches of ``loader``. Rows of classes absent from those batches are 0.
     Why: with every gate open, z is the same for every input, so a randomly started head learns
-    nothing from it and L_mi gives the gates no gradient (measured: L_mi stays at N_layers · log K for a
-    whole fine-tune and no filter becomes dynamic). A head that already reads the class from the
-    filters sends each image's gates a class-specific push from the first step. Returns the number of
-    batches used.
+    nothing from it, and the push L_mi gives the gates through it carries no information about which
+    filters a class uses (measured: L_mi stays at N_layers · log K for a whole fine-tune and no filter
+    becomes dynamic). A head that already reads the class from the filters sends each image's gates
+    towards its class's filters from the first step. Returns the number of batches used.
 
     >>> from mdakit.zoo import build_model
     >>> net = DecoupledNet(build_model("lenet5", (1, 28, 28), 2), (1, 28, 28))
@@ -170,32 +172,32 @@ def warm_start_heads(net: DecoupledNet, loader: Iterable, batches: int, scale: f
     was_training = net.training
     net.eval()
     classes = net.num_classes
-    counts = torch.zeros(classes, device=device)
+    counts = torch.zeros(classes, dtype=torch.float64, device=device)
     sums: list[torch.Tensor] = []
     moments: list[torch.Tensor] = []
     used = 0
     try:
-        for images, labels in loader:
-            if used == batches:
-                break
-            out = net(images.to(device), return_gates=True)
-            onehot = F.one_hot(torch.as_tensor(labels).to(device), classes).to(out.logits.dtype)
+        for batch, labels in itertools.islice(loader, batches):
+            out = net(batch.to(device), return_gates=True)
+            onehot = F.one_hot(torch.as_tensor(labels).to(device), classes).double()
             if not sums:
                 sums = [onehot.new_zeros(classes, y.shape[1]) for y in out.y]
                 moments = [onehot.new_zeros(2, y.shape[1]) for y in out.y]
             for total, moment, y in zip(sums, moments, out.y, strict=True):
+                y = y.double()
                 total += onehot.T @ y
                 moment += torch.stack((y.sum(0), y.square().sum(0)))
             counts += onehot.sum(0)
             used += 1
     finally:
         net.train(was_training)
-    images = counts.sum()
+    seen = counts.sum()
+    present = counts > 0
     for head, total, moment in zip(net.heads, sums, moments, strict=False):
         means = total / counts.clamp_min(1)[:, None]
-        spread = (moment[1] / images - (moment[0] / images).square()).clamp_min(0).sqrt()
-        readout = (means - means.mean(0)) / (spread + 1e-6)
-        head.weight.copy_(scale * readout / math.sqrt(readout.shape[1]))
+        spread = (moment[1] / seen - (moment[0] / seen).square()).clamp_min(0).sqrt()
+        readout = (means - means[present].mean(0)) / (spread + 1e-6) * present[:, None]
+        head.weight.copy_((scale * readout / math.sqrt(readout.shape[1])).to(head.weight.dtype))
     return used
 
 
@@ -217,7 +219,8 @@ def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, dev
     loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
     net.to(device)
     if config.head_start > 0:
-        warm_start_heads(net, make_loader(fit_data, 256), HEAD_START_BATCHES, config.head_start, device)
+        sample = make_loader(fit_data, 256, shuffle=True, generator=torch.Generator().manual_seed(config.seed))
+        warm_start_heads(net, sample, HEAD_START_BATCHES, config.head_start, device)
     gate_params = [p for gate in net.gates for p in gate.parameters()] + list(net.heads.parameters())
     gate_ids = {id(p) for p in gate_params}
     groups = [{"params": [p for p in net.parameters() if id(p) not in gate_ids], "lr": config.lr},
