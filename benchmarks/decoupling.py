@@ -120,6 +120,7 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
         "ungated_layers": sum(block.gate_w2t is None for block in dynamic.net.blocks.children()),
         "test_prediction_agreement_dynamic_vs_gated": agreement,
         "command": ".venv/bin/python benchmarks/decoupling.py " + " ".join(sys.argv[1:]),
+        "head_sample": "seeded shuffle of the fine-tuning images",
     }
 
 
@@ -136,7 +137,10 @@ def _report(rows: list[dict]) -> str:
         "direction in the table. The loss weights are stronger than Table 5 (which is tuned for 200-epoch CIFAR "
         "runs and barely moves the gates in a few epochs): see the λ columns. Accuracy is on the full 10,000-image "
         "test split. *Heads*: W_cla started at random, or as class readouts of the filters at the given scale "
-        "(`--head-start`, `mdakit.decouple.finetune.warm_start_heads`). *Dynamic* computes "
+        "(`--head-start`, `mdakit.decouple.finetune.warm_start_heads`; readout runs without a recorded `head_sample` took "
+        "the class means from the first 5,120 fine-tuning images in dataset order, the code before the seeded "
+        "shuffle; Fashion-MNIST's order mixes the classes, but a rerun now makes a slightly different model). "
+        "*Dynamic* computes "
         "only the filters each input's gates select, with filters silent on every fine-tuning image removed; "
         "MACs are FlopCounterMode counts per test image at batch 1 (only what runs, gates included); times are "
         "per image with one thread, the three models interleaved, median of 3 passes.", "",
