@@ -191,12 +191,9 @@ def _mask_points(graph: ChannelGraph, gm: torch.fx.GraphModule, linear: bool = F
     previous = None
     for name in _trunk(graph):
         rank = len(shapes.get(name, ()))
-        if rank != 4 and not (rank == 2 and (name in hidden or previous is not None)):
-            previous = None
-            continue
         if previous is not None and rank == len(shapes[previous]) and _continues(graph, name, previous):
             runs[-1].append(name)
-        elif rank == 4 or name in hidden:
+        elif rank == 4 or (rank == 2 and name in hidden):
             runs.append([name])
         else:
             previous = None
