@@ -205,6 +205,8 @@ def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_trai
     for gather_above in (0, 10 ** 9):  # every gated conv copies out its selected filters / none does
         every = DynamicNet(net, gather_above=gather_above)
         assert {block.gather for block in every.net.blocks.children()} == {gather_above == 0}
+        readers = list(every.net.sparse_inputs.children()) if hasattr(every.net, "sparse_inputs") else []
+        assert {conv.gather for conv in readers} <= {gather_above == 0}
         _assert_equals_gated(every, x, ref)
     static = DynamicNet(net, alive, paths.energetic())  # filters every image selects run without their gate
     assert sum(static.always_on.values()) == sum(len(v) for v in paths.energetic().values()) > 0

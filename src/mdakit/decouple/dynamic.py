@@ -104,18 +104,24 @@ class InputSparseConv(nn.Module):
     """A conv that reads a :class:`Packed` input and uses only the weight columns of its channels.
 
     ``in_alive`` are the input channels the producing layer kept, in the order of its ``position``.
+    With ``gather=False`` (few output pixels, where copying the columns costs more than the conv) the
+    dropped input channels are filled with zeros instead and every kept column is used.
     """
 
-    def __init__(self, conv: nn.Conv2d, in_alive: torch.Tensor):
+    def __init__(self, conv: nn.Conv2d, in_alive: torch.Tensor, gather: bool = True):
         super().__init__()
+        self.gather = gather
         self.weight = _frozen(conv.weight[:, in_alive])
         self.bias = _frozen(conv.bias) if conv.bias is not None else None
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
 
     def forward(self, x: Packed) -> torch.Tensor:
-        pos = x.position
-        weight = self.weight if len(pos) == self.weight.shape[1] else self.weight.index_select(1, pos)
-        return F.conv2d(x.values, weight, self.bias, self.stride, self.padding, self.dilation)
+        values, pos, weight = x.values, x.position, self.weight
+        if len(pos) != weight.shape[1] and self.gather:
+            weight = weight.index_select(1, pos)
+        elif len(pos) != weight.shape[1]:
+            values = values.new_zeros(values.shape[0], weight.shape[1], *values.shape[2:]).index_copy_(1, pos, values)
+        return F.conv2d(values, weight, self.bias, self.stride, self.padding, self.dilation)
 
 
 def _batchnorm_affine(op: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,7 +390,8 @@ def _rewrite(body: torch.fx.GraphModule, sites: Sequence[GateSite], alive: Mappi
         elif node.op == "call_module" and isinstance(conv := body.get_submodule(str(node.target)), nn.Conv2d) \
                 and conv.groups == 1 and node.all_input_nodes == [node.args[0]]:
             name = f"sparse_inputs.{node.name}"
-            modules[name] = InputSparseConv(conv, packed[node.args[0]])
+            pixels = math.prod(node.meta["tensor_meta"].shape[2:])
+            modules[name] = InputSparseConv(conv, packed[node.args[0]], gather=pixels > gather_above)
             env[node] = graph.call_module(name, (env[node.args[0]],))
         else:
             env[node] = copy_node(node, dense_of)
