@@ -337,10 +337,13 @@ def _accuracy_report(rows: list[dict], tolerance: float) -> str:
               "Time = sample selection + attribution + extraction, measured in the same run on the same samples; "
               "*ratio* = gradient / contribution (the seed's *Time*). Peak RSS per step (MB). MACs and parameters "
               "of the part, in millions. Means over the seeds whose cells recorded every step (cells measured "
-              "before extraction was timed are left out here).", "",
+              "before extraction was timed are left out here). *Bound*: the ratio contribution would reach if its "
+              "attribution step took no time at all (gradient time / contribution's selection + extraction): both "
+              "methods select the same samples with the same forward passes, so no attribution can be faster "
+              "than this.", "",
               "| model | dataset | classes | MACs grad. / contrib. | params grad. / contrib. | time grad. / contrib. "
-              "(s) | ratio | published ratio | attribution grad. / contrib. (s) | peak RSS grad. / contrib. (MB): "
-              "selection, attribution, extraction |", "|" + "---|" * 10]
+              "(s) | ratio | bound | published ratio | attribution grad. / contrib. (s) | peak RSS grad. / contrib. "
+              "(MB): selection, attribution, extraction |", "|" + "---|" * 11]
     for r in _mean_over_seeds([r for r in rows if "gradient" in r and "params" in r["paper"]]):
         p, g = r["paper"], r["gradient"]
         tg, tp = _disassembly_seconds(g), _disassembly_seconds(p)
@@ -349,6 +352,7 @@ def _accuracy_report(rows: list[dict], tolerance: float) -> str:
         lines.append(f"| {r['arch']} | {r['dataset']} | {r['classes']} | "
                      f"{g['macs'] / 1e6:.2f} / {p['macs'] / 1e6:.2f} | "
                      f"{g['params'] / 1e6:.3f} / {p['params'] / 1e6:.3f} | {tg:.2f} / {tp:.2f} | {tg / tp:.2f}× | "
+                     f"{tg / (tp - p['seconds']['attribution']):.2f}× | "
                      f"{f'{published:.2f}×' if published else '–'} | {g['seconds']['attribution']:.2f} / "
                      f"{p['seconds']['attribution']:.2f} | {rss} |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -73,3 +74,27 @@ class DepthwiseNet(nn.Module):
         x = torch.relu(self.bn(self.dw(self.pw(x))))
         x = self.pool(self.gc(x))
         return self.fc(x.view(x.size(0), -1))
+
+
+class ShuffleNet(nn.Module):
+    """A ShuffleNet-style unit: chunk along channels, a branch, concat, then two channel shuffles (the
+    module and the view → transpose → view form), and stochastic depth on a residual branch."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, 8, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1))
+        self.shuffle = nn.ChannelShuffle(2)
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.depth = StochasticDepth(0.2, "row")
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        left, right = x.chunk(2, dim=1)
+        x = self.shuffle(torch.cat((left, self.branch(right)), 1))
+        b, c, h, w = x.size()
+        x = x.view(b, 4, c // 4, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        x = x + self.depth(torch.relu(self.mix(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))

@@ -5,7 +5,7 @@ from torch import nn
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
 from mdakit.zoo import build_model
-from nets import ConcatPoolNet, DepthwiseNet, ResidualNet
+from nets import ConcatPoolNet, DepthwiseNet, ResidualNet, ShuffleNet
 
 
 def test_lenet_flatten_maps_features_to_channels():
@@ -117,3 +117,18 @@ class _Branchy(nn.Module):
 def test_unsupported_patterns_are_clear_errors(net, shape, message):
     with pytest.raises(MdakitError, match=message):
         trace(net, shape)
+
+
+def test_channel_shuffles_and_chunks_permute_and_slice_ids():
+    g = trace(ShuffleNet(), (1, 8, 8))
+    ids = g.node_ids
+    stem = ids["stem"]
+    assert torch.equal(ids["getitem"], stem[:4]) and torch.equal(ids["getitem_1"], stem[4:])
+    cat = ids["cat"]
+    as_channels = cat.float().view(1, -1, 1, 1)  # what the ops do to a tensor whose channel j holds id j
+    assert torch.equal(ids["shuffle"], torch.nn.functional.channel_shuffle(as_channels, 2).flatten().long())
+    by_view = torch.nn.functional.channel_shuffle(ids["shuffle"].float().view(1, -1, 1, 1), 4).flatten().long()
+    assert torch.equal(ids["view_1"], by_view)
+    pinned = g.pinned_mask()
+    assert all(pinned[g.find(int(i))] for i in torch.cat((stem, cat)))  # fixed group sizes: all kept
+    assert not any(pinned[g.find(int(i))] for i in g.layer("branch.0").out_ids)  # inside the branch: prunable

@@ -16,7 +16,7 @@ from mdakit.masks import LayerMask
 from mdakit.metrics import count_parameters
 from mdakit.surgery import MaskedModel, apply_kernel_masks, keep_sets, rebuild
 from mdakit.zoo import build_model
-from nets import ConcatPoolNet, DepthwiseNet, ResidualNet, randomize_batchnorm
+from nets import ConcatPoolNet, DepthwiseNet, ResidualNet, ShuffleNet, randomize_batchnorm
 
 
 def random_masks(graph, seed, keep_prob=0.6):
@@ -61,7 +61,8 @@ ARCHS = [
     ("lenet5", (1, 28, 28)), ("vgg16", (1, 28, 28)), ("resnet50", (1, 28, 28)), ("googlenet", (1, 28, 28)),
     ("torchvision:resnet18", (1, 28, 28)), ("torchvision:googlenet", (1, 28, 28)),
     ("torchvision:mobilenet_v2", (1, 28, 28)), ("torchvision:densenet121", (1, 64, 64)),
-    ("torchvision:vgg11_bn", (1, 32, 32)),
+    ("torchvision:vgg11_bn", (1, 32, 32)), ("torchvision:shufflenet_v2_x0_5", (1, 32, 32)),
+    ("torchvision:efficientnet_b0", (1, 32, 32)),
 ]
 
 
@@ -74,7 +75,8 @@ def test_extraction_equals_masked_original(arch, shape, mnist_images):
 
 
 @pytest.mark.parametrize("net, shape", [(ConcatPoolNet(), (1, 28, 28)), (ResidualNet(), (1, 28, 28)),
-                                        (DepthwiseNet(), (1, 28, 28))], ids=["concat-pool", "residual", "depthwise"])
+                                        (DepthwiseNet(), (1, 28, 28)), (ShuffleNet(), (1, 28, 28))],
+                         ids=["concat-pool", "residual", "depthwise", "shuffle"])
 def test_extraction_on_op_patterns(net, shape, mnist_images):
     for seed in range(3):
         _check(net, shape, mnist_images, seed=seed, kernel=seed == 2, rows=[2, 0])

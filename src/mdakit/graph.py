@@ -5,17 +5,21 @@ shape. Every tensor in the graph gets, for each of its channels (dim 1; features
 *channel id*. Ids are created by prunable layers (``Conv2d``, ``Linear``: one per output channel) and
 by the model input, and carried through operations:
 
-- BatchNorm, activations, dropout, pooling, spatial means: channel ``j`` stays channel ``j``;
+- BatchNorm, activations, dropout (also stochastic depth), pooling, spatial means: channel ``j``
+  stays channel ``j``;
 - ``add``/``mul``/... of two tensors with the same channels: the two ids of channel ``j`` are
   *coupled* (unioned): a residual group must keep or drop a channel in every member at once;
 - ``cat`` along channels: ids are concatenated, so offsets into the result are respected;
 - flatten (``torch.flatten``, ``nn.Flatten``, ``view``/``reshape`` to B×(C·H·W)): feature
   ``f`` carries the id of channel ``f // (H·W)``;
-- depthwise convolution: input channel ``j`` is coupled with output channel ``j``.
+- depthwise convolution: input channel ``j`` is coupled with output channel ``j``;
+- channel shuffles (``nn.ChannelShuffle``, or view into groups → transpose → view) permute the ids,
+  and ``chunk``/``split`` along channels slice them.
 
 Channels that cannot be removed without changing what the model computes are *pinned*: the model
 input, grouped (not depthwise) convolutions, operations that mix channels, channels multiplied by a
-constant per-channel tensor, and reshapes with hard-coded sizes. An operation the tracer does not know
+constant per-channel tensor, reshapes with hard-coded sizes, and the channels of a shuffle, chunk or
+split (their group sizes are fixed). An operation the tracer does not know
 is an error naming the op and the node, never a silent guess.
 
 The same edges drive the backward "needed" walk of attribution (:meth:`ChannelGraph.walk_back`).
@@ -31,6 +35,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torchvision.ops import StochasticDepth, stochastic_depth
 
 from mdakit.errors import MdakitError
 
@@ -38,7 +43,7 @@ PASS_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
     nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.ZeroPad2d, nn.ConstantPad2d,
+    nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.ZeroPad2d, nn.ConstantPad2d, StochasticDepth,
 )
 CHANNEL_MODULES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -48,6 +53,7 @@ PASS_FUNCTIONS = {
     _F.hardsigmoid, _F.hardtanh, _F.sigmoid, _F.tanh, _F.softplus, _F.dropout, _F.dropout2d,
     _F.max_pool2d, _F.avg_pool2d, _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, _F.pad,
     torch.relu, torch.sigmoid, torch.tanh, torch.clone, torch.nn.functional.relu_,
+    stochastic_depth,  # drops whole samples' branches while training, the identity in eval mode
 }
 PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "clamp",
                 "clamp_", "clamp_min", "clamp_min_", "detach", "float", "to", "type_as"}
@@ -252,6 +258,8 @@ class _Builder:
         self.layers: list[PrunableLayer] = []
         self.channel_modules: dict[str, str] = {}
         self.seen_modules: set[str] = set()
+        self.grouped: dict[str, tuple[int, int]] = {}  # 5-D node -> (dim 1, dim 2): channels split in groups
+        self.pieces: dict[str, tuple[str, list[int]]] = {}  # chunk/split node -> (source, piece sizes)
 
     # ---------------------------------------------------------------- union-find
     def fresh(self, n: int, pinned: bool = False) -> torch.Tensor:
@@ -289,6 +297,13 @@ class _Builder:
         ids = self.ids[source.name]
         self.ids[node.name] = ids
         self.edges[node.name] = [_Edge(source.name, torch.arange(len(ids)))]
+        if source.name in self.grouped:
+            self.grouped[node.name] = self.grouped[source.name]
+
+    def permuted(self, node: torch.fx.Node, source: torch.fx.Node, src: torch.Tensor) -> None:
+        """Channel ``j`` of ``node`` is channel ``src[j]`` of ``source``."""
+        self.ids[node.name] = self.ids[source.name][src]
+        self.edges[node.name] = [_Edge(source.name, src)]
 
     def mixing(self, node: torch.fx.Node, sources: list[torch.fx.Node], size: int) -> None:
         for s in sources:
@@ -361,6 +376,8 @@ class _Builder:
             self.channel_modules[name] = source.name
         elif isinstance(module, nn.Flatten):
             self.flatten(node, source)
+        elif isinstance(module, nn.ChannelShuffle):
+            self.shuffle(node, source, module.groups)
         elif isinstance(module, PASS_MODULES):
             if isinstance(module, nn.PReLU) and module.num_parameters > 1:
                 raise MdakitError(f"per-channel PReLU at node {node.name!r} is not supported")
@@ -406,7 +423,58 @@ class _Builder:
             self.ids[node.name] = self.ids[source.name][src]
             self.edges[node.name] = [_Edge(source.name, src)]
             return
+        if len(in_shape) == 4 and len(out_shape) == 5 and out_shape[1] * out_shape[2] == in_shape[1] \
+                and out_shape[3:] == in_shape[2:]:
+            # channels split into groups, as a channel shuffle starts: the order changes only by a later
+            # transpose, and the group sizes are fixed, so every channel is kept
+            self.pin(self.ids[source.name])
+            self.identity(node, source)
+            self.grouped[node.name] = (out_shape[1], out_shape[2])
+            return
+        if source.name in self.grouped and len(out_shape) == 4 and out_shape[1] == in_shape[1] * in_shape[2] \
+                and out_shape[2:] == in_shape[3:]:
+            self.identity(node, source)
+            del self.grouped[node.name]
+            return
         raise MdakitError(f"unsupported reshape {_describe(node)} from {list(in_shape)} to {list(out_shape)}")
+
+    def swap_groups(self, node: torch.fx.Node) -> None:
+        """A transpose of a channel-group split (dims 1 and 2 of a 5-D tensor): a channel shuffle."""
+        source = self.first_tensor(node)
+        dims = [a for a in (*node.args[1:], *node.kwargs.values()) if not isinstance(a, torch.fx.Node)]
+        dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], list | tuple) else dims
+        swaps = dims in ([1, 2], [2, 1], [0, 2, 1, 3, 4])
+        if source.name not in self.grouped or not swaps:
+            raise MdakitError(f"unsupported op {_describe(node)}: mdakit follows transposes and permutes only as "
+                              "the channel-group swap of a channel shuffle")
+        groups, per_group = self.grouped[source.name]
+        self.permuted(node, source, torch.arange(groups * per_group).view(groups, per_group).t().flatten())
+        self.grouped[node.name] = (per_group, groups)
+
+    def shuffle(self, node: torch.fx.Node, source: torch.fx.Node, groups: int) -> None:
+        """A channel shuffle in ``groups``: a fixed permutation of a fixed number of channels (all kept)."""
+        size = len(self.ids[source.name])
+        self.pin(self.ids[source.name])
+        self.permuted(node, source, torch.arange(size).view(groups, size // groups).t().flatten())
+
+    def chunk(self, node: torch.fx.Node) -> None:
+        """``chunk``/``split`` along channels: the pieces are slices; the split sizes are fixed, so every
+        channel of the source is kept."""
+        source = self.first_tensor(node)
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        metas = node.meta.get("tensor_meta")
+        in_shape = _shape(source)
+        if in_shape is None or not isinstance(metas, list | tuple) or dim not in (1, 1 - len(in_shape)):
+            raise MdakitError(f"unsupported op {_describe(node)}: only chunks and splits along channels are supported")
+        self.pin(self.ids[source.name])
+        self.pieces[node.name] = (source.name, [int(m.shape[1]) for m in metas])
+
+    def piece(self, node: torch.fx.Node) -> None:
+        name, sizes = self.pieces[node.args[0].name]
+        index = int(node.args[1])
+        start = sum(sizes[:index])
+        self.ids[node.name] = self.ids[name][start:start + sizes[index]]
+        self.edges[node.name] = [_Edge(name, torch.arange(start, start + sizes[index]))]
 
     def call_op(self, node: torch.fx.Node) -> None:
         target = node.target
@@ -416,7 +484,13 @@ class _Builder:
             return
         if out_shape is None and not self.tensor_args(node):
             return  # bookkeeping on sizes and flags (``x.ndim == 4``, ``torch._assert``): no channels flow
+        if target is operator.getitem and node.args[0].name in self.pieces:
+            self.piece(node)
+            return
         if target is operator.getitem and node.args[0].name not in self.ids:
+            return
+        if target in (torch.chunk, torch.split) or (node.op == "call_method" and target in ("chunk", "split")):
+            self.chunk(node)
             return
         if out_shape is None:
             raise MdakitError(f"unsupported op {_describe(node)}: its result is not a tensor mdakit can follow")
@@ -432,6 +506,12 @@ class _Builder:
             self.reshape(node)
         elif target is torch.mean or (node.op == "call_method" and target in ("mean", "sum", "amax")):
             self.reduce(node)
+        elif target in (torch.channel_shuffle, _F.channel_shuffle):
+            groups = node.args[1] if len(node.args) > 1 else node.kwargs["groups"]
+            self.shuffle(node, self.first_tensor(node), int(groups))
+        elif target in (torch.transpose, torch.permute) or (
+                node.op == "call_method" and target in ("transpose", "permute")):
+            self.swap_groups(node)
         else:
             raise MdakitError(f"unsupported op {_describe(node)}: mdakit cannot tell how it maps channels")
 
