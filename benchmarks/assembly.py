@@ -190,6 +190,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = run(args.archs, args.seed)
+    previous = ROOT / "benchmarks" / "results" / "assembly.json"
+    if previous.is_file():  # keep the cells of the architectures not rerun this time
+        kept = [r for r in json.loads(previous.read_text())["cells"] if r["arch"] not in args.archs]
+        order = {arch: i for i, arch in enumerate(["lenet5", "vgg16", "resnet50", "googlenet"])}
+        rows = sorted(kept + rows, key=lambda r: order.get(r["arch"], len(order)))
     write_json("assembly", {"environment": environment(), "seed": args.seed, "cells": rows})
     text = report(rows)
     update_report("Assembly (MNIST + Fashion-MNIST)", text + f"\n\nSeed {args.seed}. Environment: {environment()}.")

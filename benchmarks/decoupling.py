@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/decoupling.py --arch resnet20 --dataset fashion-mnist --epochs 10 \\
         --lambda-m 0.05 --lambda-s 0.01 --target-ratio 0.5 --gate-lr 0.3 --tag=-m005-s001-r05
     .venv/bin/python benchmarks/decoupling.py --arch resnet20 --dataset fashion-mnist --epochs 10 \\
-        --lambda-m 0.1 --lambda-s 0.005 --target-ratio 0.5 --gate-lr 0.3 --head-start 4 --tag=-m01-s0005-r05-h4
+        --lambda-m 0.1 --lambda-s 0.0075 --target-ratio 0.5 --gate-lr 0.3 --head-start 4 --tag=-m01-s00075-r05-h4
     .venv/bin/python benchmarks/decoupling.py --arch vgg16 --dataset fashion-mnist --epochs 5 --train-subset 30000 \\
         --lambda-m 0.05 --lambda-s 0.002 --target-ratio 0.5 --gate-lr 0.3 --tag=-m005-s0002-r05
 

@@ -29,9 +29,9 @@ DECOUPLE_RESNET20 = ["--arch", "resnet20", "--dataset", "fashion-mnist", "--epoc
                      "--lambda-s", "0.01", "--target-ratio", "0.5", "--gate-lr", "0.3", "--tag=-m005-s001-r05"]
 DECOUPLED_RESNET20 = "runs/decouple/resnet20-fashion-mnist-e10-nall-m005-s001-r05"
 DECOUPLE_RESNET20_READOUT = ["--arch", "resnet20", "--dataset", "fashion-mnist", "--epochs", "10", "--lambda-m", "0.1",
-                             "--lambda-s", "0.005", "--target-ratio", "0.5", "--gate-lr", "0.3", "--head-start", "4",
-                             "--tag=-m01-s0005-r05-h4"]
-DECOUPLED_RESNET20_READOUT = "runs/decouple/resnet20-fashion-mnist-e10-nall-m01-s0005-r05-h4"
+                             "--lambda-s", "0.0075", "--target-ratio", "0.5", "--gate-lr", "0.3", "--head-start", "4",
+                             "--tag=-m01-s00075-r05-h4"]
+DECOUPLED_RESNET20_READOUT = "runs/decouple/resnet20-fashion-mnist-e10-nall-m01-s00075-r05-h4"
 DECOUPLE_VGG16 = ["--arch", "vgg16", "--dataset", "fashion-mnist", "--epochs", "5", "--train-subset", "30000",
                   "--lambda-m", "0.05", "--lambda-s", "0.002", "--target-ratio", "0.5", "--gate-lr", "0.3",
                   "--tag=-m005-s0002-r05"]
@@ -60,6 +60,7 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("decoupling: ResNet-20, W_cla heads started as class readouts", ["decoupling.py", *DECOUPLE_RESNET20_READOUT]),
         ("decoupling: VGG-16", ["decoupling.py", *DECOUPLE_VGG16]),
         ("decoupling ablation (Table 7, Fig. 12)", ["decoupling_ablation.py"]),
+        ("conv time at batch 1 against the channels computed", ["conv_batch1.py"]),
         ("adversarial detection: ResNet-20", ["adversarial.py", "--model", DECOUPLED_RESNET20, "--name", "resnet20"]),
         ("adversarial detection: ResNet-20 with readout heads",
          ["adversarial.py", "--model", DECOUPLED_RESNET20_READOUT, "--name", "resnet20-readout"]),

@@ -33,7 +33,7 @@ def test_normalisation_is_part_of_the_model():
 
 @pytest.mark.parametrize("arch, message", [
     ("alexnet2", "unknown architecture"), ("torchvision:not_a_model", "unknown torchvision"),
-    ("torchvision:densenet121", "cannot take inputs"),
+    ("torchvision:densenet121", "cannot take inputs"), ("torchvision:vit_b_16", "cannot take inputs"),
 ])
 def test_zoo_errors(arch, message):
     with pytest.raises(MdakitError, match=message):

@@ -277,8 +277,9 @@ def _check_runs(model: nn.Module, arch: str, shape: tuple[int, ...], num_classes
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *shape))
-    except RuntimeError as exc:
-        raise MdakitError(f"{arch} cannot take inputs of shape {list(shape)}: {str(exc).splitlines()[0]}") from exc
+    except (RuntimeError, AssertionError, ValueError) as exc:  # torchvision's ViT asserts its image size
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MdakitError(f"{arch} cannot take inputs of shape {list(shape)}: {message}") from exc
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
