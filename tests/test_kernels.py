@@ -136,8 +136,10 @@ def test_linear_matches_explicit_product():
         nn.Linear(6, 4),
         nn.Conv2d(6, 4, 3, padding=1),
         nn.Conv2d(6, 4, (2, 3), stride=2, groups=2),
+        nn.Conv2d(6, 4, 1),
+        nn.Conv2d(6, 4, 1, stride=2, padding=1, groups=2),
     ],
-    ids=["linear", "conv", "grouped-conv"],
+    ids=["linear", "conv", "grouped-conv", "pointwise", "grouped-pointwise-strided-padded"],
 )
 def test_positive_contribution_sum_matches_reference(layer, with_sign):
     layer = layer.double()

@@ -88,7 +88,8 @@ def positive_contribution_sum(
     for a following BatchNorm with negative gamma. Convolutions are computed as one batched matrix
     product per input channel (its tap sums against its group's kernels), ``chunk_size`` input
     channels at a time (by default as many as keep one chunk's contributions under 2 MiB, so they
-    stay in cache); linear layers need no chunking, as ``max(w * x, 0) = relu(w) * relu(x) + relu(-w) * relu(-x)``.
+    stay in cache); linear layers and 1×1 convolutions need no per-sample products, as
+    ``max(w * x, 0) = relu(w) * relu(x) + relu(-w) * relu(-x)``.
 
     >>> linear = nn.Linear(1, 2, bias=False)
     >>> with torch.no_grad():
@@ -118,6 +119,11 @@ def positive_contribution_sum(
     s = tap_sums(x, layer).reshape(x.shape[0], n, taps).permute(1, 0, 2).contiguous()
     signed = layer.weight.to(x.dtype) * _row_sign(row_sign, k, x).view(k, 1, 1, 1)  # flip rows before max(., 0)
     weight = signed.reshape(g, kg, ng, taps).permute(0, 2, 3, 1).reshape(n, taps, kg).contiguous()
+    if taps == 1:  # one product per (k, n): the positive part splits as for a linear layer, no per-sample tensor
+        w, t = weight[:, 0], s[:, :, 0]
+        total = w.clamp(min=0) * t.clamp(min=0).sum(1, keepdim=True) + (-w).clamp(min=0) * (-t).clamp(min=0).sum(
+            1, keepdim=True)
+        return _block_diagonal(total.reshape(g, ng, kg).transpose(1, 2))
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_BYTES // (x.shape[0] * kg * x.element_size()))
     total = x.new_empty(n, kg)
