@@ -28,6 +28,7 @@ from mdakit.artifacts import load_with_card
 from mdakit.assemble import RESCALES, assemble, finetune_assembled
 from mdakit.data import ClassSubset, ClassUnion, load_dataset
 from mdakit.disassemble import disassemble
+from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.metrics import model_size
 from mdakit.progress import progress
@@ -73,7 +74,11 @@ def _method_row(parts: list, test: ClassUnion, seed: int) -> dict:
     logits = torch.cat([predict_logits(p.model, test)[0] for p in parts], 1)
     row = {"params": [p.report["part_size"]["params"] for p in parts], "rescale": {}}
     for rescale in RESCALES:
-        model, card = assemble(models, rescale=rescale, seed=seed)
+        try:
+            model, card = assemble(models, rescale=rescale, seed=seed)
+        except MdakitError as exc:  # a part that gets none of a class's training images right cannot be fitted
+            row["rescale"][rescale] = {"accuracy": None, "error": str(exc)}
+            continue
         predicted = (logits * model.scale + model.shift).argmax(1)
         row["rescale"][rescale] = {"accuracy": float((predicted == test.targets).float().mean()),
                                    "fit": {k: v for k, v in card.fit.items() if k != "samples"}}
@@ -126,7 +131,8 @@ def run(archs: list[str], seed: int) -> list[dict]:
 
 
 def _best(row: dict, method: str) -> float:
-    return max(v["accuracy"] for v in row["methods"][method]["rescale"].values())
+    """The method's best accuracy over the rescalings that could be fitted."""
+    return max(v["accuracy"] for v in row["methods"][method]["rescale"].values() if v["accuracy"] is not None)
 
 
 def _pct(x: float | None) -> str:

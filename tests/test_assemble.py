@@ -227,6 +227,19 @@ def test_refused_inputs(part_dirs, tmp_path, make_args, message):
         assemble(parts, **kwargs)
 
 
+def test_a_part_that_gets_a_class_wrong_everywhere_cannot_be_rescaled(part_dirs, data_dir):
+    module, card = load_with_card(part_dirs[1])
+    last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))  # always its first class
+    with pytest.raises(MdakitError, match=r"cannot fit the 'paper' rescaling: part 1 \(fashion-mnist\) class 1 .*"
+                                          "rescale 'none'"):
+        assemble([part_dirs[0], (module, card)], rescale="paper", samples=5, data_dir=data_dir)
+    model, _ = assemble([part_dirs[0], (module, card)])  # as it is, it still assembles
+    assert model.scale.shape == (6,)
+
+
 @pytest.mark.parametrize("extra, message", [
     ([], "at least two parts"),
     (["{p0}", "{empty}"], "not an mdakit model"),

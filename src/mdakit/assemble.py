@@ -395,9 +395,14 @@ def _fit_calibrated(model: AssembledModel, card: AssemblyCard, train_sets: Seque
 def _fit(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], samples: int, seed: int,
          device: torch.device | str) -> dict[str, Any]:
     """Select each part's training samples (on the part itself) and fit the rescaling into ``model``."""
-    chosen = [select_samples(part, train, c.logit_classes, list(range(len(c.logit_classes))), n=samples, seed=seed,
-                             device=device)
-              for part, c, train in zip(model.parts, card.part_cards, train_sets, strict=True)]
+    chosen = []
+    for i, (part, c, train) in enumerate(zip(model.parts, card.part_cards, train_sets, strict=True)):
+        try:
+            chosen.append(select_samples(part, train, c.logit_classes, list(range(len(c.logit_classes))), n=samples,
+                                         seed=seed, device=device))
+        except MdakitError as exc:
+            raise MdakitError(f"cannot fit the {card.rescale!r} rescaling: part {i} ({c.dataset}) {exc}; "
+                              "rescale 'none' assembles it as it is") from exc
     fitter = _fit_paper if card.rescale == "paper" else _fit_calibrated
     fit = {"split": "train", "samples_per_class": samples, "seed": seed,
            "samples": [{str(c): v.tolist() for c, v in part_chosen.items()} for part_chosen in chosen],
