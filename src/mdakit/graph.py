@@ -183,6 +183,15 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
+def _shuffled(groups: int, per_group: int) -> torch.Tensor:
+    """Source channel of each output channel of a shuffle: ``groups × per_group`` read column by column.
+
+    >>> _shuffled(2, 3).tolist()
+    [0, 3, 1, 4, 2, 5]
+    """
+    return torch.arange(groups * per_group).view(groups, per_group).t().flatten()
+
+
 def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     if meta is None or not hasattr(meta, "shape"):
@@ -297,8 +306,6 @@ class _Builder:
         ids = self.ids[source.name]
         self.ids[node.name] = ids
         self.edges[node.name] = [_Edge(source.name, torch.arange(len(ids)))]
-        if source.name in self.grouped:
-            self.grouped[node.name] = self.grouped[source.name]
 
     def permuted(self, node: torch.fx.Node, source: torch.fx.Node, src: torch.Tensor) -> None:
         """Channel ``j`` of ``node`` is channel ``src[j]`` of ``source``."""
@@ -434,7 +441,6 @@ class _Builder:
         if source.name in self.grouped and len(out_shape) == 4 and out_shape[1] == in_shape[1] * in_shape[2] \
                 and out_shape[2:] == in_shape[3:]:
             self.identity(node, source)
-            del self.grouped[node.name]
             return
         raise MdakitError(f"unsupported reshape {_describe(node)} from {list(in_shape)} to {list(out_shape)}")
 
@@ -448,14 +454,14 @@ class _Builder:
             raise MdakitError(f"unsupported op {_describe(node)}: mdakit follows transposes and permutes only as "
                               "the channel-group swap of a channel shuffle")
         groups, per_group = self.grouped[source.name]
-        self.permuted(node, source, torch.arange(groups * per_group).view(groups, per_group).t().flatten())
+        self.permuted(node, source, _shuffled(groups, per_group))
         self.grouped[node.name] = (per_group, groups)
 
     def shuffle(self, node: torch.fx.Node, source: torch.fx.Node, groups: int) -> None:
         """A channel shuffle in ``groups``: a fixed permutation of a fixed number of channels (all kept)."""
         size = len(self.ids[source.name])
         self.pin(self.ids[source.name])
-        self.permuted(node, source, torch.arange(size).view(groups, size // groups).t().flatten())
+        self.permuted(node, source, _shuffled(groups, size // groups))
 
     def chunk(self, node: torch.fx.Node) -> None:
         """``chunk``/``split`` along channels: the pieces are slices; the split sizes are fixed, so every
@@ -496,7 +502,10 @@ class _Builder:
             raise MdakitError(f"unsupported op {_describe(node)}: its result is not a tensor mdakit can follow")
         if (node.op == "call_function" and target in PASS_FUNCTIONS) or (
                 node.op == "call_method" and target in PASS_METHODS):
-            self.identity(node, self.first_tensor(node))
+            source = self.first_tensor(node)
+            self.identity(node, source)
+            if source.name in self.grouped:  # e.g. ``.contiguous()`` inside a channel shuffle
+                self.grouped[node.name] = self.grouped[source.name]
         elif (node.op == "call_function" and target in BINARY_FUNCTIONS) or (
                 node.op == "call_method" and target in BINARY_METHODS):
             self.binary(node)

@@ -120,9 +120,9 @@ def positive_contribution_sum(
     signed = layer.weight.to(x.dtype) * _row_sign(row_sign, k, x).view(k, 1, 1, 1)  # flip rows before max(., 0)
     weight = signed.reshape(g, kg, ng, taps).permute(0, 2, 3, 1).reshape(n, taps, kg).contiguous()
     if taps == 1:  # one product per (k, n): the positive part splits as for a linear layer, no per-sample tensor
-        w, t = weight[:, 0], s[:, :, 0]
-        total = w.clamp(min=0) * t.clamp(min=0).sum(1, keepdim=True) + (-w).clamp(min=0) * (-t).clamp(min=0).sum(
-            1, keepdim=True)
+        w, t = weight[:, 0], s[:, :, 0]  # N × kg, N × B
+        up, down = t.clamp(min=0).sum(1, keepdim=True), (-t).clamp(min=0).sum(1, keepdim=True)
+        total = w.clamp(min=0) * up + (-w).clamp(min=0) * down
         return _block_diagonal(total.reshape(g, ng, kg).transpose(1, 2))
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_BYTES // (x.shape[0] * kg * x.element_size()))

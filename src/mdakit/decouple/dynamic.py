@@ -208,7 +208,7 @@ class DynamicGatedConv(nn.Module):
         if position is not None and len(position) != self.weight.shape[1]:
             values = values.new_zeros(values.shape[0], self.weight.shape[1], *values.shape[2:]).index_copy_(
                 1, position, values)
-        out = self._static(values).values
+        out = self._dense(values)
         if z is not None:
             selected = z.to(out.dtype)
             if self.always_on:
@@ -216,19 +216,19 @@ class DynamicGatedConv(nn.Module):
             out = out * selected[:, :, None, None]
         return Packed(out, self.index, self.positions)
 
-    def _static(self, values: torch.Tensor) -> Packed:
-        """A layer without a gate: every kept filter over every kept input channel."""
+    def _dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Every kept filter over every kept input channel (what a layer without a gate computes)."""
         out = F.conv2d(values, self.weight, self.bias, self.stride, self.padding, self.dilation)
         for fn in self.functions:
             out = fn(out) if fn is not None else torch.addcmul(self.shift[:, None, None], out,
                                                                self.scale[:, None, None])
-        return Packed(out, self.index, self.positions)
+        return out
 
     def forward(self, x: Packed | torch.Tensor) -> Packed:
         packed = isinstance(x, Packed)
         values = x.values if packed else x
         if self.gate_w2t is None and (not packed or len(x.position) == self.weight.shape[1]):
-            return self._static(values)
+            return Packed(self._dense(values), self.index, self.positions)
         if self.gate_w2t is None:
             z = chosen = keep = None
             full, silent = True, False
