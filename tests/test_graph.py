@@ -132,3 +132,34 @@ def test_channel_shuffles_and_chunks_permute_and_slice_ids():
     pinned = g.pinned_mask()
     assert all(pinned[g.find(int(i))] for i in torch.cat((stem, cat)))  # fixed group sizes: all kept
     assert not any(pinned[g.find(int(i))] for i in g.layer("branch.0").out_ids)  # inside the branch: prunable
+
+
+class _ChannelsLast(nn.Module):
+    """A ConvNeXt-style channels-last block: permute, then LayerNorm over channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        return self.fc(x.mean((1, 2)))
+
+
+class _ChunkRows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        top, _ = self.conv(x).chunk(2, dim=2)
+        return self.fc(top.mean((2, 3)))
+
+
+@pytest.mark.parametrize("net, message", [(_ChannelsLast(), "only as the channel-group swap of a channel shuffle"),
+                                          (_ChunkRows(), "only chunks and splits along channels")])
+def test_permutes_and_chunks_it_cannot_follow_are_refused(net, message):
+    with pytest.raises(MdakitError, match=message):
+        trace(net, (1, 8, 8))
