@@ -10,8 +10,9 @@ set (``--test-per-class`` test images per class); the same clean images serve bo
 (random forest, AdaBoost, gradient boosting; scikit-learn defaults, 100 trees for the forest) are trained
 on 1, 5 or 10 pool images per class plus their adversarial versions and scored by ROC AUC on the whole
 test set; mean ± std over 5 runs (run r draws the training images with seed r). Features: the decoupled
-model's calculation path (binary gates of every gated layer) vs the original model's binarised channel
-activity (per conv layer, global-average-pooled post-BN/ReLU output > 0).
+model's calculation path (binary gates of every gated layer) and the gate scores it is read from, vs the
+original model's binarised channel activity (per conv layer, global-average-pooled post-BN/ReLU output > 0)
+and those pooled values themselves.
 
 ``--make-lenet`` first makes the LeNet-5 decoupled model used here (fine-tuning settings in ``LENET``).
 Results: benchmarks/results/adversarial.json and a RESULTS.md section beside the paper's numbers.
@@ -45,6 +46,8 @@ RESULTS = "adversarial"
 PAPER = {"random forest": ((0.879, 0.894, 0.904), (0.903, 0.941, 0.953)),
          "adaboost": ((0.887, 0.905, 0.910), (0.909, 0.931, 0.940)),
          "gradient boosting": ((0.905, 0.919, 0.915), (0.927, 0.921, 0.928))}
+PATHS, SCORES = "decoupled (paths)", "decoupled (gate scores)"
+ACTIVITY, POOLED = "original (channel activity)", "original (pooled activity)"
 LENET = {"epochs": 1, "gate_lr": 0.5, "batch_size": 64, "train_subset": 12000,
          "weights": {"lambda_m": 0.5, "lambda_k": 1.0, "lambda_s": 0.02, "target_ratio": 0.5}}
 
@@ -75,58 +78,72 @@ def run(model_dir: str, name: str, pool_per_class: int, test_per_class: int, eps
     test_x, test_y = _images(test, test_per_class, seed=1)
     rows = torch.tensor([card.logit_classes.index(int(c)) for c in range(max(card.logit_classes) + 1)
                          if c in card.logit_classes])
-    models = {"decoupled (paths)": (net, lambda x: path_features(net, x)),
-              "original (channel activity)": (original, lambda x: activity_features(activity, x))}
+    models = {"decoupled": (net, {PATHS: lambda x: path_features(net, x),
+                                  SCORES: lambda x: path_features(net, x, scores=True)}),
+              "original": (original, {ACTIVITY: lambda x: activity_features(activity, x),
+                                      POOLED: lambda x: activity_features(activity, x, binary=False)})}
     out: dict = {"model": model_dir, "name": name, "original": card.provenance["decoupled_from"],
                  "pool_images": len(pool_x), "test_images": len(test_x), "epsilon": epsilon, "pgd_steps": pgd_steps,
                  "runs": runs, "attacks": {}}
     for method in attacks:
         entry = {}
-        for label, (model, features) in models.items():
+        for model, features in models.values():
             start = time.perf_counter()
             pool_adv = attack(model, pool_x, rows[pool_y], method, epsilon, pgd_steps, seed=0)
             test_adv = attack(model, test_x, rows[test_y], method, epsilon, pgd_steps, seed=1)
             with torch.no_grad():
                 clean_acc = float((model(test_x).argmax(1) == rows[test_y]).float().mean())
                 adv_acc = float((model(test_adv).argmax(1) == rows[test_y]).float().mean())
-            data = DetectionData(features(pool_x).numpy(), features(pool_adv).numpy(), pool_y.numpy(),
-                                 features(test_x).numpy(), features(test_adv).numpy())
-            changed = float(np.mean(np.any(data.test_clean != data.test_adversarial, axis=1)))
-            entry[label] = {"features": int(data.test_clean.shape[1]), "clean_accuracy": clean_acc,
-                            "adversarial_accuracy": adv_acc, "test_inputs_with_changed_features": changed,
-                            "auc": detection_table(data, runs=runs), "seconds": time.perf_counter() - start}
-            print(method, label, json.dumps({k: v for k, v in entry[label].items() if k != "auc"}), flush=True)
+            for label, read in features.items():
+                data = DetectionData(read(pool_x).numpy(), read(pool_adv).numpy(), pool_y.numpy(),
+                                     read(test_x).numpy(), read(test_adv).numpy())
+                changed = float(np.mean(np.any(data.test_clean != data.test_adversarial, axis=1)))
+                entry[label] = {"features": int(data.test_clean.shape[1]), "clean_accuracy": clean_acc,
+                                "adversarial_accuracy": adv_acc, "test_inputs_with_changed_features": changed,
+                                "auc": detection_table(data, runs=runs), "seconds": time.perf_counter() - start}
+                print(method, label, json.dumps({k: v for k, v in entry[label].items() if k != "auc"}), flush=True)
         out["attacks"][method] = entry
     return out
+
+
+def _cell(entry: dict, label: str, classifier: str, n: str) -> str:
+    if label not in entry:
+        return "—"
+    auc = entry[label]["auc"][classifier][n]
+    return f"{auc['mean']:.3f} ± {auc['std']:.3f}"
 
 
 def _report(rows: list[dict]) -> str:
     lines = [
         "Commands: `.venv/bin/python benchmarks/adversarial.py --make-lenet --model runs/decouple/lenet5-mnist-dyn "
-        "--name lenet5` and `... --model <decoupled VGG-16> --name vgg16 --pgd-steps 5`. Adversarial images are made "
-        "against each model itself (white box, L∞); detectors are trained on n clean training images per class plus "
-        "their adversarial versions and scored by ROC AUC on clean + adversarial test images (mean ± std over 5 "
-        "draws of the training images). *Paths*: the decoupled model's binary gates; *activity*: the original "
-        "model's per-channel GAP(post-ReLU) > 0 (our baseline; the paper's baseline is Wang et al. [41], on "
-        "ImageNet with 1 test image per class, so its numbers are context, not a like-for-like comparison).", ""]
+        "--name lenet5` and `... --model <decoupled model> --name <name> [--pgd-steps 5]`. Adversarial images are "
+        "made against each model itself (white box, L∞); detectors are trained on n clean training images per class "
+        "plus their adversarial versions and scored by ROC AUC on clean + adversarial test images (mean ± std over 5 "
+        "draws of the training images). *Paths*: the decoupled model's binary gates z (the paper's calculation "
+        "path); *gate scores*: the controlling modules' g, from which z = [g > 0] is read (the architecture "
+        "encoding before the binary step); *activity*: the original model's per-channel GAP(post-ReLU) > 0 (the "
+        "issue's baseline); *pooled*: the same GAP values, not binarised (the baseline given the same real-valued "
+        "access as the gate scores). The paper's baseline is Wang et al. [41], on ImageNet with 1 test image per "
+        "class, so its numbers are context, not a like-for-like comparison. A dash: the row predates that feature "
+        "set.", ""]
     for r in rows:
         lines += [f"### {r['name']} ({r['model']}; ε = {r['epsilon']:g}, PGD {r['pgd_steps']} steps; pool "
                   f"{r['pool_images']} training images, test {r['test_images']} + as many adversarial)", ""]
         for method, entry in r["attacks"].items():
-            ours, base = entry["decoupled (paths)"], entry["original (channel activity)"]
+            ours, base = entry[PATHS], entry[ACTIVITY]
             lines += [f"**{method.upper()}**: test accuracy clean → adversarial: decoupled "
                       f"{100 * ours['clean_accuracy']:.1f}% → {100 * ours['adversarial_accuracy']:.1f}%, original "
                       f"{100 * base['clean_accuracy']:.1f}% → {100 * base['adversarial_accuracy']:.1f}%; features: "
-                      f"{ours['features']} gates vs {base['features']} channels; test inputs whose features change "
-                      f"under attack: {100 * ours['test_inputs_with_changed_features']:.0f}% vs "
+                      f"{ours['features']} gates vs {base['features']} channels; test inputs whose binary features "
+                      f"change under attack: {100 * ours['test_inputs_with_changed_features']:.0f}% vs "
                       f"{100 * base['test_inputs_with_changed_features']:.0f}%.", "",
-                      "| classifier | n / class | paths (ours) | activity (baseline) | paper: ours | paper: [41] |",
-                      "|---|---|---|---|---|---|"]
+                      "| classifier | n / class | paths (ours) | gate scores (ours) | activity (baseline) | "
+                      "pooled (baseline) | paper: ours | paper: [41] |",
+                      "|---|---|---|---|---|---|---|---|"]
             for clf, (paper_base, paper_ours) in PAPER.items():
                 for i, n in enumerate(("1", "5", "10")):
-                    a, b = ours["auc"][clf][n], base["auc"][clf][n]
-                    lines.append(f"| {clf} | {n} | {a['mean']:.3f} ± {a['std']:.3f} | {b['mean']:.3f} ± "
-                                 f"{b['std']:.3f} | {paper_ours[i]:.3f} | {paper_base[i]:.3f} |")
+                    cells = " | ".join(_cell(entry, label, clf, n) for label in (PATHS, SCORES, ACTIVITY, POOLED))
+                    lines.append(f"| {clf} | {n} | {cells} | {paper_ours[i]:.3f} | {paper_base[i]:.3f} |")
             lines.append("")
     return "\n".join(lines)
 

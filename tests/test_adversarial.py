@@ -59,8 +59,24 @@ def test_features_are_binary_and_shaped_per_model(tiny_lenet_dir, mnist_test):
     assert paths.dtype == torch.bool and paths.shape == (8, 16)
     assert activity.dtype == torch.bool and activity.shape == (8, 6 + 16)
     with torch.no_grad():
-        relu = model.net.features[:2](model.normalize(x)).mean((2, 3)) > 0
-    assert torch.equal(activity[:, :6], relu)
+        pooled = model.net.features[:2](model.normalize(x)).mean((2, 3))
+    assert torch.equal(activity[:, :6], pooled > 0)
+
+
+def test_scores_and_pooled_values_are_what_the_binary_features_threshold(tiny_lenet_dir, mnist_test):
+    model, card = load_with_card(tiny_lenet_dir)
+    x, _ = _batch(mnist_test[0], 8)
+    net = DecoupledNet(model, card.input_shape).eval()
+    with torch.no_grad():
+        nn.init.normal_(net.gates[0].fc2.weight, std=3.0)
+    scores = path_features(net, x, scores=True, batch_size=3)
+    assert scores.dtype == torch.float32 and scores.shape == (8, 16)
+    assert torch.equal(scores > 0, path_features(net, x)), "the path is the scores' sign"
+    assert (scores[:, :6] > 0).any() and (scores[:, :6] <= 0).any()
+    activity = ChannelActivity(model, card.input_shape)
+    pooled = activity_features(activity, x, binary=False, batch_size=3)
+    assert pooled.dtype == torch.float32 and torch.equal(pooled > 0, activity_features(activity, x))
+    assert not any(hook for gate in net.gates for hook in gate.fc2._forward_hooks.values()), "hooks removed"
 
 
 def test_detection_separable_features_score_one_and_identical_ones_one_half():

@@ -1,8 +1,9 @@
 """Adversarial-input detection from calculation paths (interpretable decoupling §4.4, Table 6).
 
 Features of an input: for a decoupled model, its calculation path (every gated layer's binary z,
-concatenated); for the baseline, the original model's binarised channel activity (per conv layer,
-the global-average-pooled output after its BN / activation > 0). Binary classifiers (random forest,
+concatenated) or the gate scores g it is read from (z = [g > 0]); for the baseline, the original
+model's binarised channel activity (per conv layer, the global-average-pooled output after its BN /
+activation > 0) or the pooled values themselves. Binary classifiers (random forest,
 AdaBoost, gradient boosting) learn clean vs adversarial from ``n`` images per class and their
 adversarial versions, and are scored by ROC AUC on held-out clean and adversarial images.
 """
@@ -31,23 +32,37 @@ CLASSIFIERS: dict[str, Callable[[int], object]] = {
 
 
 @torch.no_grad()
-def path_features(net: DecoupledNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def path_features(net: DecoupledNet, images: torch.Tensor, scores: bool = False,
+                  batch_size: int = 256) -> torch.Tensor:
     """Each image's calculation path: the gated layers' binary z, concatenated (images × Σ filters).
+
+    With ``scores``, the controlling modules' scores g instead (float; the path is [g > 0]).
 
     >>> from mdakit.zoo import build_model
     >>> net = DecoupledNet(build_model("lenet5", (1, 28, 28), 2), (1, 28, 28))
     >>> path_features(net, torch.rand(3, 1, 28, 28)).shape
     torch.Size([3, 16])
+    >>> path_features(net, torch.rand(3, 1, 28, 28), scores=True).dtype
+    torch.float32
     """
     net.eval()
     device = next(net.parameters()).device
-    out = [torch.cat(net(images[i:i + batch_size].to(device), return_gates=True).z, dim=1).bool().cpu()
-           for i in range(0, len(images), batch_size)]
+    captured: list[torch.Tensor] = []
+    hooks = [gate.fc2.register_forward_hook(lambda _m, _i, out: captured.append(out)) for gate in net.gates]
+    try:
+        out = []
+        for i in range(0, len(images), batch_size):
+            captured.clear()
+            z = net(images[i:i + batch_size].to(device), return_gates=True).z
+            out.append((torch.cat(captured, dim=1) if scores else torch.cat(z, dim=1).bool()).cpu())
+    finally:
+        for hook in hooks:
+            hook.remove()
     return torch.cat(out)
 
 
 class ChannelActivity(nn.Module):
-    """A model whose forward returns, per conv layer, whether each channel's pooled output is > 0.
+    """A model whose forward returns, per conv layer, each channel's global-average-pooled output.
 
     The output of a conv layer is taken after the BN and activation that follow it alone (the point a
     decoupling gate would mask).
@@ -78,15 +93,18 @@ class ChannelActivity(nn.Module):
         self.layers = names
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) > 0
+        return self.net(x)
 
 
 @torch.no_grad()
-def activity_features(activity: ChannelActivity, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """:class:`ChannelActivity` of many images, in batches, on the CPU."""
+def activity_features(activity: ChannelActivity, images: torch.Tensor, binary: bool = True,
+                      batch_size: int = 256) -> torch.Tensor:
+    """:class:`ChannelActivity` of many images, in batches, on the CPU: pooled output > 0, or its value."""
     activity.eval()
     device = next(activity.parameters()).device
-    return torch.cat([activity(images[i:i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+    pooled = torch.cat([activity(images[i:i + batch_size].to(device)).cpu()
+                        for i in range(0, len(images), batch_size)])
+    return pooled > 0 if binary else pooled
 
 
 @dataclass
