@@ -22,22 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-import numpy as np
 import torch
 
 from common import ROOT, environment, update_report, write_json
-from mdakit.analysis.decoupling_adversarial import (
-    ChannelActivity,
-    DetectionData,
-    activity_features,
-    detection_table,
-    path_features,
-)
-from mdakit.analysis.decoupling_attacks import attack
+from mdakit.analysis.decoupling_detection import ACTIVITY, PATHS, POOLED, SCORES, DetectionSettings, detection_study
 from mdakit.artifacts import load_with_card, save
-from mdakit.data import load_dataset, per_class_subset
+from mdakit.data import load_dataset
 from mdakit.decouple.finetune import DecoupleConfig, decouple
 from mdakit.decouple.losses import LossWeights
 
@@ -46,8 +37,6 @@ RESULTS = "adversarial"
 PAPER = {"random forest": ((0.879, 0.894, 0.904), (0.903, 0.941, 0.953)),
          "adaboost": ((0.887, 0.905, 0.910), (0.909, 0.931, 0.940)),
          "gradient boosting": ((0.905, 0.919, 0.915), (0.927, 0.921, 0.928))}
-PATHS, SCORES = "decoupled (paths)", "decoupled (gate scores)"
-ACTIVITY, POOLED = "original (channel activity)", "original (pooled activity)"
 LENET = {"epochs": 1, "gate_lr": 0.5, "batch_size": 64, "train_subset": 12000,
          "weights": {"lambda_m": 0.5, "lambda_k": 1.0, "lambda_s": 0.02, "target_ratio": 0.5}}
 
@@ -60,50 +49,16 @@ def make_lenet(out: str) -> None:
     save(result.model, ROOT / out, result.card, force=True)
 
 
-def _images(dataset: torch.utils.data.Dataset, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    subset = per_class_subset(dataset, per_class, seed=seed)
-    items = [dataset[i] for i in subset.indices]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
-def run(model_dir: str, name: str, pool_per_class: int, test_per_class: int, epsilon: float, pgd_steps: int,
-        runs: int, attacks: list[str]) -> dict:
+def run(model_dir: str, name: str, settings: DetectionSettings) -> dict:
     torch.set_num_threads(2)
     net, card = load_with_card(ROOT / model_dir)
     original, _ = load_with_card(ROOT / card.provenance["decoupled_from"])
-    activity = ChannelActivity(original, card.input_shape)
     train, _ = load_dataset(card.dataset, "train")
     test, _ = load_dataset(card.dataset, "test")
-    pool_x, pool_y = _images(train, pool_per_class, seed=1)
-    test_x, test_y = _images(test, test_per_class, seed=1)
-    rows = torch.tensor([card.logit_classes.index(int(c)) for c in range(max(card.logit_classes) + 1)
-                         if c in card.logit_classes])
-    models = {"decoupled": (net, {PATHS: lambda x: path_features(net, x),
-                                  SCORES: lambda x: path_features(net, x, scores=True)}),
-              "original": (original, {ACTIVITY: lambda x: activity_features(activity, x),
-                                      POOLED: lambda x: activity_features(activity, x, binary=False)})}
-    out: dict = {"model": model_dir, "name": name, "original": card.provenance["decoupled_from"],
-                 "pool_images": len(pool_x), "test_images": len(test_x), "epsilon": epsilon, "pgd_steps": pgd_steps,
-                 "runs": runs, "attacks": {}}
-    for method in attacks:
-        entry = {}
-        for model, features in models.values():
-            start = time.perf_counter()
-            pool_adv = attack(model, pool_x, rows[pool_y], method, epsilon, pgd_steps, seed=0)
-            test_adv = attack(model, test_x, rows[test_y], method, epsilon, pgd_steps, seed=1)
-            with torch.no_grad():
-                clean_acc = float((model(test_x).argmax(1) == rows[test_y]).float().mean())
-                adv_acc = float((model(test_adv).argmax(1) == rows[test_y]).float().mean())
-            for label, read in features.items():
-                data = DetectionData(read(pool_x).numpy(), read(pool_adv).numpy(), pool_y.numpy(),
-                                     read(test_x).numpy(), read(test_adv).numpy())
-                changed = float(np.mean(np.any(data.test_clean != data.test_adversarial, axis=1)))
-                entry[label] = {"features": int(data.test_clean.shape[1]), "clean_accuracy": clean_acc,
-                                "adversarial_accuracy": adv_acc, "test_inputs_with_changed_features": changed,
-                                "auc": detection_table(data, runs=runs), "seconds": time.perf_counter() - start}
-                print(method, label, json.dumps({k: v for k, v in entry[label].items() if k != "auc"}), flush=True)
-        out["attacks"][method] = entry
-    return out
+    study = detection_study(net, original, list(card.logit_classes), train, test, settings, progress=print)
+    return {"model": model_dir, "name": name, "original": card.provenance["decoupled_from"],
+            "pool_images": study["pool_images"], "test_images": study["test_images"], "epsilon": settings.epsilon,
+            "pgd_steps": settings.pgd_steps, "runs": settings.runs, "attacks": study["attacks"]}
 
 
 def _cell(entry: dict, label: str, classifier: str, n: str) -> str:
@@ -162,8 +117,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.make_lenet and not (ROOT / args.model / "card.json").is_file():
         make_lenet(args.model)
-    row = run(args.model, args.name, args.pool_per_class, args.test_per_class, args.epsilon, args.pgd_steps,
-              args.runs, args.attacks.split(","))
+    settings = DetectionSettings(tuple(args.attacks.split(",")), args.epsilon, args.pgd_steps, args.pool_per_class,
+                                 args.test_per_class, runs=args.runs)
+    row = run(args.model, args.name, settings)
     path = ROOT / "benchmarks" / "results" / f"{RESULTS}.json"
     rows = json.loads(path.read_text())["runs"] if path.is_file() else []
     rows = [r for r in rows if r["name"] != args.name] + [row]

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,9 @@ from mdakit.analysis.decoupling_adversarial import (
     path_features,
 )
 from mdakit.analysis.decoupling_attacks import attack, fgsm, pgd
-from mdakit.artifacts import load_with_card
+from mdakit.analysis.decoupling_detection import ACTIVITY, PATHS, POOLED, SCORES
+from mdakit.artifacts import load_with_card, save
+from mdakit.cli import run
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.errors import MdakitError
 
@@ -92,3 +96,56 @@ def test_detection_separable_features_score_one_and_identical_ones_one_half():
     assert all(v["mean"] == pytest.approx(0.5) for clf in table.values() for v in clf.values())
     with pytest.raises(MdakitError):
         detection_auc(data, 11, "random forest", seed=0)
+
+
+def _saved_decoupled(tiny_lenet_dir, tmp_path):
+    """The tiny LeNet with input-dependent gates, saved as a decoupled model that names its original."""
+    model, card = load_with_card(tiny_lenet_dir)
+    torch.manual_seed(0)
+    net = DecoupledNet(model, card.input_shape)
+    for gate in net.gates:
+        nn.init.normal_(gate.fc2.weight, 0.0, 0.5)
+        nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
+    card.edits = [*card.edits, net.edit()]
+    card.provenance = {**card.provenance, "decoupled_from": str(tiny_lenet_dir)}
+    save(net.eval(), tmp_path / "decoupled", card)
+    return tmp_path / "decoupled"
+
+
+def test_cli_detect_writes_the_study_of_all_four_feature_sets(tmp_path, capsys, tiny_lenet_dir, data_dir):
+    model_dir = _saved_decoupled(tiny_lenet_dir, tmp_path)
+    out = tmp_path / "detect"
+    args = ["detect", str(model_dir), "--out", str(out), "--data-dir", str(data_dir), "--attacks", "fgsm",
+            "--pool-per-class", "10", "--test-per-class", "3", "--runs", "2", "--json"]
+    assert run(args) == 0
+    study = json.loads(capsys.readouterr().out)
+    assert study["pool_images"] == 100 and study["test_images"] == 30 and study["original"] == str(tiny_lenet_dir)
+    entry = study["attacks"]["fgsm"]
+    assert sorted(entry) == sorted([PATHS, SCORES, ACTIVITY, POOLED])
+    assert entry[PATHS]["features"] == entry[SCORES]["features"] == 16 and entry[ACTIVITY]["features"] == 22
+    assert entry[POOLED]["test_inputs_with_changed_features"] == 1.0, "ε = 0.1 moves every pooled value"
+    assert entry[PATHS]["adversarial_accuracy"] < entry[PATHS]["clean_accuracy"]
+    for features in entry.values():
+        for sizes in features["auc"].values():
+            assert sorted(sizes, key=int) == ["1", "5", "10"]
+            assert all(0.0 <= s <= 1.0 for v in sizes.values() for s in v["runs"]) and len(sizes["10"]["runs"]) == 2
+    assert json.loads((out / "detection.json").read_text())["attacks"]["fgsm"][PATHS]["auc"] == entry[PATHS]["auc"]
+    assert (out / "detection.png").stat().st_size > 0
+    assert run(args) == 2, "an existing output needs --force"
+
+
+@pytest.mark.parametrize("extra", [["--epsilon", "0"], ["--epsilon", "1.5"], ["--attacks", "cw"],
+                                   ["--attacks", "fgsm,fgsm"], ["--pool-per-class", "5"], ["--runs", "0"],
+                                   ["--dataset", "cifar10"], ["--original", "nowhere"]])
+def test_cli_detect_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, tiny_lenet_dir, data_dir, extra):
+    model_dir = _saved_decoupled(tiny_lenet_dir, tmp_path)
+    out = tmp_path / "detect"
+    assert run(["detect", str(model_dir), "--out", str(out), "--data-dir", str(data_dir), *extra]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["decoupled"]
+
+
+def test_cli_detect_refuses_a_model_that_is_not_decoupled(tmp_path, capsys, tiny_lenet_dir, data_dir):
+    out = tmp_path / "detect"
+    assert run(["detect", str(tiny_lenet_dir), "--out", str(out), "--data-dir", str(data_dir)]) == 2
+    assert "not a decoupled model" in capsys.readouterr().err and not out.exists()
