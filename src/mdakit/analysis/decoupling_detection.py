@@ -86,6 +86,14 @@ def _images(dataset: Dataset, per_class: int, seed: int, classes: list[int]) -> 
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, device: torch.device | str,
+              batch_size: int = 256) -> float:
+    hits = sum(int((model(images[i:i + batch_size].to(device)).argmax(1).cpu() == rows[i:i + batch_size]).sum())
+               for i in range(0, len(images), batch_size))
+    return hits / len(images)
+
+
 def detection_study(net: DecoupledNet, original: nn.Module, logit_classes: list[int], train: Dataset,
                     test: Dataset, settings: DetectionSettings | None = None, device: torch.device | str = "cpu",
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -121,9 +129,7 @@ def detection_study(net: DecoupledNet, original: nn.Module, logit_classes: list[
                               device=device)
             test_adv = attack(model, test_x, test_t, method, settings.epsilon, settings.pgd_steps, seed=1,
                               device=device)
-            with torch.no_grad():
-                clean_acc = float((model(test_x.to(device)).argmax(1).cpu() == test_t).float().mean())
-                adv_acc = float((model(test_adv.to(device)).argmax(1).cpu() == test_t).float().mean())
+            clean_acc, adv_acc = (_accuracy(model, x, test_t, device) for x in (test_x, test_adv))
             for label, read in features.items():
                 data = DetectionData(read(pool_x).numpy(), read(pool_adv).numpy(), pool_y.numpy(),
                                      read(test_x).numpy(), read(test_adv).numpy())
