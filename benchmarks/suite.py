@@ -64,7 +64,10 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("adversarial detection: ResNet-20", ["adversarial.py", "--model", DECOUPLED_RESNET20, "--name", "resnet20"]),
         ("adversarial detection: ResNet-20 with readout heads",
          ["adversarial.py", "--model", DECOUPLED_RESNET20_READOUT, "--name", "resnet20-readout"]),
-        ("adversarial detection: VGG-16", ["adversarial.py", "--model", DECOUPLED_VGG16, "--name", "vgg16",
+        ("adversarial detection: ResNet-20 with readout heads, ε = 8/255",
+         ["adversarial.py", "--model", DECOUPLED_RESNET20_READOUT, "--name", "resnet20-readout-eps8",
+          "--epsilon", "0.03137"]),
+        ("adversarial detection: VGG-16", ["adversarial.py", "--model", DECOUPLED_VGG16, "--name", "vgg16-fashion",
                                            "--pgd-steps", "5"]),
     ],
 }
