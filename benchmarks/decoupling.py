@@ -83,7 +83,7 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
     test, _ = load_dataset(dataset, "test")
     fit, _ = fit_and_validation(train, config.train_subset, config.val_fraction, config.seed)
     train_paths = collect_paths(net, fit)
-    dynamic = DynamicNet(net, train_paths.alive(), train_paths.energetic())
+    dynamic = DynamicNet(net, train_paths.alive(by_frequency=True), train_paths.energetic())
     dynamic_eval = evaluate(dynamic, test, card.logit_classes)
     agreement = _agreement(net, dynamic, test)
 

@@ -80,7 +80,7 @@ def measure(arch: str, dataset: str, config: DecoupleConfig, macs_images: int) -
     test, _ = load_dataset(dataset, "test")
     fit, _ = fit_and_validation(train, config.train_subset, config.val_fraction, config.seed)
     paths = collect_paths(net, fit)
-    dynamic = DynamicNet(net, paths.alive(), paths.energetic())
+    dynamic = DynamicNet(net, paths.alive(by_frequency=True), paths.energetic())
     accuracy = evaluate(dynamic, test, card.logit_classes, show_progress=False).accuracy
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:macs_images]
     macs = macs_per_input(dynamic, torch.stack([test[int(i)][0] for i in order]))

@@ -174,6 +174,9 @@ def test_dynamic_equals_gated_on_a_user_residual_net(mnist_test):
     assert max(macs) < count_macs(net, info.input_shape)
     paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
     _assert_equals_gated(DynamicNet(net, paths.alive(), paths.energetic()), x, ref, batched=False)
+    for gather_above in (0, 10 ** 9):
+        ordered = DynamicNet(net, paths.alive(by_frequency=True), paths.energetic(), gather_above=gather_above)
+        _assert_equals_gated(ordered, x, ref, batched=False)
     ungated = DynamicNet(net, always_on={name: torch.arange(8 if name != "late" else 12) for name in net.layers})
     assert all(block.gate_w2t is None for block in ungated.net.blocks.children())  # no gate left to run
     with torch.no_grad():
@@ -211,6 +214,38 @@ def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_trai
     static = DynamicNet(net, alive, paths.energetic())  # filters every image selects run without their gate
     assert sum(static.always_on.values()) == sum(len(v) for v in paths.energetic().values()) > 0
     _assert_equals_gated(static, x, ref)
+    for gather_above in (0, 10 ** 9):  # filters most often selected first: same function
+        ordered = DynamicNet(net, paths.alive(by_frequency=True), paths.energetic(), gather_above=gather_above)
+        _assert_equals_gated(ordered, x, ref)
+
+
+def test_nested_selections_run_as_prefixes_of_the_frequency_order(mnist_test):
+    test, info = mnist_test
+    torch.manual_seed(0)
+    net = DecoupledNet(build_model("lenet5", info.input_shape, 10, info.mean, info.std), info.input_shape).eval()
+    gate, x = net.gates[0], _images(test, 12)
+    hidden: list[torch.Tensor] = []
+    hook = gate.fc2.register_forward_hook(lambda _m, inputs, _o: hidden.append(inputs[0]))
+    with torch.no_grad():
+        direction = torch.randn(gate.fc2.in_features)
+        gate.fc2.weight.copy_(direction.expand_as(gate.fc2.weight))  # g_j = a(x) − t_j: selections are nested
+        net(x)
+        hook.remove()
+        score = hidden[0] @ direction
+        thresholds = torch.quantile(score, torch.linspace(0.9, 0.05, gate.fc2.out_features))
+        gate.fc2.bias.copy_(-thresholds)  # the higher a filter's index, the more often it is selected
+        ref = net(x)
+    paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
+    ordered = paths.alive(by_frequency=True)
+    counts = paths.z[net.layers[0]].sum(0)[ordered[net.layers[0]]]
+    assert (counts[:-1] >= counts[1:]).all() and len(counts.unique()) > 3
+    sliced = DynamicNet(net, ordered, gather_above=10 ** 9)  # runs up to the last selected filter
+    gathered = DynamicNet(net, ordered, gather_above=0)
+    by_index = DynamicNet(net, paths.alive(), gather_above=10 ** 9)
+    for dynamic in (sliced, gathered, by_index):
+        _assert_equals_gated(dynamic, x, ref)
+    assert macs_per_input(sliced, x) == macs_per_input(gathered, x), "a prefix is exactly the selected filters"
+    assert sum(macs_per_input(by_index, x)) > sum(macs_per_input(sliced, x))
 
 
 def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):

@@ -96,6 +96,15 @@ def with_values(packed: Packed, values: torch.Tensor) -> Packed:
     return packed._replace(values=values)
 
 
+def is_prefix(position: torch.Tensor) -> bool:
+    """Whether ascending positions are exactly 0..k−1 (then a slice, not a gather, picks them).
+
+    >>> is_prefix(torch.tensor([0, 1, 2])), is_prefix(torch.tensor([0, 2]))
+    (True, False)
+    """
+    return len(position) == 0 or int(position[-1]) == len(position) - 1
+
+
 def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
@@ -118,7 +127,7 @@ class InputSparseConv(nn.Module):
     def forward(self, x: Packed) -> torch.Tensor:
         values, pos, weight = x.values, x.position, self.weight
         if len(pos) != weight.shape[1] and self.gather:
-            weight = weight.index_select(1, pos)
+            weight = weight[:, :len(pos)] if is_prefix(pos) else weight.index_select(1, pos)
         elif len(pos) != weight.shape[1]:
             values = values.new_zeros(values.shape[0], weight.shape[1], *values.shape[2:]).index_copy_(1, pos, values)
         return F.conv2d(values, weight, self.bias, self.stride, self.padding, self.dilation)
@@ -144,11 +153,15 @@ class DynamicGatedConv(nn.Module):
     ``in_alive`` is set when the input arrives packed from another gated layer: the input channels
     that layer kept, in the order of its ``position``.
 
-    ``gather`` (default) copies the selected filters' weights and runs the smaller conv. Where the
-    output has few pixels, a conv reads each weight only a few times, so copying the selected weights
-    costs more than the conv they save: with ``gather=False`` the layer runs every kept filter over
-    every kept input channel (dropped input channels filled with zeros) and zeroes the unselected
-    outputs. Both are exact; MACs counters see what each really computes.
+    The asked filters are kept in the order of ``rows`` (most often selected first, from
+    :meth:`~mdakit.decouple.paths.Paths.alive` ``by_frequency``): gates tend to select a prefix of that
+    order, and a prefix of the weights is a slice, not a copy. ``gather`` (default): when the
+    selection is exactly a prefix the layer runs that slice, otherwise it copies the selected
+    filters' weights and runs the smaller conv. Where the output has few pixels, a conv reads each
+    weight only a few times, so copying weights costs more than the conv they save: with
+    ``gather=False`` the layer runs the kept filters up to the last selected one, over every kept
+    input channel (dropped input channels filled with zeros), and zeroes the unselected outputs. Both
+    are exact; MACs counters see what each really computes.
     """
 
     def __init__(self, conv: nn.Conv2d, gate: nn.Module, chain: Sequence[nn.Module | Callable], rows: torch.Tensor,
@@ -190,7 +203,7 @@ class DynamicGatedConv(nn.Module):
         whether nothing at all was selected (then one filter runs and is zeroed)."""
         w1t = self.gate_w1t
         if position is not None and len(position) != len(w1t):
-            w1t = w1t.index_select(0, position)
+            w1t = w1t[:len(position)] if is_prefix(position) else w1t.index_select(0, position)
         pixels = values.shape[2] * values.shape[3]
         hidden = torch.addmm(self.gate_b1, values.sum((2, 3)), w1t, alpha=1.0 / pixels).relu_()
         z = torch.addmm(self.gate_b2, hidden, self.gate_w2t) > 0
@@ -202,19 +215,25 @@ class DynamicGatedConv(nn.Module):
             return z, chosen, chosen, True
         return z, chosen, chosen, False
 
-    def _without_gather(self, values: torch.Tensor, position: torch.Tensor | None, z: torch.Tensor | None
-                        ) -> Packed:
-        """Every kept filter over every kept input channel, then the unselected outputs zeroed."""
+    def _without_gather(self, values: torch.Tensor, position: torch.Tensor | None, z: torch.Tensor | None,
+                        chosen: torch.Tensor | None) -> Packed:
+        """The kept filters up to the last chosen one over every kept input channel, unselected ones zeroed."""
         if position is not None and len(position) != self.weight.shape[1]:
             values = values.new_zeros(values.shape[0], self.weight.shape[1], *values.shape[2:]).index_copy_(
                 1, position, values)
-        out = self._dense(values)
-        if z is not None:
-            selected = z.to(out.dtype)
-            if self.always_on:
-                selected = torch.cat((selected.new_ones(len(selected), self.always_on), selected), 1)
-            out = out * selected[:, :, None, None]
-        return Packed(out, self.index, self.positions)
+        if z is None:
+            return Packed(self._dense(values), self.index, self.positions)
+        asked = int(chosen[-1]) + 1 if len(chosen) else 0
+        upto = self.always_on + asked
+        out = F.conv2d(values, self.weight[:upto], None if self.bias is None else self.bias[:upto], self.stride,
+                       self.padding, self.dilation)
+        for fn in self.functions:
+            out = fn(out) if fn is not None else torch.addcmul(self.shift[:upto, None, None], out,
+                                                               self.scale[:upto, None, None])
+        selected = z[:, :asked].to(out.dtype)
+        if self.always_on:
+            selected = torch.cat((selected.new_ones(len(selected), self.always_on), selected), 1)
+        return Packed(out * selected[:, :, None, None], self.index[:upto], self.positions[:upto])
 
     def _dense(self, values: torch.Tensor) -> torch.Tensor:
         """Every kept filter over every kept input channel (what a layer without a gate computes)."""
@@ -227,36 +246,37 @@ class DynamicGatedConv(nn.Module):
     def forward(self, x: Packed | torch.Tensor) -> Packed:
         packed = isinstance(x, Packed)
         values = x.values if packed else x
-        if self.gate_w2t is None and (not packed or len(x.position) == self.weight.shape[1]):
+        position = x.position if packed else None
+        if self.gate_w2t is None and (not packed or len(position) == self.weight.shape[1]):
             return Packed(self._dense(values), self.index, self.positions)
         if self.gate_w2t is None:
             z = chosen = keep = None
             full, silent = True, False
         else:
-            z, chosen, keep, silent = self._selection(values, x.position if packed else None)
+            z, chosen, keep, silent = self._selection(values, position)
             full = len(keep) == len(self.index)
         if not self.gather:
-            return self._without_gather(values, x.position if packed else None, z)
-        weight = self.weight if full else self.weight.index_select(0, keep)
-        if packed and len(x.position) != weight.shape[1]:
-            weight = weight.index_select(1, x.position)
-        bias = None if self.bias is None else (self.bias if full else self.bias.index_select(0, keep))
-        out = F.conv2d(values, weight, bias, self.stride, self.padding, self.dilation)
+            return self._without_gather(values, position, z, chosen)
+        sliced = full or is_prefix(keep)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            """The computed filters' entries of ``t``: all, a prefix slice, or a gather."""
+            return t if full else t[:len(keep)] if sliced else t.index_select(0, keep)
+
+        weight = rows(self.weight)
+        if packed and len(position) != weight.shape[1]:
+            weight = weight[:, :len(position)] if is_prefix(position) else weight.index_select(1, position)
+        out = F.conv2d(values, weight, None if self.bias is None else rows(self.bias), self.stride, self.padding,
+                       self.dilation)
         for fn in self.functions:
-            if fn is not None:
-                out = fn(out)
-            elif full:
-                out = torch.addcmul(self.shift[:, None, None], out, self.scale[:, None, None])
-            else:
-                out = torch.addcmul(self.shift[keep][:, None, None], out, self.scale[keep][:, None, None])
+            out = fn(out) if fn is not None else torch.addcmul(rows(self.shift)[:, None, None], out,
+                                                               rows(self.scale)[:, None, None])
         if z is not None and (values.shape[0] > 1 or silent):
             selected = z.index_select(1, chosen).to(out.dtype)
             if self.always_on:
                 selected = torch.cat((selected.new_ones(len(selected), self.always_on), selected), 1)
             out = out * selected[:, :, None, None]
-        if full:
-            return Packed(out, self.index, self.positions)
-        return Packed(out, self.index.index_select(0, keep), keep)
+        return Packed(out, rows(self.index), rows(self.positions))
 
 
 def _chain_op(node: torch.fx.Node, body: nn.Module) -> nn.Module | Callable:
@@ -282,8 +302,9 @@ def _per_channel(node: torch.fx.Node, body: nn.Module) -> bool:
 class DynamicNet(nn.Module):
     """The fast inference form of a decoupled model (see the module docstring). Inference only.
 
-    ``alive``: per gated layer, the filters to keep (default: all); ``always_on``: those to run
-    without asking the gate; gated convs whose output has at most ``gather_above`` pixels run their
+    ``alive``: per gated layer, the filters to keep (default: all), those the gate decides about in the
+    order given (most often selected first is fastest, see :class:`DynamicGatedConv`); ``always_on``:
+    those to run without asking the gate; gated convs whose output has at most ``gather_above`` pixels run their
     kept filters without copying out the selected ones (:class:`DynamicGatedConv`).
 
     >>> from mdakit.zoo import build_model
@@ -312,7 +333,7 @@ class DynamicNet(nn.Module):
             kept = torch.as_tensor(alive[name], dtype=torch.long) if alive is not None else torch.arange(channels[name])
             every = torch.as_tensor(always_on[name], dtype=torch.long) if always_on is not None else kept[:0]
             first = torch.isin(kept, every)
-            rows[name] = torch.cat((kept[first].sort().values, kept[~first].sort().values))
+            rows[name] = torch.cat((kept[first].sort().values, kept[~first]))
             on[name] = int(first.sum())
         self.kept = {name: len(rows[name]) for name in self.layers}
         self.always_on = on

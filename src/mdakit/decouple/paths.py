@@ -46,9 +46,20 @@ class Paths:
                             "dynamic": self.z[name].shape[1] - silent - energetic}
         return states
 
-    def alive(self) -> dict[str, torch.Tensor]:
-        """Per layer, the indices of the filters some input selects (the rest are silent)."""
-        return {name: torch.nonzero(self.z[name].any(0)).flatten() for name in self.layers}
+    def alive(self, by_frequency: bool = False) -> dict[str, torch.Tensor]:
+        """Per layer, the indices of the filters some input selects (the rest are silent), ascending, or
+        most often selected first (ties by index) with ``by_frequency``.
+
+        >>> z = torch.tensor([[True, False, True], [False, False, True]])
+        >>> Paths(["a"], {"a": z}, torch.zeros(2), torch.zeros(2)).alive(by_frequency=True)["a"].tolist()
+        [2, 0]
+        """
+        out = {}
+        for name in self.layers:
+            hits = self.z[name].sum(0)
+            kept = torch.nonzero(hits).flatten()
+            out[name] = kept[torch.sort(hits[kept], descending=True, stable=True).indices] if by_frequency else kept
+        return out
 
     def energetic(self) -> dict[str, torch.Tensor]:
         """Per layer, the indices of the filters every input selects."""
