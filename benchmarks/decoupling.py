@@ -32,7 +32,7 @@ from mdakit.analysis.decoupling_states import filter_states
 from mdakit.artifacts import load, load_with_card, save
 from mdakit.data import load_dataset, make_loader
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input
-from mdakit.decouple.finetune import DecoupleConfig, decouple
+from mdakit.decouple.finetune import DecoupleConfig, decouple, settle_model
 from mdakit.decouple.losses import LossWeights
 from mdakit.decouple.paths import collect_paths
 from mdakit.evaluate import evaluate
@@ -69,13 +69,17 @@ def _agreement(gated: torch.nn.Module, dynamic: torch.nn.Module, test: torch.uti
     return same / total
 
 
-def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, time_images: int, tag: str = ""
-            ) -> dict:
+def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, time_images: int, tag: str = "",
+            settle_epochs: int = 0) -> dict:
     source = ROOT / "runs" / "zoo" / f"{arch}-{dataset}"
-    out = ROOT / "runs" / "decouple" / f"{arch}-{dataset}-e{config.epochs}-n{config.train_subset or 'all'}{tag}"
+    decoupled = ROOT / "runs" / "decouple" / f"{arch}-{dataset}-e{config.epochs}-n{config.train_subset or 'all'}{tag}"
+    out = decoupled.with_name(f"{decoupled.name}-settle{settle_epochs}") if settle_epochs else decoupled
     torch.set_num_threads(2)
-    if not (out / "card.json").is_file():
+    if not (decoupled / "card.json").is_file():
         result = decouple(source, dataset, config)
+        save(result.model, decoupled, result.card, force=True)
+    if not (out / "card.json").is_file():
+        result = settle_model(decoupled, settle_epochs, config)
         save(result.model, out, result.card, force=True)
     net, card = load_with_card(out)
     original = load(source)
@@ -102,7 +106,7 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
     macs_original = count_macs(original, info.input_shape)
     return {
         "arch": arch, "dataset": dataset, "model": str(out.relative_to(ROOT)),
-        "finetune": card.training["decoupling"], "gated_layers": net.layers,
+        "finetune": card.training["decoupling"], "settle": card.training.get("settle"), "gated_layers": net.layers,
         "accuracy": {"original": card.metrics["original_test_accuracy"], "gated": card.metrics["test_accuracy"],
                      "dynamic": dynamic_eval.accuracy},
         "gate_density": {"train": train_paths.density()["all"], "test": card.metrics["test_gate_density"],
@@ -140,8 +144,12 @@ def _report(rows: list[dict]) -> str:
         "(`--head-start`, `mdakit.decouple.finetune.warm_start_heads`; readout runs without a recorded "
         "`head_sample` took the class means from the first 5,120 fine-tuning images in dataset order, the code "
         "before the seeded shuffle; Fashion-MNIST's order mixes the classes, but a rerun now makes a slightly "
-        "different model). *Dynamic* computes "
-        "only the filters each input's gates select, with filters silent on every fine-tuning image removed; "
+        "different model). *Settling* (`--settle-epochs`, runs named `-settle<N>`; not in the seeds): after "
+        "decoupling, N more epochs train the body alone with CE under frozen binary gates "
+        "(`mdakit.decouple.finetune.settle`), so the filters learn under the hard gates they run with; *acc. gated* "
+        "is then the settled model's. *Dynamic* computes "
+        "only the filters each input's gates select, with filters silent on every fine-tuning image removed and the "
+        "others most often selected first (a selection that is a prefix of that order runs as a weight slice); "
         "MACs are FlopCounterMode counts per test image at batch 1 (only what runs, gates included); times are "
         "per image with one thread, the three models interleaved, median of 3 passes.", "",
         "| run | dataset | epochs × images | λ_m / λ_k / λ_s / R, KL | heads | acc. orig. | acc. gated | "
@@ -155,8 +163,9 @@ def _report(rows: list[dict]) -> str:
         t1, t64 = r["seconds_per_image"]["batch1_1thread"], r["seconds_per_image"]["batch64_1thread"]
         fs = r["filter_states_train"]
         heads = f"readout × {cfg['head_start']:g}" if cfg.get("head_start") else "random"
+        settled = f" + {r['settle']['epochs']} settling" if r.get("settle") else ""
         lines.append(
-            f"| {_run(r)} | {r['dataset']} | {cfg['epochs']} × {r['finetune']['result']['train_samples']} | "
+            f"| {_run(r)} | {r['dataset']} | {cfg['epochs']} × {r['finetune']['result']['train_samples']}{settled} | "
             f"{w['lambda_m']:g} / {w['lambda_k']:g} / {w['lambda_s']:g} / {w['target_ratio']:g}, "
             f"{w.get('kl_direction', 'z||y')} | {heads} | {100 * r['accuracy']['original']:.2f} | "
             f"{100 * r['accuracy']['gated']:.2f} | {100 * r['accuracy']['dynamic']:.2f} | "
@@ -207,13 +216,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--head-start", type=float, default=0.0, help="W_cla heads start as class readouts (scale)")
     parser.add_argument("--tag", default="", help="Suffix of the decoupled model's directory under runs/decouple/.")
+    parser.add_argument("--settle-epochs", type=int, default=0,
+                        help="Then fine-tune the body this many epochs with the gates frozen and binary "
+                             "(mdakit.decouple.finetune.settle; model directory suffix -settle<N>).")
     parser.add_argument("--macs-images", type=int, default=500)
     parser.add_argument("--time-images", type=int, default=200)
     args = parser.parse_args()
     weights = LossWeights(args.lambda_m, args.lambda_k, args.lambda_s, args.target_ratio)
     config = DecoupleConfig(epochs=args.epochs, gate_lr=args.gate_lr, batch_size=args.batch_size,
                             train_subset=args.train_subset, head_start=args.head_start, weights=weights)
-    row = run_one(args.arch, args.dataset, config, args.macs_images, args.time_images, args.tag)
+    row = run_one(args.arch, args.dataset, config, args.macs_images, args.time_images, args.tag, args.settle_epochs)
     path = ROOT / "benchmarks" / "results" / f"{RESULTS}.json"
     rows = json.loads(path.read_text())["runs"] if path.is_file() else []
     rows = [r for r in rows if r["model"] != row["model"] and "command" in r] + [row]

@@ -9,7 +9,7 @@ from mdakit.artifacts import ModelCard, load, load_with_card, save
 from mdakit.cli import run
 from mdakit.data import ClassSubset
 from mdakit.decouple.dynamic import DynamicNet, macs_per_input
-from mdakit.decouple.finetune import recalibrate_batchnorm, warm_start_heads
+from mdakit.decouple.finetune import DecoupleConfig, recalibrate_batchnorm, settle, warm_start_heads
 from mdakit.decouple.gates import DecoupledNet, improved_semhash, saturating_sigmoid
 from mdakit.decouple.losses import LossWeights, kl_loss, mi_loss, sparse_loss
 from mdakit.decouple.paths import collect_paths
@@ -339,3 +339,48 @@ def test_batchnorm_recalibration_uses_the_hard_gated_statistics(mnist_test):
     assert len(seen) == 2 and torch.allclose(late.running_mean, (seen[0] + seen[1]) / 2, atol=1e-5)
     assert all(((z == 0) | (z == 1)).all() for z in gates), "binary gates, as at inference"
     assert 0 < float(torch.cat(gates).mean()) < 1
+
+
+def _saved_decoupled(tiny_lenet_dir, path, subset: int = 600):
+    """The tiny LeNet with input-dependent gates, saved with a decoupling config of ``subset`` images."""
+    model, card = load_with_card(tiny_lenet_dir)
+    torch.manual_seed(0)
+    net = DecoupledNet(model, card.input_shape)
+    for gate in net.gates:
+        nn.init.normal_(gate.fc2.weight, 0.0, 0.5)
+    card.edits = [*card.edits, net.edit()]
+    card.training = {**card.training, "decoupling": {"config": DecoupleConfig(train_subset=subset,
+                                                                              batch_size=64).to_dict()}}
+    card.metrics = {**card.metrics, "test_accuracy": 0.25}
+    save(net.eval(), path, card)
+    return net
+
+
+def test_settle_trains_the_filters_under_frozen_binary_gates(tmp_path, capsys, tiny_lenet_dir, data_dir):
+    net = _saved_decoupled(tiny_lenet_dir, tmp_path / "decoupled")
+    out = tmp_path / "settled"
+    assert run(["settle", str(tmp_path / "decoupled"), "--out", str(out), "--data-dir", str(data_dir),
+                "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    settled, card = load_with_card(out)
+    assert card.training["settle"]["epochs"] == 1 and card.training["settle"]["result"]["train_samples"] == 540
+    assert card.metrics["test_accuracy_before_settling"] == 0.25 == report["test_accuracy_before"]
+    assert card.metrics["test_accuracy"] == report["test_accuracy"]
+    before, after = net.state_dict(), settled.state_dict()
+    frozen = [k for k in before if ".decouple_gates." in k or k.startswith("heads.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "gates and heads do not move"
+    convs = [k for k in before if k.endswith("weight") and k not in frozen and before[k].dim() == 4]
+    assert convs and all(not torch.equal(before[k], after[k]) for k in convs), "the filters train"
+    with pytest.raises(MdakitError, match="at least 1"):
+        settle(net, torch.utils.data.TensorDataset(torch.zeros(2, 1, 28, 28), torch.zeros(2)), DecoupleConfig(), 0)
+
+
+def test_settle_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, tiny_lenet_dir, data_dir):
+    _saved_decoupled(tiny_lenet_dir, tmp_path / "decoupled")
+    out = tmp_path / "settled"
+    assert run(["settle", str(tmp_path / "decoupled"), "--out", str(out), "--epochs", "0"]) == 2
+    assert run(["settle", str(tiny_lenet_dir), "--out", str(out), "--data-dir", str(data_dir)]) == 2
+    assert run(["settle", str(tmp_path / "decoupled"), "--out", str(out), "--dataset", "cifar10",
+                "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "not a decoupled model" in capsys.readouterr().err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["decoupled"]

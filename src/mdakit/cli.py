@@ -461,6 +461,38 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
     _emit(as_json, {"out": str(out), **r}, table)
 
 
+@app.command("settle")
+def settle_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Decoupled model directory.")],
+               out: Annotated[Path, typer.Option(help="Output model directory.")],
+               epochs: Annotated[int, typer.Option(help="Epochs of body fine-tuning under frozen binary gates.")] = 1,
+               lr: Annotated[float | None, typer.Option(help="Body learning rate (default: the decoupling's).")] = None,
+               dataset: Annotated[str | None, typer.Option(help="Default: the model's dataset.")] = None,
+               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+               as_json: JsonOpt = False) -> None:
+    """Fine-tune a decoupled model's filters under its frozen, binary gates (CE only), for short budgets."""
+    from dataclasses import replace
+
+    from mdakit.artifacts import read_card
+    from mdakit.decouple.finetune import DecoupleConfig, settle_model
+
+    _refuse_existing(out, force)
+    if epochs < 1:
+        raise MdakitError(f"--epochs must be at least 1, got {epochs}")
+    recorded = read_card(model_path)[0].training.get("decoupling", {}).get("config")
+    config = DecoupleConfig.from_dict(recorded) if recorded else DecoupleConfig()
+    config = replace(config, lr=config.lr if lr is None else lr)
+    result = settle_model(model_path, epochs, config, dataset, resolve_device(device), data_dir)
+    save(result.model, out, result.card, force=force)
+    r = result.report
+    table = Table(title=f"{model_path} settled for {epochs} epoch(s)")
+    for col in ("model", "test acc", "gate density"):
+        table.add_column(col)
+    table.add_row("before", _pct(r["test_accuracy_before"]) if r["test_accuracy_before"] is not None else "?", "")
+    table.add_row("settled", _pct(r["test_accuracy"]), _pct(r["test_gate_density"]["all"]))
+    table.caption = f"saved to {out}"
+    _emit(as_json, {"out": str(out), **r}, table)
+
+
 @app.command("compress")
 def compress_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")],
                  out: Annotated[Path, typer.Option(help="Output model directory.")],

@@ -93,6 +93,15 @@ class DecoupleConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecoupleConfig:
+        """The config :meth:`to_dict` wrote (as a model card records it).
+
+        >>> DecoupleConfig.from_dict(DecoupleConfig(epochs=3).to_dict()).epochs
+        3
+        """
+        return cls(**{k: v for k, v in data.items() if k != "weights"}, weights=LossWeights(**data["weights"]))
+
 
 @dataclass
 class DecoupleResult:
@@ -249,15 +258,79 @@ def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, dev
                 sums[k] = sums.get(k, 0.0) + v * len(labels)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", ce=f"{sums['ce'] / seen:.4f}",
                             density=f"{sums['density'] / seen:.3f}", refresh=False)
-        recalibrate_batchnorm(net, loader, config.recalibrate_batches, device)
-        paths = collect_paths(net, val_data, device=device)
-        row = {"epoch": epoch, **{f"train_{k}": v / seen for k, v in sums.items()},
-               "val_accuracy": float((paths.predictions == paths.labels).float().mean()),
-               "val_density": paths.density()["all"]}
-        history.append(row)
-        if show_progress:
-            tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f} (ce {row['train_ce']:.4f}), val acc "
-                       f"{row['val_accuracy']:.4f}, val gate density {row['val_density']:.3f}", file=sys.stderr)
+        history.append(_end_epoch(net, loader, val_data, config, device, epoch, sums, seen, show_progress))
+    net.eval()
+    return DecoupleResult(seconds=time.perf_counter() - start, train_samples=len(fit_data),
+                          val_samples=len(val_data), history=history)
+
+
+def _end_epoch(net: DecoupledNet, loader: Iterable, val_data: Dataset, config: DecoupleConfig,
+               device: torch.device | str, epoch: int, sums: dict[str, float], seen: int, show_progress: bool
+               ) -> dict[str, Any]:
+    """Re-estimate BatchNorm with binary gates, then the epoch's row: training means, validation accuracy."""
+    recalibrate_batchnorm(net, loader, config.recalibrate_batches, device)
+    paths = collect_paths(net, val_data, device=device)
+    row = {"epoch": epoch, **{f"train_{k}": v / seen for k, v in sums.items()},
+           "val_accuracy": float((paths.predictions == paths.labels).float().mean()),
+           "val_density": paths.density()["all"]}
+    if show_progress:
+        tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f} (ce {row['train_ce']:.4f}), val acc "
+                   f"{row['val_accuracy']:.4f}, val gate density {row['val_density']:.3f}", file=sys.stderr)
+    return row
+
+
+def settle(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, epochs: int,
+           device: torch.device | str = "cpu", show_progress: bool = True) -> DecoupleResult:
+    """Fine-tune the body of a decoupled ``net`` in place with its gates frozen and binary (CE only).
+
+    Decoupling trains under improved SemHash's noisy, half-soft gates; the deployed model runs hard
+    gates. These ``epochs`` (SGD, cosine from ``config.lr``, the same fine-tuning split) train the
+    filters under the hard gates they will run with. The controlling modules and W_cla heads do not
+    change, but a gate reads its layer's input, so paths may shift a little: measure them afterwards.
+    Not part of the seeds' method (they fine-tune for 200+ epochs); an option for short budgets.
+
+    >>> from mdakit.data import ImageTensorDataset
+    >>> from mdakit.zoo import build_model
+    >>> ds = ImageTensorDataset(torch.randint(0, 255, (40, 1, 28, 28), dtype=torch.uint8), torch.arange(40) % 2)
+    >>> net = DecoupledNet(build_model("lenet5", (1, 28, 28), 2), (1, 28, 28))
+    >>> settle(net, ds, DecoupleConfig(batch_size=8), epochs=1, show_progress=False).history[0]["epoch"]
+    1
+    """
+    config.validate()
+    if epochs < 1:
+        raise MdakitError(f"settle epochs must be at least 1, got {epochs}")
+    device = torch.device(device)
+    generator = seed_everything(config.seed)
+    fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
+    loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
+    net.to(device)
+    frozen = {id(p) for gate in net.gates for p in gate.parameters()} | {id(p) for p in net.heads.parameters()}
+    body = [p for p in net.parameters() if id(p) not in frozen]
+    optimizer = torch.optim.SGD(body, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    history: list[dict] = []
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        net.train()
+        for gate in net.gates:
+            gate.eval()  # binary z = [g > 0], as at inference
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = progress_bar(loader, f"settle {epoch}/{epochs}", enabled=show_progress)
+        for images, labels in bar:
+            images, labels = images.to(device), torch.as_tensor(labels).to(device)
+            out = net(images, return_gates=True)
+            loss = F.cross_entropy(out.logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(labels)
+            density = float(torch.cat([z.detach().flatten() for z in out.z]).mean())
+            for k, v in {"loss": float(loss.detach()), "ce": float(loss.detach()), "density": density}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(labels)
+            bar.set_postfix(ce=f"{sums['ce'] / seen:.4f}", density=f"{sums['density'] / seen:.3f}", refresh=False)
+        history.append(_end_epoch(net, loader, val_data, config, device, epoch, sums, seen, show_progress))
     net.eval()
     return DecoupleResult(seconds=time.perf_counter() - start, train_samples=len(fit_data),
                           val_samples=len(val_data), history=history)
@@ -299,11 +372,7 @@ def decouple(model_path: str | Path, dataset: str | None = None, config: Decoupl
     net = DecoupledNet(original, card.input_shape, layers).to(device)
     before = evaluate(original, test_data, card.logit_classes, device=device, show_progress=show_progress)
     result = finetune(net, train_data, config, device=device, show_progress=show_progress)
-    paths = collect_paths(net, test_data, device=device, show_progress=show_progress)
-    predicted = torch.tensor(card.logit_classes)[paths.predictions]
-    correct = (predicted == paths.labels).float()
-    accuracy = float(correct.mean())
-    per_class = {str(c): float(correct[paths.labels == c].mean()) for c in card.logit_classes}
+    accuracy, per_class, paths = _test(net, test_data, card.logit_classes, device, show_progress)
     report = {"original_test_accuracy": before.accuracy, "test_accuracy": accuracy,
               "gated_layers": net.layers, "test_gate_density": paths.density(),
               "test_filter_states": paths.filter_states(), "finetune": result.to_dict(), "config": config.to_dict()}
@@ -316,3 +385,49 @@ def decouple(model_path: str | Path, dataset: str | None = None, config: Decoupl
     new_card.provenance = {**card.provenance, "decoupled_from": str(model_path)}
     return Decoupled(model=net.cpu().eval(), card=new_card, report=report)
 
+
+def _test(net: DecoupledNet, test_data: Dataset, logit_classes: list[int], device: torch.device | str,
+          show_progress: bool) -> tuple[float, dict[str, float], Any]:
+    """Test accuracy (hard gates), per-class accuracy and the test paths."""
+    paths = collect_paths(net, test_data, device=device, show_progress=show_progress)
+    predicted = torch.tensor(logit_classes)[paths.predictions]
+    correct = (predicted == paths.labels).float()
+    per_class = {str(c): float(correct[paths.labels == c].mean()) for c in logit_classes}
+    return float(correct.mean()), per_class, paths
+
+
+def settle_model(model_path: str | Path, epochs: int, config: DecoupleConfig | None = None,
+                 dataset: str | None = None, device: torch.device | str = "cpu", data_dir: str | Path | None = None,
+                 show_progress: bool = True) -> Decoupled:
+    """Load a decoupled model file and :func:`settle` it on ``dataset`` (default: its own); evaluate.
+
+    ``config`` gives the optimiser settings and the fine-tuning split (default: those the model was
+    decoupled with). The card keeps the original's test accuracy and records the settling.
+
+    >>> result = settle_model("runs/decouple/lenet5-mnist-e2-nall", epochs=1)  # doctest: +SKIP
+    """
+    net, card = load_with_card(model_path, device=device)
+    if not isinstance(net, DecoupledNet):
+        raise MdakitError(f"{model_path} is not a decoupled model: make one with `mdakit decouple`")
+    if config is None:
+        recorded = card.training.get("decoupling", {}).get("config")
+        config = DecoupleConfig.from_dict(recorded) if recorded else DecoupleConfig()
+    name = dataset or card.dataset
+    if name is None:
+        raise MdakitError("the model card names no dataset: pass --dataset")
+    train_data, info = load_dataset(name, "train", data_dir)
+    test_data, _ = load_dataset(name, "test", data_dir)
+    if list(info.input_shape) != list(card.input_shape):
+        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    result = settle(net, train_data, config, epochs, device=device, show_progress=show_progress)
+    accuracy, per_class, paths = _test(net, test_data, card.logit_classes, device, show_progress)
+    new_card = ModelCard.from_dict(card.to_dict())
+    new_card.training = {**card.training, "settle": {"epochs": epochs, "config": config.to_dict(),
+                                                     "result": result.to_dict()}}
+    new_card.metrics = {**card.metrics, "test_accuracy": accuracy, "per_class_test_accuracy": per_class,
+                        "test_gate_density": paths.density()["all"],
+                        "test_accuracy_before_settling": card.metrics.get("test_accuracy")}
+    new_card.provenance = {**card.provenance, "settled_from": str(model_path)}
+    report = {"test_accuracy_before": card.metrics.get("test_accuracy"), "test_accuracy": accuracy,
+              "test_gate_density": paths.density(), "settle": result.to_dict()}
+    return Decoupled(model=net.cpu().eval(), card=new_card, report=report)
