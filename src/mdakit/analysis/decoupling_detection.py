@@ -38,7 +38,8 @@ from mdakit.analysis.decoupling_adversarial import (
 from mdakit.analysis.decoupling_attacks import attack
 from mdakit.analysis.decoupling_figures import figure, write_json
 from mdakit.artifacts import load_with_card
-from mdakit.data import labels_of, load_dataset, per_class_subset
+from mdakit.data import labels_of, per_class_subset
+from mdakit.decouple.finetune import load_decoupled, model_datasets
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
@@ -195,21 +196,13 @@ def detection_report(model_path: str | Path, out: str | Path, dataset: str | Non
     out = Path(out)
     if out.exists() and not force:
         raise MdakitError(f"{out} already exists; choose another --out or pass --force")
-    net, card = load_with_card(model_path, device=device)
-    if not isinstance(net, DecoupledNet):
-        raise MdakitError(f"{model_path} is not a decoupled model: make one with `mdakit decouple`")
+    net, card = load_decoupled(model_path, device)
     source = _original_of(card, original_path)
     original, original_card = load_with_card(source, device=device)
     if list(original_card.input_shape) != list(card.input_shape):
         raise MdakitError(f"the original {source} takes {original_card.input_shape} but the decoupled model takes "
                           f"{card.input_shape}")
-    name = dataset or card.dataset
-    if name is None:
-        raise MdakitError("the model card names no dataset: pass --dataset")
-    train, info = load_dataset(name, "train", data_dir)
-    test, _ = load_dataset(name, "test", data_dir)
-    if list(info.input_shape) != list(card.input_shape):
-        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    train, test, info = model_datasets(card, dataset, data_dir)
     study = detection_study(net, original, list(card.logit_classes), train, test, settings, device, progress)
     study.update(model=str(model_path), original=str(source), dataset=info.name)
 

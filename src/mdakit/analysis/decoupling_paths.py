@@ -39,9 +39,10 @@ from mdakit.analysis.decoupling_filters import filter_responses, pick_filters, p
 from mdakit.analysis.decoupling_hopkins import decision_tree, hopkins_per_layer, plot_tree
 from mdakit.analysis.decoupling_occlusion import occlusion, plot_occlusion
 from mdakit.analysis.decoupling_states import filter_states, plot_filter_states
-from mdakit.artifacts import ModelCard, load_with_card, save
+from mdakit.artifacts import ModelCard, save
 from mdakit.data import labels_of, load_dataset, per_class_subset
 from mdakit.decouple.export import ungated
+from mdakit.decouple.finetune import load_decoupled
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.decouple.paths import collect_paths
 from mdakit.errors import MdakitError
@@ -75,14 +76,6 @@ class PathsSettings:
             raise MdakitError(f"the tree's Hopkins threshold must be in (0, 1), got {self.tree_threshold}")
         if self.top_k < 1 or self.occlusion_images < 0 or self.tree_min_size < 3:
             raise MdakitError("top-k must be positive, occlusion images non-negative and the tree's minimum size ≥ 3")
-
-
-def load_decoupled(model_path: str | Path, device: torch.device | str = "cpu") -> tuple[DecoupledNet, ModelCard]:
-    """A decoupled model file and its card; any other model is a clear error."""
-    net, card = load_with_card(model_path, device=device)
-    if not isinstance(net, DecoupledNet):
-        raise MdakitError(f"{model_path} is not a decoupled model: make one with `mdakit decouple`")
-    return net, card
 
 
 def paths_report(model_path: str | Path, out: str | Path, dataset: str | None = None,

@@ -345,6 +345,27 @@ class Decoupled:
     report: dict[str, Any]
 
 
+def load_decoupled(model_path: str | Path, device: torch.device | str = "cpu") -> tuple[DecoupledNet, ModelCard]:
+    """A decoupled model file and its card; any other model is a clear error."""
+    net, card = load_with_card(model_path, device=device)
+    if not isinstance(net, DecoupledNet):
+        raise MdakitError(f"{model_path} is not a decoupled model: make one with `mdakit decouple`")
+    return net, card
+
+
+def model_datasets(card: ModelCard, dataset: str | None = None, data_dir: str | Path | None = None
+                   ) -> tuple[Dataset, Dataset, Any]:
+    """Train and test splits of ``dataset`` (default: the card's), checked against the model's input shape."""
+    name = dataset or card.dataset
+    if name is None:
+        raise MdakitError("the model card names no dataset: pass --dataset")
+    train_data, info = load_dataset(name, "train", data_dir)
+    test_data, _ = load_dataset(name, "test", data_dir)
+    if list(info.input_shape) != list(card.input_shape):
+        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    return train_data, test_data, info
+
+
 def decouple(model_path: str | Path, dataset: str | None = None, config: DecoupleConfig | None = None,
              layers: list[str] | None = None, device: torch.device | str = "cpu", data_dir: str | Path | None = None,
              show_progress: bool = True) -> Decoupled:
@@ -358,13 +379,7 @@ def decouple(model_path: str | Path, dataset: str | None = None, config: Decoupl
     original, card = load_with_card(model_path, device=device)
     config = config or DecoupleConfig(weights=default_weights(card.arch))
     config.validate()
-    name = dataset or card.dataset
-    if name is None:
-        raise MdakitError("the model card names no dataset: pass --dataset")
-    train_data, info = load_dataset(name, "train", data_dir)
-    test_data, _ = load_dataset(name, "test", data_dir)
-    if list(info.input_shape) != list(card.input_shape):
-        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    train_data, test_data, info = model_datasets(card, dataset, data_dir)
     if max(card.logit_classes) >= info.num_classes or len(card.logit_classes) != info.num_classes:
         raise MdakitError(f"the model has {len(card.logit_classes)} logits but {info.name} has {info.num_classes} "
                           "classes: decoupling fine-tunes a full classifier of the dataset")
@@ -406,19 +421,11 @@ def settle_model(model_path: str | Path, epochs: int, config: DecoupleConfig | N
 
     >>> result = settle_model("runs/decouple/lenet5-mnist-e2-nall", epochs=1)  # doctest: +SKIP
     """
-    net, card = load_with_card(model_path, device=device)
-    if not isinstance(net, DecoupledNet):
-        raise MdakitError(f"{model_path} is not a decoupled model: make one with `mdakit decouple`")
+    net, card = load_decoupled(model_path, device)
     if config is None:
         recorded = card.training.get("decoupling", {}).get("config")
         config = DecoupleConfig.from_dict(recorded) if recorded else DecoupleConfig()
-    name = dataset or card.dataset
-    if name is None:
-        raise MdakitError("the model card names no dataset: pass --dataset")
-    train_data, info = load_dataset(name, "train", data_dir)
-    test_data, _ = load_dataset(name, "test", data_dir)
-    if list(info.input_shape) != list(card.input_shape):
-        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    train_data, test_data, _ = model_datasets(card, dataset, data_dir)
     result = settle(net, train_data, config, epochs, device=device, show_progress=show_progress)
     accuracy, per_class, paths = _test(net, test_data, card.logit_classes, device, show_progress)
     new_card = ModelCard.from_dict(card.to_dict())
