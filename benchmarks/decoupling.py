@@ -125,12 +125,20 @@ def run_one(arch: str, dataset: str, config: DecoupleConfig, macs_images: int, t
         "test_prediction_agreement_dynamic_vs_gated": agreement,
         "command": ".venv/bin/python benchmarks/decoupling.py " + " ".join(sys.argv[1:]),
         "head_sample": "seeded shuffle of the fine-tuning images",
+        "filter_order": "most often selected first",
     }
 
 
 def _run(row: dict) -> str:
     """A run's name in the tables: its model directory under runs/decouple/."""
     return row["model"].rsplit("/", 1)[-1]
+
+
+def _before_order(rows: list[dict]) -> str:
+    """Which rows were measured before the frequency order (settling came after it)."""
+    before = [_run(r) for r in rows if "filter_order" not in r and not r.get("settle")]
+    return ("measured before that order, with gathers in index order: " + ", ".join(before)) if before else \
+        "every row uses it"
 
 
 def _report(rows: list[dict]) -> str:
@@ -151,8 +159,8 @@ def _report(rows: list[dict]) -> str:
         "static (VGG-16 on all images: 591 dynamic filters after 1 settling epoch, 33 after 3), and the filter "
         "columns are measured on the settled model. *Dynamic* computes "
         "only the filters each input's gates select, with filters silent on every fine-tuning image removed and the "
-        "others most often selected first (a selection that is a prefix of that order runs as a weight slice; the rows "
-        "without -settle were measured before that order, with gathers in index order); "
+        "others most often selected first (a selection that is a prefix of that order runs as a weight slice; "
+        + _before_order(rows) + "); "
         "MACs are FlopCounterMode counts per test image at batch 1 (only what runs, gates included); times are "
         "per image with one thread, the three models interleaved, median of 3 passes.", "",
         "| run | dataset | epochs × images | λ_m / λ_k / λ_s / R, KL | heads | acc. orig. | acc. gated | "
