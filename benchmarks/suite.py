@@ -41,6 +41,7 @@ DECOUPLED_VGG16_SETTLED = f"{DECOUPLED_VGG16}-settle2"
 DECOUPLE_VGG16_ALL = ["--arch", "vgg16", "--dataset", "fashion-mnist", "--epochs", "5", "--lambda-m", "0.05",
                       "--lambda-s", "0.002", "--target-ratio", "0.5", "--gate-lr", "0.3", "--tag=-m005-s0002-r05",
                       "--settle-epochs", "3"]
+DECOUPLED_VGG16_ALL = "runs/decouple/vgg16-fashion-mnist-e5-nall-m005-s0002-r05-settle3"
 PROFILES: dict[str, list[tuple[str, list[str]]]] = {
     "quick": [
         ("zoo training", ["zoo_training.py", "--only", "lenet5"]),
@@ -78,6 +79,8 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
                                            "--pgd-steps", "5"]),
         ("adversarial detection: VGG-16, settled", ["adversarial.py", "--model", DECOUPLED_VGG16_SETTLED, "--name",
                                                     "vgg16-fashion-settle2", "--pgd-steps", "5"]),
+        ("adversarial detection: VGG-16 on all images, settled 3 epochs",
+         ["adversarial.py", "--model", DECOUPLED_VGG16_ALL, "--name", "vgg16-fashion-settle3", "--pgd-steps", "5"]),
     ],
 }
 
