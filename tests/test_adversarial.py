@@ -71,8 +71,10 @@ def test_scores_and_pooled_values_are_what_the_binary_features_threshold(tiny_le
     model, card = load_with_card(tiny_lenet_dir)
     x, _ = _batch(mnist_test[0], 8)
     net = DecoupledNet(model, card.input_shape).eval()
+    torch.manual_seed(0)
     with torch.no_grad():
         nn.init.normal_(net.gates[0].fc2.weight, std=3.0)
+        net.gates[0].fc2.bias.zero_()  # scores around 0, so the path has both states
     scores = path_features(net, x, scores=True, batch_size=3)
     assert scores.dtype == torch.float32 and scores.shape == (8, 16)
     assert torch.equal(scores > 0, path_features(net, x)), "the path is the scores' sign"
