@@ -473,13 +473,12 @@ def settle_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help=
     from dataclasses import replace
 
     from mdakit.artifacts import read_card
-    from mdakit.decouple.finetune import DecoupleConfig, settle_model
+    from mdakit.decouple.finetune import recorded_config, settle_model
 
     _refuse_existing(out, force)
     if epochs < 1:
         raise MdakitError(f"--epochs must be at least 1, got {epochs}")
-    recorded = read_card(model_path)[0].training.get("decoupling", {}).get("config")
-    config = DecoupleConfig.from_dict(recorded) if recorded else DecoupleConfig()
+    config = recorded_config(read_card(model_path)[0])
     config = replace(config, lr=config.lr if lr is None else lr)
     result = settle_model(model_path, epochs, config, dataset, resolve_device(device), data_dir)
     save(result.model, out, result.card, force=force)

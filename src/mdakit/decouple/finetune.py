@@ -210,6 +210,18 @@ def warm_start_heads(net: DecoupledNet, loader: Iterable, batches: int, scale: f
     return used
 
 
+def _fine_tuning_split(train_data: Dataset, config: DecoupleConfig) -> tuple[Dataset, Dataset, Iterable]:
+    """Seed everything, split off the validation images, and a shuffled loader over the rest."""
+    generator = seed_everything(config.seed)
+    fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
+    return fit_data, val_data, make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
+
+
+def _gate_parameters(net: DecoupledNet) -> list[nn.Parameter]:
+    """The controlling modules' and W_cla heads' parameters (everything that is not the body)."""
+    return [p for gate in net.gates for p in gate.parameters()] + list(net.heads.parameters())
+
+
 def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, device: torch.device | str = "cpu",
              show_progress: bool = True) -> DecoupleResult:
     """Fine-tune ``net`` in place with the decoupling loss; returns the per-epoch history.
@@ -223,14 +235,12 @@ def finetune(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, dev
     """
     config.validate()
     device = torch.device(device)
-    generator = seed_everything(config.seed)
-    fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
-    loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
+    fit_data, val_data, loader = _fine_tuning_split(train_data, config)
     net.to(device)
     if config.head_start > 0:
         sample = make_loader(fit_data, 256, shuffle=True, generator=torch.Generator().manual_seed(config.seed))
         warm_start_heads(net, sample, HEAD_START_BATCHES, config.head_start, device)
-    gate_params = [p for gate in net.gates for p in gate.parameters()] + list(net.heads.parameters())
+    gate_params = _gate_parameters(net)
     gate_ids = {id(p) for p in gate_params}
     groups = [{"params": [p for p in net.parameters() if id(p) not in gate_ids], "lr": config.lr},
               {"params": gate_params, "lr": config.gate_lr or 10 * config.lr}]
@@ -300,11 +310,9 @@ def settle(net: DecoupledNet, train_data: Dataset, config: DecoupleConfig, epoch
     if epochs < 1:
         raise MdakitError(f"settle epochs must be at least 1, got {epochs}")
     device = torch.device(device)
-    generator = seed_everything(config.seed)
-    fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
-    loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
+    fit_data, val_data, loader = _fine_tuning_split(train_data, config)
     net.to(device)
-    frozen = {id(p) for gate in net.gates for p in gate.parameters()} | {id(p) for p in net.heads.parameters()}
+    frozen = {id(p) for p in _gate_parameters(net)}
     body = [p for p in net.parameters() if id(p) not in frozen]
     optimizer = torch.optim.SGD(body, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
@@ -343,6 +351,12 @@ class Decoupled:
     model: DecoupledNet
     card: ModelCard
     report: dict[str, Any]
+
+
+def recorded_config(card: ModelCard) -> DecoupleConfig:
+    """The fine-tuning settings a decoupled model's card records (defaults when it records none)."""
+    recorded = card.training.get("decoupling", {}).get("config")
+    return DecoupleConfig.from_dict(recorded) if recorded else DecoupleConfig()
 
 
 def load_decoupled(model_path: str | Path, device: torch.device | str = "cpu") -> tuple[DecoupledNet, ModelCard]:
@@ -422,9 +436,7 @@ def settle_model(model_path: str | Path, epochs: int, config: DecoupleConfig | N
     >>> result = settle_model("runs/decouple/lenet5-mnist-e2-nall", epochs=1)  # doctest: +SKIP
     """
     net, card = load_decoupled(model_path, device)
-    if config is None:
-        recorded = card.training.get("decoupling", {}).get("config")
-        config = DecoupleConfig.from_dict(recorded) if recorded else DecoupleConfig()
+    config = config or recorded_config(card)
     train_data, test_data, _ = model_datasets(card, dataset, data_dir)
     result = settle(net, train_data, config, epochs, device=device, show_progress=show_progress)
     accuracy, per_class, paths = _test(net, test_data, card.logit_classes, device, show_progress)
