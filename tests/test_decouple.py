@@ -248,6 +248,26 @@ def test_nested_selections_run_as_prefixes_of_the_frequency_order(mnist_test):
     assert sum(macs_per_input(by_index, x)) > sum(macs_per_input(sliced, x))
 
 
+@pytest.mark.parametrize("gather_above", [0, 10 ** 9])
+@pytest.mark.parametrize("site", [0, 2])
+def test_a_gate_that_selects_nothing_zeroes_its_filters(site, gather_above, mnist_test):
+    test, info = mnist_test
+    torch.manual_seed(0)
+    model = _TinyResidual()
+    for bn in (model.bn1, model.bn2, model.late_bn):  # non-zero shifts: an unmasked filter would show
+        bn.running_mean.uniform_(-0.5, 0.5)
+    net = _closed_some_gates(DecoupledNet(model.eval(), info.input_shape))
+    x, layer = _images(test, 6), net.layers[site]
+    for on in (0, 3):  # the gated layer selects nothing / only its first three filters, for every input
+        with torch.no_grad():
+            net.gates[site].fc2.bias.fill_(-50.0)[:on] = 50.0
+            ref = net(x)
+        for always_on in (None, {layer: torch.arange(on)}):
+            dynamic = DynamicNet(net, always_on=always_on, gather_above=gather_above)
+            assert dynamic.always_on[layer] == (on if always_on else 0)
+            _assert_equals_gated(dynamic, x, ref)
+
+
 def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):
     test, _ = mnist_test
     net = _closed_some_gates(DecoupledNet(load(tiny_lenet_dir), (1, 28, 28)))

@@ -59,11 +59,13 @@ GATHER_ABOVE = 16
 
 class Packed(NamedTuple):
     """Some channels of a B×C×H×W tensor: ``values`` (B×k×H×W) are the original channels ``index`` (k),
-    found at ``position`` (k) among the filters the producing layer kept."""
+    found at ``position`` (k) among the filters the producing layer kept; ``prefix``: the positions are
+    known to be 0..k−1 (then a reader slices its weight columns instead of gathering them)."""
 
     values: torch.Tensor
     index: torch.Tensor
     position: torch.Tensor
+    prefix: bool = False
 
 
 def densify(packed: Packed, channels: int) -> torch.Tensor:
@@ -96,15 +98,6 @@ def with_values(packed: Packed, values: torch.Tensor) -> Packed:
     return packed._replace(values=values)
 
 
-def is_prefix(position: torch.Tensor) -> bool:
-    """Whether ascending positions are exactly 0..k−1 (then a slice, not a gather, picks them).
-
-    >>> is_prefix(torch.tensor([0, 1, 2])), is_prefix(torch.tensor([0, 2]))
-    (True, False)
-    """
-    return len(position) == 0 or int(position[-1]) == len(position) - 1
-
-
 def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
@@ -126,11 +119,16 @@ class InputSparseConv(nn.Module):
 
     def forward(self, x: Packed) -> torch.Tensor:
         values, pos, weight = x.values, x.position, self.weight
-        if len(pos) != weight.shape[1] and self.gather:
-            weight = weight[:, :len(pos)] if is_prefix(pos) else weight.index_select(1, pos)
-        elif len(pos) != weight.shape[1]:
-            values = values.new_zeros(values.shape[0], weight.shape[1], *values.shape[2:]).index_copy_(1, pos, values)
+        if pos.shape[0] != weight.shape[1] and self.gather:
+            weight = weight[:, :pos.shape[0]] if x.prefix else weight.index_select(1, pos)
+        elif pos.shape[0] != weight.shape[1]:
+            values = _scatter_channels(values, pos, weight.shape[1])
         return F.conv2d(values, weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+def _scatter_channels(values: torch.Tensor, position: torch.Tensor, channels: int) -> torch.Tensor:
+    """``values`` placed at channels ``position`` of a zero B×channels×H×W tensor."""
+    return values.new_zeros(values.shape[0], channels, *values.shape[2:]).index_copy_(1, position, values)
 
 
 def _batchnorm_affine(op: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,10 +180,15 @@ class DynamicGatedConv(nn.Module):
         self.always_on = int(always_on)
         asked = rows[self.always_on:]
         gated = len(asked) > 0
+        fc2 = gate.fc2
+        # The gate's second layer over every kept filter: the always-on ones get zero weights and a positive
+        # bias, so their decision is a constant "selected" and the selection needs no concatenation.
+        w2 = torch.cat((fc2.weight.new_zeros(self.always_on, fc2.in_features), fc2.weight[asked]))
+        b2 = torch.cat((fc2.bias.new_ones(self.always_on), fc2.bias[asked]))
         self.gate_w1t = _frozen(gate.fc1.weight[:, cols].t()) if gated else None
         self.gate_b1 = _frozen(gate.fc1.bias) if gated else None
-        self.gate_w2t = _frozen(gate.fc2.weight[asked].t()) if gated else None
-        self.gate_b2 = _frozen(gate.fc2.bias[asked]) if gated else None
+        self.gate_w2t = _frozen(w2.t()) if gated else None
+        self.gate_b2 = _frozen(b2) if gated else None
         self.register_buffer("index", rows.clone())
         self.register_buffer("positions", torch.arange(len(rows)))
         self.functions: list[Callable | None] = []  # None: a later BatchNorm, applied as its scale and shift
@@ -197,86 +200,86 @@ class DynamicGatedConv(nn.Module):
                 self.scale, self.shift = scale[rows].clone(), shift[rows].clone()
             self.functions.append(None if isinstance(op, nn.BatchNorm2d) else op)
 
-    def _selection(self, values: torch.Tensor, position: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """The gate's decisions z (B × asked filters), the asked filters chosen, every kept position, and
-        whether nothing at all was selected (then one filter runs and is zeroed)."""
+    def _selection(self, values: torch.Tensor, position: torch.Tensor | None, prefix: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The gate's decisions z (B × kept filters), the positions of the kept filters to compute (those
+        any input selects), and whether nothing at all was selected (then one filter runs and is zeroed).
+        ``position``: the input channels present, when fewer than the kept ones (``prefix``: 0..k−1)."""
         w1t = self.gate_w1t
-        if position is not None and len(position) != len(w1t):
-            w1t = w1t[:len(position)] if is_prefix(position) else w1t.index_select(0, position)
+        if position is not None:
+            w1t = w1t[:position.shape[0]] if prefix else w1t.index_select(0, position)
         pixels = values.shape[2] * values.shape[3]
         hidden = torch.addmm(self.gate_b1, values.sum((2, 3)), w1t, alpha=1.0 / pixels).relu_()
         z = torch.addmm(self.gate_b2, hidden, self.gate_w2t) > 0
-        chosen = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
-        if self.always_on:
-            return z, chosen, torch.cat((self.positions[:self.always_on], chosen + self.always_on)), False
-        if len(chosen) == 0:
-            chosen = chosen.new_zeros(1)
-            return z, chosen, chosen, True
-        return z, chosen, chosen, False
+        keep = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
+        if keep.shape[0] == 0:
+            return z, keep.new_zeros(1), True
+        return z, keep, False
 
-    def _without_gather(self, values: torch.Tensor, position: torch.Tensor | None, z: torch.Tensor | None,
-                        chosen: torch.Tensor | None) -> Packed:
-        """The kept filters up to the last chosen one over every kept input channel, unselected ones zeroed."""
-        if position is not None and len(position) != self.weight.shape[1]:
-            values = values.new_zeros(values.shape[0], self.weight.shape[1], *values.shape[2:]).index_copy_(
-                1, position, values)
+    def _apply_chain(self, out: torch.Tensor, upto: int | None = None, keep: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """The activations (and a later BatchNorm) after the conv, for filters ``[:upto]`` or ``keep``."""
+        for fn in self.functions:
+            if fn is not None:
+                out = fn(out)
+                continue
+            scale, shift = self.scale, self.shift
+            if keep is not None:
+                scale, shift = scale.index_select(0, keep), shift.index_select(0, keep)
+            elif upto is not None:
+                scale, shift = scale[:upto], shift[:upto]
+            out = torch.addcmul(shift[:, None, None], out, scale[:, None, None])
+        return out
+
+    def _without_gather(self, values: torch.Tensor, z: torch.Tensor | None, keep: torch.Tensor | None,
+                        silent: bool) -> Packed:
+        """The kept filters up to the last selected one over every kept input channel, unselected ones zeroed."""
         if z is None:
-            return Packed(self._dense(values), self.index, self.positions)
-        asked = int(chosen[-1]) + 1 if len(chosen) else 0
-        upto = self.always_on + asked
+            return Packed(self._dense(values), self.index, self.positions, True)
+        upto = int(keep[-1]) + 1
         out = F.conv2d(values, self.weight[:upto], None if self.bias is None else self.bias[:upto], self.stride,
                        self.padding, self.dilation)
-        for fn in self.functions:
-            out = fn(out) if fn is not None else torch.addcmul(self.shift[:upto, None, None], out,
-                                                               self.scale[:upto, None, None])
-        selected = z[:, :asked].to(out.dtype)
-        if self.always_on:
-            selected = torch.cat((selected.new_ones(len(selected), self.always_on), selected), 1)
-        return Packed(out * selected[:, :, None, None], self.index[:upto], self.positions[:upto])
+        out = self._apply_chain(out, upto=upto)
+        if values.shape[0] > 1 or silent or keep.shape[0] != upto:  # some computed filter is not selected
+            out = out * z[:, :upto].to(out.dtype)[:, :, None, None]
+        return Packed(out, self.index[:upto], self.positions[:upto], True)
 
     def _dense(self, values: torch.Tensor) -> torch.Tensor:
         """Every kept filter over every kept input channel (what a layer without a gate computes)."""
         out = F.conv2d(values, self.weight, self.bias, self.stride, self.padding, self.dilation)
-        for fn in self.functions:
-            out = fn(out) if fn is not None else torch.addcmul(self.shift[:, None, None], out,
-                                                               self.scale[:, None, None])
-        return out
+        return self._apply_chain(out)
 
     def forward(self, x: Packed | torch.Tensor) -> Packed:
         packed = isinstance(x, Packed)
         values = x.values if packed else x
-        position = x.position if packed else None
-        if self.gate_w2t is None and (not packed or len(position) == self.weight.shape[1]):
-            return Packed(self._dense(values), self.index, self.positions)
-        if self.gate_w2t is None:
-            z = chosen = keep = None
-            full, silent = True, False
-        else:
-            z, chosen, keep, silent = self._selection(values, position)
-            full = len(keep) == len(self.index)
+        narrowed = packed and x.position.shape[0] != self.weight.shape[1]  # fewer input channels than kept
+        position = x.position if narrowed else None
+        prefix = x.prefix if packed else True
+        if self.gate_w2t is None and not narrowed:
+            return Packed(self._dense(values), self.index, self.positions, True)
+        z, keep, silent = (None, None, False) if self.gate_w2t is None else self._selection(values, position, prefix)
         if not self.gather:
-            return self._without_gather(values, position, z, chosen)
-        sliced = full or is_prefix(keep)
-
-        def rows(t: torch.Tensor) -> torch.Tensor:
-            """The computed filters' entries of ``t``: all, a prefix slice, or a gather."""
-            return t if full else t[:len(keep)] if sliced else t.index_select(0, keep)
-
-        weight = rows(self.weight)
-        if packed and len(position) != weight.shape[1]:
-            weight = weight[:, :len(position)] if is_prefix(position) else weight.index_select(1, position)
-        out = F.conv2d(values, weight, None if self.bias is None else rows(self.bias), self.stride, self.padding,
-                       self.dilation)
-        for fn in self.functions:
-            out = fn(out) if fn is not None else torch.addcmul(rows(self.shift)[:, None, None], out,
-                                                               rows(self.scale)[:, None, None])
+            if narrowed:
+                values = _scatter_channels(values, position, self.weight.shape[1])
+            return self._without_gather(values, z, keep, silent)
+        full = keep is None or keep.shape[0] == self.index.shape[0]
+        count = self.index.shape[0] if full else keep.shape[0]
+        sliced = full or int(keep[-1]) == count - 1
+        weight = self.weight if full else self.weight[:count] if sliced else self.weight.index_select(0, keep)
+        if narrowed:
+            weight = weight[:, :position.shape[0]] if prefix else weight.index_select(1, position)
+        bias = self.bias
+        if bias is not None and not full:
+            bias = bias[:count] if sliced else bias.index_select(0, keep)
+        out = F.conv2d(values, weight, bias, self.stride, self.padding, self.dilation)
+        out = self._apply_chain(out, upto=None if full else count, keep=None if sliced else keep)
         if z is not None and (values.shape[0] > 1 or silent):
-            selected = z.index_select(1, chosen).to(out.dtype)
-            if self.always_on:
-                selected = torch.cat((selected.new_ones(len(selected), self.always_on), selected), 1)
-            out = out * selected[:, :, None, None]
-        return Packed(out, rows(self.index), rows(self.positions))
+            out = out * z.index_select(1, keep).to(out.dtype)[:, :, None, None]
+        if full:
+            return Packed(out, self.index, self.positions, True)
+        if sliced:
+            return Packed(out, self.index[:count], self.positions[:count], True)
+        return Packed(out, self.index.index_select(0, keep), keep, False)
 
 
 def _chain_op(node: torch.fx.Node, body: nn.Module) -> nn.Module | Callable:
@@ -302,10 +305,11 @@ def _per_channel(node: torch.fx.Node, body: nn.Module) -> bool:
 class DynamicNet(nn.Module):
     """The fast inference form of a decoupled model (see the module docstring). Inference only.
 
-    ``alive``: per gated layer, the filters to keep (default: all), those the gate decides about in the
-    order given (most often selected first is fastest, see :class:`DynamicGatedConv`); ``always_on``:
-    those to run without asking the gate; gated convs whose output has at most ``gather_above`` pixels run their
-    kept filters without copying out the selected ones (:class:`DynamicGatedConv`).
+    ``alive``: per gated layer, the filters to keep (a layer not named keeps all), those the gate decides
+    about in the order given (most often selected first is fastest, see :class:`DynamicGatedConv`);
+    ``always_on``: those to run without asking the gate (a layer not named: none); gated convs whose
+    output has at most ``gather_above`` pixels run their kept filters without copying out the selected
+    ones (:class:`DynamicGatedConv`).
 
     >>> from mdakit.zoo import build_model
     >>> net = DecoupledNet(build_model("vgg16", (1, 28, 28), 10, width=0.125), (1, 28, 28)).eval()
@@ -330,8 +334,9 @@ class DynamicNet(nn.Module):
         channels = {s.layer: s.channels for s in model.sites}
         rows, on = {}, {}
         for name in self.layers:
-            kept = torch.as_tensor(alive[name], dtype=torch.long) if alive is not None else torch.arange(channels[name])
-            every = torch.as_tensor(always_on[name], dtype=torch.long) if always_on is not None else kept[:0]
+            kept = torch.as_tensor(alive[name], dtype=torch.long) if alive and name in alive \
+                else torch.arange(channels[name])
+            every = torch.as_tensor(always_on[name], dtype=torch.long) if always_on and name in always_on else kept[:0]
             first = torch.isin(kept, every)
             rows[name] = torch.cat((kept[first].sort().values, kept[~first]))
             on[name] = int(first.sum())
