@@ -180,15 +180,10 @@ class DynamicGatedConv(nn.Module):
         self.always_on = int(always_on)
         asked = rows[self.always_on:]
         gated = len(asked) > 0
-        fc2 = gate.fc2
-        # The gate's second layer over every kept filter: the always-on ones get zero weights and a positive
-        # bias, so their decision is a constant "selected" and the selection needs no concatenation.
-        w2 = torch.cat((fc2.weight.new_zeros(self.always_on, fc2.in_features), fc2.weight[asked]))
-        b2 = torch.cat((fc2.bias.new_ones(self.always_on), fc2.bias[asked]))
         self.gate_w1t = _frozen(gate.fc1.weight[:, cols].t()) if gated else None
         self.gate_b1 = _frozen(gate.fc1.bias) if gated else None
-        self.gate_w2t = _frozen(w2.t()) if gated else None
-        self.gate_b2 = _frozen(b2) if gated else None
+        self.gate_w2t = _frozen(gate.fc2.weight[asked].t()) if gated else None
+        self.gate_b2 = _frozen(gate.fc2.bias[asked]) if gated else None
         self.register_buffer("index", rows.clone())
         self.register_buffer("positions", torch.arange(len(rows)))
         self.functions: list[Callable | None] = []  # None: a later BatchNorm, applied as its scale and shift
@@ -202,19 +197,26 @@ class DynamicGatedConv(nn.Module):
 
     def _selection(self, values: torch.Tensor, position: torch.Tensor | None, prefix: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """The gate's decisions z (B × kept filters), the positions of the kept filters to compute (those
-        any input selects), and whether nothing at all was selected (then one filter runs and is zeroed).
-        ``position``: the input channels present, when fewer than the kept ones (``prefix``: 0..k−1)."""
+        """The gate's decisions z (B × asked filters), the asked filters any input selects (ascending), and
+        whether nothing at all was selected (then one filter runs and is zeroed). ``position``: the input
+        channels present, when fewer than the kept ones (``prefix``: they are 0..k−1)."""
         w1t = self.gate_w1t
         if position is not None:
             w1t = w1t[:position.shape[0]] if prefix else w1t.index_select(0, position)
         pixels = values.shape[2] * values.shape[3]
         hidden = torch.addmm(self.gate_b1, values.sum((2, 3)), w1t, alpha=1.0 / pixels).relu_()
         z = torch.addmm(self.gate_b2, hidden, self.gate_w2t) > 0
-        keep = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
-        if keep.shape[0] == 0:
-            return z, keep.new_zeros(1), True
-        return z, keep, False
+        chosen = torch.nonzero(z[0] if z.shape[0] == 1 else z.any(0)).flatten()
+        if chosen.shape[0] == 0 and not self.always_on:
+            return z, chosen.new_zeros(1), True
+        return z, chosen, False
+
+    def _mask(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per input, 1 for the always-on filters and each asked filter's decision in ``z``, as B×k×1×1."""
+        mask = z.to(dtype)
+        if self.always_on:
+            mask = torch.cat((mask.new_ones(mask.shape[0], self.always_on), mask), 1)
+        return mask[:, :, None, None]
 
     def _apply_chain(self, out: torch.Tensor, upto: int | None = None, keep: torch.Tensor | None = None
                      ) -> torch.Tensor:
@@ -231,17 +233,18 @@ class DynamicGatedConv(nn.Module):
             out = torch.addcmul(shift[:, None, None], out, scale[:, None, None])
         return out
 
-    def _without_gather(self, values: torch.Tensor, z: torch.Tensor | None, keep: torch.Tensor | None,
+    def _without_gather(self, values: torch.Tensor, z: torch.Tensor | None, chosen: torch.Tensor | None,
                         silent: bool) -> Packed:
         """The kept filters up to the last selected one over every kept input channel, unselected ones zeroed."""
         if z is None:
             return Packed(self._dense(values), self.index, self.positions, True)
-        upto = int(keep[-1]) + 1
+        asked = int(chosen[-1]) + 1 if chosen.shape[0] else 0
+        upto = self.always_on + asked
         out = F.conv2d(values, self.weight[:upto], None if self.bias is None else self.bias[:upto], self.stride,
                        self.padding, self.dilation)
         out = self._apply_chain(out, upto=upto)
-        if values.shape[0] > 1 or silent or keep.shape[0] != upto:  # some computed filter is not selected
-            out = out * z[:, :upto].to(out.dtype)[:, :, None, None]
+        if values.shape[0] > 1 or silent or chosen.shape[0] != asked:  # some computed filter is not selected
+            out = out * self._mask(z[:, :asked], out.dtype)
         return Packed(out, self.index[:upto], self.positions[:upto], True)
 
     def _dense(self, values: torch.Tensor) -> torch.Tensor:
@@ -257,14 +260,16 @@ class DynamicGatedConv(nn.Module):
         prefix = x.prefix if packed else True
         if self.gate_w2t is None and not narrowed:
             return Packed(self._dense(values), self.index, self.positions, True)
-        z, keep, silent = (None, None, False) if self.gate_w2t is None else self._selection(values, position, prefix)
+        z, chosen, silent = (None, None, False) if self.gate_w2t is None else \
+            self._selection(values, position, prefix)
         if not self.gather:
             if narrowed:
                 values = _scatter_channels(values, position, self.weight.shape[1])
-            return self._without_gather(values, z, keep, silent)
-        full = keep is None or keep.shape[0] == self.index.shape[0]
-        count = self.index.shape[0] if full else keep.shape[0]
-        sliced = full or int(keep[-1]) == count - 1
+            return self._without_gather(values, z, chosen, silent)
+        count = self.index.shape[0] if chosen is None else self.always_on + chosen.shape[0]
+        full = count == self.index.shape[0]
+        sliced = full or chosen.shape[0] == 0 or int(chosen[-1]) == chosen.shape[0] - 1
+        keep = None if sliced else torch.cat((self.positions[:self.always_on], chosen + self.always_on))
         weight = self.weight if full else self.weight[:count] if sliced else self.weight.index_select(0, keep)
         if narrowed:
             weight = weight[:, :position.shape[0]] if prefix else weight.index_select(1, position)
@@ -272,9 +277,9 @@ class DynamicGatedConv(nn.Module):
         if bias is not None and not full:
             bias = bias[:count] if sliced else bias.index_select(0, keep)
         out = F.conv2d(values, weight, bias, self.stride, self.padding, self.dilation)
-        out = self._apply_chain(out, upto=None if full else count, keep=None if sliced else keep)
+        out = self._apply_chain(out, upto=None if full else count, keep=keep)
         if z is not None and (values.shape[0] > 1 or silent):
-            out = out * z.index_select(1, keep).to(out.dtype)[:, :, None, None]
+            out = out * self._mask(z.index_select(1, chosen), out.dtype)
         if full:
             return Packed(out, self.index, self.positions, True)
         if sliced:
