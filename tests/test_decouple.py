@@ -261,10 +261,14 @@ def test_a_gate_that_selects_nothing_zeroes_its_filters(site, gather_above, mnis
     for on in (0, 3):  # the gated layer selects nothing / only its first three filters, for every input
         with torch.no_grad():
             net.gates[site].fc2.bias.fill_(-50.0)[:on] = 50.0
-            ref = net(x)
-        for always_on in (None, {layer: torch.arange(on)}):
-            dynamic = DynamicNet(net, always_on=always_on, gather_above=gather_above)
+            gated = net(x, return_gates=True)
+        ref, z = gated.logits, gated.z[site]
+        assert z[:, :on].all() and not z[:, on:].any()
+        selected = {layer: torch.arange(max(on, 1))}  # the filters ever selected (or one, to compute and zero)
+        for alive, always_on in ((None, None), (None, {layer: torch.arange(on)}), (selected, None)):
+            dynamic = DynamicNet(net, alive, always_on, gather_above=gather_above)
             assert dynamic.always_on[layer] == (on if always_on else 0)
+            assert dynamic.kept[layer] == (max(on, 1) if alive else net.sites[site].channels)
             _assert_equals_gated(dynamic, x, ref)
 
 

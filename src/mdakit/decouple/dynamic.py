@@ -198,8 +198,8 @@ class DynamicGatedConv(nn.Module):
     def _selection(self, values: torch.Tensor, position: torch.Tensor | None, prefix: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The gate's decisions z (B × asked filters), the asked filters any input selects (ascending), and
-        whether nothing at all was selected (then one filter runs and is zeroed). ``position``: the input
-        channels present, when fewer than the kept ones (``prefix``: they are 0..k−1)."""
+        whether nothing at all was selected: then the first asked filter is returned, to run and be zeroed.
+        ``position``: the input channels present, when fewer than the kept ones (``prefix``: they are 0..k−1)."""
         w1t = self.gate_w1t
         if position is not None:
             w1t = w1t[:position.shape[0]] if prefix else w1t.index_select(0, position)
@@ -211,7 +211,7 @@ class DynamicGatedConv(nn.Module):
             return z, chosen.new_zeros(1), True
         return z, chosen, False
 
-    def _mask(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _selected_mask(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per input, 1 for the always-on filters and each asked filter's decision in ``z``, as B×k×1×1."""
         mask = z.to(dtype)
         if self.always_on:
@@ -235,7 +235,8 @@ class DynamicGatedConv(nn.Module):
 
     def _without_gather(self, values: torch.Tensor, z: torch.Tensor | None, chosen: torch.Tensor | None,
                         silent: bool) -> Packed:
-        """The kept filters up to the last selected one over every kept input channel, unselected ones zeroed."""
+        """The kept filters up to the last selected one, unselected ones zeroed; ``values`` hold every kept input
+        channel (the caller fills the dropped ones with zeros)."""
         if z is None:
             return Packed(self._dense(values), self.index, self.positions, True)
         asked = int(chosen[-1]) + 1 if chosen.shape[0] else 0
@@ -244,7 +245,7 @@ class DynamicGatedConv(nn.Module):
                        self.padding, self.dilation)
         out = self._apply_chain(out, upto=upto)
         if values.shape[0] > 1 or silent or chosen.shape[0] != asked:  # some computed filter is not selected
-            out = out * self._mask(z[:, :asked], out.dtype)
+            out = out * self._selected_mask(z[:, :asked], out.dtype)
         return Packed(out, self.index[:upto], self.positions[:upto], True)
 
     def _dense(self, values: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,8 @@ class DynamicGatedConv(nn.Module):
         out = F.conv2d(values, weight, bias, self.stride, self.padding, self.dilation)
         out = self._apply_chain(out, upto=None if full else count, keep=keep)
         if z is not None and (values.shape[0] > 1 or silent):
-            out = out * self._mask(z.index_select(1, chosen), out.dtype)
+            computed = z if chosen.shape[0] == z.shape[1] else z.index_select(1, chosen)
+            out = out * self._selected_mask(computed, out.dtype)
         if full:
             return Packed(out, self.index, self.positions, True)
         if sliced:
