@@ -20,6 +20,7 @@ from mdakit.artifacts import load_with_card, save
 from mdakit.cli import run
 from mdakit.decouple.gates import DecoupledNet
 from mdakit.errors import MdakitError
+from nets import DepthwiseNet
 
 
 def _batch(dataset, n=64):
@@ -83,6 +84,21 @@ def test_scores_and_pooled_values_are_what_the_binary_features_threshold(tiny_le
     pooled = activity_features(activity, x, binary=False, batch_size=3)
     assert pooled.dtype == torch.float32 and torch.equal(pooled > 0, activity_features(activity, x))
     assert not any(hook for gate in net.gates for hook in gate.fc2._forward_hooks.values()), "hooks removed"
+
+
+def test_channel_activity_reads_depthwise_and_grouped_convs_after_their_bn_and_relu():
+    torch.manual_seed(0)
+    net = DepthwiseNet().eval()  # pointwise conv, depthwise conv → BN → ReLU, grouped conv
+    net.bn.running_mean.uniform_(-0.5, 0.5)
+    x = torch.rand(5, 1, 12, 12)
+    with torch.no_grad():
+        pw = net.pw(x)
+        dw = torch.relu(net.bn(net.dw(pw)))
+        want = torch.cat([pw.mean((2, 3)), dw.mean((2, 3)), net.gc(dw).mean((2, 3))], 1)
+        got = ChannelActivity(net, (1, 12, 12))(x)
+    assert got.shape == (5, 8 + 8 + 4) and torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(MdakitError, match="not a conv layer"):
+        ChannelActivity(net, (1, 12, 12), layers=["fc"])
 
 
 def test_detection_separable_features_score_one_and_identical_ones_one_half():

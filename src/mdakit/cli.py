@@ -8,6 +8,7 @@ the traceback).
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import traceback
@@ -576,7 +577,9 @@ def paths_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
     table.add_row("gate density", _pct(summary["gate_density"]))
     table.add_row("energetic / dynamic / silent filters", f"{states['energetic']} / {states['dynamic']} / "
                   f"{states['silent']}")
-    table.add_row("t-SNE silhouette / 10-NN same class", f"{summary['tsne']['silhouette_2d']:.3f} / "
+    silhouette = summary["tsne"]["silhouette_2d"]
+    silhouette_text = "undefined" if silhouette is None or math.isnan(silhouette) else f"{silhouette:.3f}"
+    table.add_row("t-SNE silhouette / 10-NN same class", f"{silhouette_text} / "
                   f"{summary['tsne']['neighbour_agreement']:.3f}")
     table.caption = f"written to {out} (path masks in {out / 'path-masks'})"
     _emit(as_json, {"out": str(out), **summary}, table)

@@ -20,7 +20,7 @@ from sklearn.ensemble import AdaBoostClassifier, GradientBoostingClassifier, Ran
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from mdakit.decouple.gates import DecoupledNet, find_sites
+from mdakit.decouple.gates import DecoupledNet, output_points
 from mdakit.errors import MdakitError
 from mdakit.graph import fx_trace, trace
 
@@ -80,11 +80,11 @@ class ChannelActivity(nn.Module):
         names = [layer.name for layer in graph.layers if layer.kind == "conv"] if layers is None else list(layers)
         if not names:
             raise MdakitError("the model has no conv layer whose channel activity could be read")
-        sites = find_sites(fx_graph, graph, names)
         nodes = {node.name: node for node in fx_graph.nodes}
         output = next(node for node in fx_graph.nodes if node.op == "output")
         with fx_graph.inserting_before(output):
-            pooled = [fx_graph.call_method("mean", (nodes[site.point], (2, 3))) for site in sites]
+            pooled = [fx_graph.call_method("mean", (nodes[point], (2, 3)))
+                      for point in output_points(fx_graph, graph, names)]
             joined = fx_graph.call_function(torch.cat, (pooled, 1))
         output.args = (joined,)
         self.net = torch.fx.GraphModule(model, fx_graph)

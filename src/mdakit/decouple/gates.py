@@ -154,7 +154,9 @@ def _is_activation(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> boo
     return node.op == "call_method" and node.target in ACTIVATION_METHODS
 
 
-def _chain_after(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> list[str]:
+def _chain_after(node: torch.fx.Node, modules: Mapping[str, nn.Module], strict: bool = True) -> list[str]:
+    """The BatchNorm and activations that follow ``node`` alone; ``strict``: refuse BatchNorm subclasses,
+    which dynamic inference could not fold."""
     chain: list[str] = []
     seen_bn = False
     while len(node.users) == 1:
@@ -162,7 +164,7 @@ def _chain_after(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> list[
         if user.all_input_nodes != [node]:
             break
         is_bn = user.op == "call_module" and isinstance(modules[str(user.target)], nn.BatchNorm2d)
-        if is_bn and type(modules[str(user.target)]) is not nn.BatchNorm2d:
+        if strict and is_bn and type(modules[str(user.target)]) is not nn.BatchNorm2d:
             raise MdakitError(f"decoupling folds plain BatchNorm2d layers after a gated conv; {user.target!r} is a "
                               f"{type(modules[str(user.target)]).__name__}, whose extra behaviour (e.g. a built-in "
                               "activation) dynamic inference would drop")
@@ -195,6 +197,27 @@ def find_sites(fx_graph: torch.fx.Graph, graph: ChannelGraph, layers: Sequence[s
                               chain=_chain_after(node, modules), in_channels=layer.module.in_channels,
                               channels=layer.module.out_channels, hidden=int(width)))
     return sites
+
+
+def output_points(fx_graph: torch.fx.Graph, graph: ChannelGraph, layers: Sequence[str]) -> list[str]:
+    """For each conv layer in ``layers`` (grouped ones included), the node after the BatchNorm and
+    activations that follow it alone: where a gate would mask it, and where its channel activity is read.
+
+    >>> from mdakit.zoo import build_model
+    >>> model = build_model("vgg16", (1, 28, 28), 10, width=0.125)
+    >>> output_points(fx_trace(model), trace(model, (1, 28, 28)), ["net.features.0"])
+    ['net_features_2']
+    """
+    modules = dict(graph.model.named_modules())
+    nodes = {node.name: node for node in fx_graph.nodes}
+    points = []
+    for name in layers:
+        layer = next((layer for layer in graph.layers if layer.name == name), None)
+        if layer is None or layer.kind != "conv" or layer.node not in nodes:
+            raise MdakitError(f"{name!r} is not a conv layer of this model")
+        chain = _chain_after(nodes[layer.node], modules, strict=False)
+        points.append(chain[-1] if chain else layer.node)
+    return points
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
