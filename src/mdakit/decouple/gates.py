@@ -212,8 +212,11 @@ def output_points(fx_graph: torch.fx.Graph, graph: ChannelGraph, layers: Sequenc
     nodes = {node.name: node for node in fx_graph.nodes}
     points = []
     for name in layers:
-        layer = next((layer for layer in graph.layers if layer.name == name), None)
-        if layer is None or layer.kind != "conv" or layer.node not in nodes:
+        try:
+            layer = graph.layer(name)
+        except KeyError:
+            raise MdakitError(f"{name!r} is not a conv layer of this model") from None
+        if layer.kind != "conv" or layer.node not in nodes:
             raise MdakitError(f"{name!r} is not a conv layer of this model")
         chain = _chain_after(nodes[layer.node], modules, strict=False)
         points.append(chain[-1] if chain else layer.node)
