@@ -26,11 +26,11 @@ import json
 import torch
 
 from common import ROOT, environment, update_report, write_json
-from mdakit.analysis.decoupling_detection import ACTIVITY, PATHS, POOLED, SCORES, DetectionSettings, detection_study
 from mdakit.artifacts import load_with_card, save
 from mdakit.data import load_dataset
-from mdakit.decouple.finetune import DecoupleConfig, decouple
-from mdakit.decouple.losses import LossWeights
+from mdakit.decoupling.analysis.detection import ACTIVITY, PATHS, POOLED, SCORES, DetectionSettings, detection_study
+from mdakit.decoupling.finetune import DecoupleConfig, decouple
+from mdakit.decoupling.losses import LossWeights
 
 RESULTS = "adversarial"
 # Table 6 (ImageNet, ResNet/VGG): classifier -> (Wang et al. [41], the paper's decoupled) AUC at 1 / 5 / 10 images.

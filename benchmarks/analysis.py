@@ -27,8 +27,9 @@ from mdakit.analysis.accuracy import sub_architecture_accuracy
 from mdakit.analysis.hit_rate import mosaic_hit_rate
 from mdakit.analysis.misclassification import confusion_among, misclassification_stats, most_similar
 from mdakit.analysis.similarity import layer_similarity, similarity_matrix
-from mdakit.disassemble import compute_masks, resolve_source
+from mdakit.disassembly import compute_masks
 from mdakit.graph import trace
+from mdakit.workspace import Workspace
 
 ARCHS = ["lenet5", "vgg16", "resnet50", "googlenet"]
 DATASETS = ["mnist", "fashion-mnist"]
@@ -71,7 +72,7 @@ def cell(arch: str, dataset: str, method_list: list[str], per_class: int, mosaic
     if not (model_dir / "card.json").is_file():
         print(f"skipping {arch}/{dataset}: {model_dir} not trained", file=sys.stderr)
         return None
-    source = resolve_source(model_dir, None)
+    source = Workspace.open(model_dir, None)
     classes = list(source.card.logit_classes)
     graph = None
     confusion_file = CACHE / f"{arch}-{dataset}-confusion.json"

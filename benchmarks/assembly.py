@@ -25,9 +25,9 @@ import torch
 
 from common import ROOT, environment, update_report, write_json
 from mdakit.artifacts import load_with_card
-from mdakit.assemble import RESCALES, assemble, finetune_assembled
+from mdakit.assembly import RESCALES, assemble, finetune_assembled
 from mdakit.data import ClassSubset, ClassUnion, load_dataset
-from mdakit.disassemble import disassemble
+from mdakit.disassembly import disassemble
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.metrics import model_size

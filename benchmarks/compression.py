@@ -30,7 +30,7 @@ import torch
 
 from common import ROOT, environment, update_report, write_json
 from mdakit.artifacts import load_with_card
-from mdakit.compress import compress, fpgm_prune, ratios
+from mdakit.compression import compress, fpgm_prune, ratios
 from mdakit.data import load_dataset
 from mdakit.evaluate import evaluate
 from mdakit.graph import trace

@@ -7,7 +7,7 @@ with one thread (PyTorch picks its own kernel, as it does for the models) with e
 the output channels (filters a gate switched off), half the input channels (channels the previous
 gate switched off) and both halved, beside the MACs ratio each would promise (2×, 2×, 4×). Then the
 same conv as the dynamic model runs it when its gate selects half the filters
-(:class:`mdakit.decouple.dynamic.DynamicGatedConv`, gate evaluation included): the first half (a
+(:class:`mdakit.decoupling.dynamic.DynamicGatedConv`, gate evaluation included): the first half (a
 prefix, run as a weight slice) and every other filter (copied out where DynamicNet would), to show
 what the gate costs.
 Results: benchmarks/results/conv_batch1.json and a RESULTS.md section.
@@ -23,8 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from common import environment, update_report, write_json
-from mdakit.decouple.dynamic import GATHER_ABOVE, DynamicGatedConv
-from mdakit.decouple.gates import ControllingModule
+from mdakit.decoupling.dynamic import GATHER_ABOVE, DynamicGatedConv
+from mdakit.decoupling.gates import ControllingModule
 
 RESULTS = "conv_batch1"
 # (network, input channels, output channels, pixels per side) of the 3×3 convs on a 28×28 input.
@@ -51,7 +51,7 @@ def _microseconds(run: Callable[[], object], calls: int, repeats: int = 5) -> fl
 
 def _gated_conv(cin: int, cout: int, side: int, selected: Callable[[int, int], bool]) -> DynamicGatedConv:
     """A 3×3 conv on side×side inputs whose gate selects, for every input, the filters j with ``selected(j, cout)``;
-    it gathers the selected filters only where :class:`~mdakit.decouple.dynamic.DynamicNet` would."""
+    it gathers the selected filters only where :class:`~mdakit.decoupling.dynamic.DynamicNet` would."""
     conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     gate = ControllingModule(cin, cout)
     with torch.no_grad():

@@ -29,13 +29,13 @@ import torch
 from torch.fx.experimental.optimization import fuse
 
 from common import ROOT, environment, update_report, write_json
-from mdakit.analysis.decoupling_states import filter_states
 from mdakit.artifacts import load, load_with_card, save
 from mdakit.data import load_dataset, make_loader
-from mdakit.decouple.dynamic import DynamicNet, macs_per_input
-from mdakit.decouple.finetune import DecoupleConfig, decouple, settle_model
-from mdakit.decouple.losses import LossWeights
-from mdakit.decouple.paths import collect_paths
+from mdakit.decoupling.analysis.states import filter_states
+from mdakit.decoupling.dynamic import DynamicNet, macs_per_input
+from mdakit.decoupling.finetune import DecoupleConfig, decouple, settle_model
+from mdakit.decoupling.losses import LossWeights
+from mdakit.decoupling.paths import collect_paths
 from mdakit.evaluate import evaluate
 from mdakit.metrics import count_macs, count_parameters
 from mdakit.train import fit_and_validation
@@ -160,12 +160,12 @@ def _report(rows: list[dict]) -> str:
         "direction in the table. The loss weights are stronger than Table 5 (which is tuned for 200-epoch CIFAR "
         "runs and barely moves the gates in a few epochs): see the λ columns. Accuracy is on the full 10,000-image "
         "test split. *Heads*: W_cla started at random, or as class readouts of the filters at the given scale "
-        "(`--head-start`, `mdakit.decouple.finetune.warm_start_heads`; readout runs without a recorded "
+        "(`--head-start`, `mdakit.decoupling.finetune.warm_start_heads`; readout runs without a recorded "
         "`head_sample` took the class means from the first 5,120 fine-tuning images in dataset order, the code "
         "before the seeded shuffle; Fashion-MNIST's order mixes the classes, but a rerun now makes a slightly "
         "different model). *Settling* (`--settle-epochs`, runs named `-settle<N>`; not in the seeds): after "
         "decoupling, N more epochs train the body alone with CE under frozen binary gates "
-        "(`mdakit.decouple.finetune.settle`), so the filters learn under the hard gates they run with; *acc. gated* "
+        "(`mdakit.decoupling.finetune.settle`), so the filters learn under the hard gates they run with; *acc. gated* "
         "is then the settled model's. The gates do not change, but they read inputs that do: settling can make paths "
         "static (VGG-16 on all images: 591 dynamic filters after 1 settling epoch, 33 after 3), and the filter "
         "columns are measured on the settled model. *Dynamic* computes "
@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="Suffix of the decoupled model's directory under runs/decouple/.")
     parser.add_argument("--settle-epochs", type=int, default=0,
                         help="Then fine-tune the body this many epochs with the gates frozen and binary "
-                             "(mdakit.decouple.finetune.settle; model directory suffix -settle<N>).")
+                             "(mdakit.decoupling.finetune.settle; model directory suffix -settle<N>).")
     parser.add_argument("--macs-images", type=int, default=500)
     parser.add_argument("--time-images", type=int, default=200)
     args = parser.parse_args()

@@ -28,13 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from common import RESULTS_DIR, ROOT, environment, update_report, write_json  # noqa: E402
-from mdakit.analysis.decoupling_states import filter_states  # noqa: E402
 from mdakit.artifacts import load, load_with_card, save  # noqa: E402
 from mdakit.data import load_dataset  # noqa: E402
-from mdakit.decouple.dynamic import DynamicNet, macs_per_input  # noqa: E402
-from mdakit.decouple.finetune import DecoupleConfig, decouple  # noqa: E402
-from mdakit.decouple.losses import LossWeights  # noqa: E402
-from mdakit.decouple.paths import collect_paths  # noqa: E402
+from mdakit.decoupling.analysis.states import filter_states  # noqa: E402
+from mdakit.decoupling.dynamic import DynamicNet, macs_per_input  # noqa: E402
+from mdakit.decoupling.finetune import DecoupleConfig, decouple  # noqa: E402
+from mdakit.decoupling.losses import LossWeights  # noqa: E402
+from mdakit.decoupling.paths import collect_paths  # noqa: E402
 from mdakit.evaluate import evaluate  # noqa: E402
 from mdakit.metrics import count_macs  # noqa: E402
 from mdakit.train import fit_and_validation  # noqa: E402

@@ -34,12 +34,13 @@ from mdakit.attribution.contribution import (
 from mdakit.attribution.kernels import positive_contribution_sum
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, load_dataset, parse_classes
-from mdakit.disassemble import compute_masks, extract, resolve_source
+from mdakit.disassembly import compute_masks, extract
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.graph import trace
 from mdakit.metrics import count_macs, count_parameters
 from mdakit.profiling import measure
 from mdakit.progress import progress
+from mdakit.workspace import Workspace
 
 ARCHS = ["lenet5", "vgg16", "resnet50", "googlenet"]
 DATASETS = ["mnist", "fashion-mnist"]
@@ -124,7 +125,7 @@ def speed(model_dir: Path) -> dict:
 def _end_to_end(model_dir: Path, classes: str) -> dict:
     """Sample selection + attribution + extraction in a fresh process (so RSS is the job's own)."""
     code = (
-        "import json, sys; from mdakit.data import load_dataset; from mdakit.disassemble import disassemble\n"
+        "import json, sys; from mdakit.data import load_dataset; from mdakit.disassembly import disassemble\n"
         f"train, _ = load_dataset('{load_with_card(model_dir)[1].dataset}', 'train')\n"
         f"part = disassemble('{model_dir}', train, '{classes}')\n"
         "print(json.dumps(part.report['steps']))\n"
@@ -161,7 +162,7 @@ def _speed_report(r: dict) -> str:
 def _cell(model_dir: Path, classes: str, samples: int, tolerance: float, seed: int) -> dict:
     """One cell: the original once; the part with the paper's thresholds, with calibrated ones and by the
     gradient baseline, each with the time and peak RSS of every step (selection, attribution, extraction)."""
-    source = resolve_source(model_dir, None)
+    source = Workspace.open(model_dir, None)
     class_list = parse_classes(classes, source.card.class_names)
     subset = ClassSubset(source.test, class_list, remap=False)
     logits, labels = predict_logits(source.model, subset)

@@ -35,9 +35,9 @@ from mdakit.attribution.contribution import (
     contribution_masks,
     iter_class_sums,
 )
+from mdakit.component_masks import MASKS_FILE, MASKS_JSON
 from mdakit.distributed import joined, run_per_class
 from mdakit.graph import ChannelGraph, trace
-from mdakit.masks import MASKS_FILE, MASKS_JSON
 from mdakit.profiling import peak_rss_mb
 
 SHAPE = (3, 224, 224)

@@ -25,11 +25,12 @@ from common import RESULTS_DIR, ROOT, environment, update_report, write_json  # 
 from mdakit.attribution.contribution import ContributionSettings, class_sums, masks_from_sums  # noqa: E402
 from mdakit.attribution.samples import select_samples  # noqa: E402
 from mdakit.data import ClassSubset, parse_classes  # noqa: E402
-from mdakit.disassemble import extract, resolve_source  # noqa: E402
+from mdakit.disassembly import extract  # noqa: E402
 from mdakit.evaluate import evaluate_logits, predict_logits  # noqa: E402
 from mdakit.graph import trace  # noqa: E402
 from mdakit.metrics import count_macs, count_parameters  # noqa: E402
 from mdakit.progress import progress  # noqa: E402
+from mdakit.workspace import Workspace  # noqa: E402
 
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 KNOBS = ("alpha_conv", "beta_conv", "alpha_linear", "beta_linear")
@@ -37,7 +38,7 @@ CACHE = ROOT / "runs" / "bench" / "sweeps"
 
 
 def _sweep(arch: str, dataset: str, classes: str, samples: int, seed: int) -> dict:
-    source = resolve_source(ROOT / "runs" / "zoo" / f"{arch}-{dataset}", None)
+    source = Workspace.open(ROOT / "runs" / "zoo" / f"{arch}-{dataset}", None)
     class_list = parse_classes(classes, source.card.class_names)
     rows = {c: source.card.logit_classes.index(c) for c in class_list}
     graph = trace(source.model, source.card.input_shape)

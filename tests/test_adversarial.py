@@ -6,7 +6,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mdakit.analysis.decoupling_adversarial import (
+from mdakit.artifacts import load_with_card, save
+from mdakit.cli import run
+from mdakit.decoupling.analysis.attacks import attack, fgsm, pgd
+from mdakit.decoupling.analysis.detection import ACTIVITY, PATHS, POOLED, SCORES
+from mdakit.decoupling.analysis.detectors import (
     ChannelActivity,
     DetectionData,
     activity_features,
@@ -14,11 +18,7 @@ from mdakit.analysis.decoupling_adversarial import (
     detection_table,
     path_features,
 )
-from mdakit.analysis.decoupling_attacks import attack, fgsm, pgd
-from mdakit.analysis.decoupling_detection import ACTIVITY, PATHS, POOLED, SCORES
-from mdakit.artifacts import load_with_card, save
-from mdakit.cli import run
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
 from nets import DepthwiseNet
 

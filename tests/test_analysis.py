@@ -10,12 +10,13 @@ from mdakit.analysis.misclassification import misclassification_analysis, miscla
 from mdakit.analysis.similarity import jaccard_matrices, layer_similarity, similarity_layers, similarity_matrix
 from mdakit.analysis.subarch import check_masks, class_keep, sub_architecture, whole_network_masks
 from mdakit.cli import run
+from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import ImageTensorDataset, per_class_subset
-from mdakit.disassemble import compute_masks, extract, resolve_source
+from mdakit.disassembly import compute_masks, extract
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.masks import ComponentMasks, LayerMask
 from mdakit.surgery import MaskedModel
+from mdakit.workspace import Workspace
 from mdakit.zoo import build_model
 
 ANALYSES = ("accuracy", "similarity", "hit_rate", "misclassification")
@@ -34,7 +35,7 @@ def _random_masks(classes=4, layers=("a", "b", "logits"), width=12, seed=0):
 
 @pytest.fixture(scope="module")
 def lenet_source(tiny_lenet_dir, data_dir):
-    return resolve_source(tiny_lenet_dir, "mnist", data_dir=data_dir)
+    return Workspace.open(tiny_lenet_dir, "mnist", data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")

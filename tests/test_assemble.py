@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-import mdakit.assemble as assemble_module
+import mdakit.assembly as assemble_module
 from mdakit.artifacts import ModelCard, load_with_card, save
-from mdakit.assemble import AssembledModel, AssemblyCard, assemble, evaluate_assembled, load_assembled, save_assembled
+from mdakit.assembly import AssembledModel, AssemblyCard, assemble, evaluate_assembled, load_assembled, save_assembled
 from mdakit.cli import run
 from mdakit.data import ClassSubset, ImageTensorDataset, load_dataset
-from mdakit.disassemble import disassemble
+from mdakit.disassembly import disassemble
 from mdakit.errors import MdakitError
 from mdakit.metrics import count_macs, model_size
 from mdakit.train import TrainConfig, train

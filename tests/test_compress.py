@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 
 from mdakit.artifacts import load_with_card
 from mdakit.cli import run
-from mdakit.compress import _prune_once, compress, fpgm_prune
+from mdakit.compression import _prune_once, compress, fpgm_prune
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
 from mdakit.surgery import MaskedModel, rebuild

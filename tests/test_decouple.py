@@ -8,11 +8,11 @@ from torch import nn
 from mdakit.artifacts import ModelCard, load, load_with_card, save
 from mdakit.cli import run
 from mdakit.data import ClassSubset
-from mdakit.decouple.dynamic import DynamicNet, macs_per_input
-from mdakit.decouple.finetune import DecoupleConfig, recalibrate_batchnorm, settle, warm_start_heads
-from mdakit.decouple.gates import DecoupledNet, improved_semhash, saturating_sigmoid
-from mdakit.decouple.losses import LossWeights, kl_loss, mi_loss, sparse_loss
-from mdakit.decouple.paths import collect_paths
+from mdakit.decoupling.dynamic import DynamicNet, macs_per_input
+from mdakit.decoupling.finetune import DecoupleConfig, recalibrate_batchnorm, settle, warm_start_heads
+from mdakit.decoupling.gates import DecoupledNet, improved_semhash, saturating_sigmoid
+from mdakit.decoupling.losses import LossWeights, kl_loss, mi_loss, sparse_loss
+from mdakit.decoupling.paths import collect_paths
 from mdakit.errors import MdakitError
 from mdakit.metrics import count_macs
 from mdakit.zoo import build_model

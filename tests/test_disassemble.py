@@ -6,11 +6,11 @@ import torch
 from mdakit.artifacts import load_with_card
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.cli import run
+from mdakit.component_masks import ComponentMasks
 from mdakit.data import ClassSubset
-from mdakit.disassemble import disassemble
+from mdakit.disassembly import disassemble
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.masks import ComponentMasks
 from mdakit.surgery import MaskedModel
 
 

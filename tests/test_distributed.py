@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mdakit.disassemble import compute_masks, resolve_source
+from mdakit.component_masks import ComponentMasks, LayerMask
+from mdakit.disassembly import compute_masks
 from mdakit.distributed import WorkDir, World, joined, run_per_class
 from mdakit.errors import MdakitError
-from mdakit.masks import ComponentMasks, LayerMask
+from mdakit.workspace import Workspace
 
 CLASSES = list(range(10))
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -128,7 +129,7 @@ def _torchrun_masks(model: Path, data_dir: Path, out: Path, extra: list[str]) ->
 
 
 def _single(model: Path, data_dir: Path, out: Path, method: str, samples: int, settings=None) -> Path:
-    source = resolve_source(model, "mnist", data_dir=data_dir)
+    source = Workspace.open(model, "mnist", data_dir=data_dir)
     masks, _, _ = compute_masks(source, CLASSES, method, samples=samples, settings=settings)
     return masks.save(out)
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from mdakit.artifacts import ModelCard, save
-from mdakit.assemble import assemble, load_assembled, save_assembled
+from mdakit.assembly import assemble, load_assembled, save_assembled
 from mdakit.cli import run
-from mdakit.compress import compress
-from mdakit.disassemble import disassemble
+from mdakit.compression import compress
+from mdakit.disassembly import disassemble
 from mdakit.errors import MdakitError
-from mdakit.export import METADATA_KEY, Exportable, check_export, export, export_model, load_exportable, run_exported
+from mdakit.exporting import METADATA_KEY, Exportable, check_export, export, export_model, load_exportable, run_exported
 from mdakit.zoo import build_model
 from nets import randomize_batchnorm
 

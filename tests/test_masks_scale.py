@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mdakit.attribution.samples import select_samples
-from mdakit.disassemble import compute_masks, resolve_source
+from mdakit.component_masks import MASKS_FILE, MASKS_JSON, ComponentMasks, LayerMask, LazyClassMasks
+from mdakit.disassembly import compute_masks
 from mdakit.errors import MdakitError
-from mdakit.masks import MASKS_FILE, MASKS_JSON, ComponentMasks, LayerMask, LazyClassMasks
+from mdakit.workspace import Workspace
 
 
 def _random_masks(classes: int = 5, seed: int = 0) -> ComponentMasks:
@@ -76,7 +77,7 @@ def test_layer_shape_mismatch_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def lenet(tiny_lenet_dir, data_dir):
-    return resolve_source(tiny_lenet_dir, "mnist", data_dir=data_dir)
+    return Workspace.open(tiny_lenet_dir, "mnist", data_dir=data_dir)
 
 
 def test_selection_of_some_classes_matches_selecting_all(lenet):

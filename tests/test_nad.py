@@ -23,10 +23,11 @@ from mdakit.attribution.nad import (
     normalized_step,
 )
 from mdakit.cli import run
-from mdakit.disassemble import compute_masks, disassemble, resolve_source
+from mdakit.disassembly import compute_masks, disassemble
 from mdakit.errors import MdakitError
 from mdakit.graph import fx_trace, trace
 from mdakit.surgery import keep_sets, kept_groups, rebuild
+from mdakit.workspace import Workspace
 from mdakit.zoo import build_model
 from nets import ResidualNet, randomize_batchnorm
 
@@ -142,7 +143,7 @@ def test_update_is_gradient_normalised_per_block():
 @pytest.fixture(scope="module")
 def lenet(tiny_lenet_dir, mnist_train):
     train, _ = mnist_train
-    source = resolve_source(tiny_lenet_dir, train)
+    source = Workspace.open(tiny_lenet_dir, train)
     return source
 
 

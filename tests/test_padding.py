@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from test_surgery import RandomNet, random_masks
 
 from mdakit.artifacts import ModelCard, load_with_card
-from mdakit.assemble import assemble, fold_rescaling, load_assembled, save_assembled
+from mdakit.assembly import assemble, fold_rescaling, load_assembled, save_assembled
 from mdakit.data import ClassSubset
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
@@ -110,7 +110,7 @@ def test_folded_rescaling_equals_parallel_rescaling(images):
 
 
 def test_padded_round_trip_through_files(tmp_path, images, tiny_lenet_dir, data_dir):
-    from mdakit.disassemble import disassemble
+    from mdakit.disassembly import disassemble
 
     part_a = disassemble(tiny_lenet_dir, "mnist", "0,1", samples=10, data_dir=data_dir)
     part_b = disassemble(tiny_lenet_dir, "mnist", "7,3,9", samples=10, data_dir=data_dir)

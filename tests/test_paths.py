@@ -6,21 +6,22 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from mdakit.analysis.decoupling_class_paths import class_shares, path_masks
-from mdakit.analysis.decoupling_hopkins import decision_tree, hopkins
-from mdakit.analysis.decoupling_occlusion import occlusion
-from mdakit.analysis.decoupling_states import filter_states
 from mdakit.artifacts import load_with_card, save
 from mdakit.cli import run
+from mdakit.component_masks import ComponentMasks
 from mdakit.data import per_class_subset
-from mdakit.decouple.export import ungated
-from mdakit.decouple.gates import DecoupledNet
-from mdakit.decouple.paths import Paths, collect_paths
-from mdakit.disassemble import Source, extract
+from mdakit.decoupling.analysis.class_paths import class_shares, path_masks
+from mdakit.decoupling.analysis.hopkins import decision_tree, hopkins
+from mdakit.decoupling.analysis.occlusion import occlusion
+from mdakit.decoupling.analysis.states import filter_states
+from mdakit.decoupling.gates import DecoupledNet
+from mdakit.decoupling.paths import Paths, collect_paths
+from mdakit.decoupling.ungated import ungated
+from mdakit.disassembly import extract
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.masks import ComponentMasks
 from mdakit.surgery import MaskedModel
+from mdakit.workspace import Workspace
 
 
 def _decoupled(tiny_lenet_dir, seed: int = 0):
@@ -90,7 +91,7 @@ def test_path_masks_round_trip_to_a_part_equal_to_the_masked_original(tmp_path, 
         expected = class_shares(paths, classes)[gated][c] >= 0.5
         assert torch.equal(loaded.per_class[c][gated].outputs, expected)
         assert loaded.per_class[c]["net.features.0"].outputs.all(), "ungated layers keep every filter"
-    source = Source(plain, plain_card, test, test, "plain")
+    source = Workspace(plain, plain_card, test, test, "plain")
     part, keep, _ = extract(source, graph, loaded, [1, 7])
     with torch.no_grad():
         assert torch.allclose(part(images), MaskedModel(graph, keep)(images), atol=1e-5)

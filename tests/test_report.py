@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mdakit.artifacts import load_with_card, read_card, save
-from mdakit.assemble import assemble, evaluate_assembled, save_assembled
+from mdakit.assembly import assemble, evaluate_assembled, save_assembled
 from mdakit.cli import run
 from mdakit.data import load_dataset
-from mdakit.disassemble import disassemble
+from mdakit.disassembly import disassemble
 from mdakit.evaluate import evaluate
 from mdakit.metrics import model_size
 from mdakit.report.figures import figure_bytes, new_figure

@@ -11,15 +11,16 @@ from torch.utils.data import Subset
 
 from mdakit.attribution.contribution import ContributionSettings, class_masks, relative_contributions
 from mdakit.cli import run
+from mdakit.component_masks import LayerMask
 from mdakit.data import make_loader
-from mdakit.disassemble import compute_masks, resolve_source
+from mdakit.disassembly import compute_masks
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.masks import LayerMask
 from mdakit.report.contrib import attribute, sample_sums
 from mdakit.report.decision import probe_image, route_map, write_route_map
 from mdakit.report.patterns import contribution_patterns, write_patterns
 from mdakit.report.routes import INPUT, Route, columns, compare, route_from_masks, shown_channels
+from mdakit.workspace import Workspace
 
 
 def _mask(kernels, inputs, outputs) -> LayerMask:
@@ -66,7 +67,7 @@ def test_compare_and_shown_channels():
 @pytest.fixture(scope="module")
 def lenet_att(tiny_lenet_dir, data_dir):
     torch.set_num_threads(2)
-    source = resolve_source(tiny_lenet_dir, data_dir=data_dir)
+    source = Workspace.open(tiny_lenet_dir, data_dir=data_dir)
     return attribute(source, [0, 1], samples=10)
 
 

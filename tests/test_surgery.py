@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from mdakit.component_masks import LayerMask
 from mdakit.data import ClassSubset
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.masks import LayerMask
 from mdakit.metrics import count_parameters
 from mdakit.surgery import MaskedModel, apply_kernel_masks, keep_sets, rebuild
 from mdakit.zoo import build_model

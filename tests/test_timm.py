@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mdakit.artifacts import ModelCard, load_with_card, save
-from mdakit.assemble import assemble
+from mdakit.assembly import assemble
+from mdakit.component_masks import LayerMask
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.masks import LayerMask
 from mdakit.surgery import MaskedModel, keep_sets, rebuild
 from mdakit.zoo import build_model
 from nets import randomize_batchnorm

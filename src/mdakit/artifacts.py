@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mdakit.data import DatasetInfo
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
 from mdakit.surgery import KeepSets, rebuild, resize

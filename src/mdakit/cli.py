@@ -22,11 +22,11 @@ from rich.table import Table
 
 from mdakit import __version__
 from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
-from mdakit.assemble import assemble, evaluate_assembled, is_assembled, load_assembled, save_assembled
+from mdakit.assembly import assemble, evaluate_assembled, is_assembled, load_assembled, save_assembled
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.attribution.nad import NADSettings, parse_beta
 from mdakit.data import dataset_info, fetch, load_dataset, parse_classes
-from mdakit.disassemble import compute_masks, disassemble, resolve_source
+from mdakit.disassembly import compute_masks, disassemble
 from mdakit.distributed import DEFAULT_TIMEOUT, joined
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
@@ -34,6 +34,7 @@ from mdakit.metrics import model_size
 from mdakit.seeding import resolve_device
 from mdakit.train import TrainConfig
 from mdakit.train import train as train_model
+from mdakit.workspace import Workspace
 from mdakit.zoo import build_model
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -310,7 +311,7 @@ def masks_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
     _refuse_existing(out, force)
     dev = resolve_device(device)
     settings = _settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers, method, beta, nad_loss, nad_linear)
-    source = resolve_source(model_path, dataset, None, None, data_dir)
+    source = Workspace.open(model_path, dataset, None, None, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
     with joined(dev, timeout) as world:
         chunked = class_chunk is not None or world.size > 1
@@ -429,13 +430,13 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                  train_subset: Annotated[int | None, typer.Option(help="Fine-tune on N images (stratified).")] = None,
                  head_start: Annotated[float, typer.Option(
                      help="Start the W_cla heads as class readouts of the filters, at this scale (0: random; "
-                          "see mdakit.decouple.finetune.warm_start_heads).")] = 0.0,
+                          "see mdakit.decoupling.finetune.warm_start_heads).")] = 0.0,
                  seed: int = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:
     """Fine-tune MODEL with a controlling module on its conv layers, so each input uses a thin path."""
     from mdakit.artifacts import read_card  # local imports: this command is one self-contained insertion
-    from mdakit.decouple.finetune import DecoupleConfig, decouple, default_weights
-    from mdakit.decouple.losses import LossWeights
+    from mdakit.decoupling.finetune import DecoupleConfig, decouple, default_weights
+    from mdakit.decoupling.losses import LossWeights
 
     _refuse_existing(out, force)
     dev = resolve_device(device)
@@ -474,7 +475,7 @@ def settle_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help=
     from dataclasses import replace
 
     from mdakit.artifacts import read_card
-    from mdakit.decouple.finetune import recorded_config, settle_model
+    from mdakit.decoupling.finetune import recorded_config, settle_model
 
     _refuse_existing(out, force)
     if epochs < 1:
@@ -505,7 +506,7 @@ def compress_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                  device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
-    from mdakit.compress import compress  # local import: this block is one self-contained insertion
+    from mdakit.compression import compress  # local import: this block is one self-contained insertion
 
     _refuse_existing(out, force)
     dev = resolve_device(device)
@@ -533,7 +534,7 @@ def export_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help=
                fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
                force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Export a model for deployment (raw [0, 1] images in, logits out), checked against PyTorch."""
-    from mdakit.export import export  # local import: this block is one self-contained insertion
+    from mdakit.exporting import export  # local import: this block is one self-contained insertion
 
     result = export(model_path, out, fmt, force=force)
     _emit(as_json, result, f"exported {model_path} to {out} ({fmt}, {result['bytes']:,} bytes); largest "
@@ -559,7 +560,7 @@ def paths_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="
               as_json: JsonOpt = False) -> None:
     """Calculation paths of a decoupled model: filter states, class paths (and masks), t-SNE, Hopkins tree,
     W_cla categories, top images, occlusion."""
-    from mdakit.analysis.decoupling_paths import PathsSettings, paths_report
+    from mdakit.decoupling.analysis.study import PathsSettings, paths_report
 
     _refuse_existing(out, force)
     try:
@@ -602,7 +603,7 @@ def detect_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help=
                as_json: JsonOpt = False) -> None:
     """Adversarial-input detection from a decoupled model's calculation paths vs its original's channel
     activity (FGSM / PGD; random forest, AdaBoost, gradient boosting; ROC AUC)."""
-    from mdakit.analysis.decoupling_detection import DetectionSettings, detection_report
+    from mdakit.decoupling.analysis.detection import DetectionSettings, detection_report
 
     _refuse_existing(out, force)
     settings = DetectionSettings(tuple(a.strip() for a in attacks.split(",") if a.strip()), epsilon, pgd_steps,
@@ -626,7 +627,7 @@ def _attribution_for(model_path: Path, classes: str, samples: int, seed: int, de
                      data_dir: Path | None, thresholds: tuple[float, float, float, float]) -> Any:
     from mdakit.report.contrib import attribute
 
-    source = resolve_source(model_path, None, None, None, data_dir)
+    source = Workspace.open(model_path, None, None, None, data_dir)
     settings = _settings(*thresholds, None)
     return attribute(source, parse_classes(classes, source.card.class_names), settings, samples, seed,
                      resolve_device(device))

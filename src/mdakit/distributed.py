@@ -1,7 +1,7 @@
 """Per-class work in chunks, split across processes, resumable (issue 10).
 
 :func:`run_per_class` computes masks ``chunk`` classes at a time with any per-class method (a function
-from a list of classes to their :class:`~mdakit.masks.ComponentMasks`), writes each finished class
+from a list of classes to their :class:`~mdakit.component_masks.ComponentMasks`), writes each finished class
 atomically to a work directory (one small safetensors file per class), and has rank 0 gather them into
 one masks directory. Under ``torchrun`` the classes are split across the ranks of a torch.distributed
 job (:func:`joined`: gloo on CPU, nccl on CUDA, with a gloo group for the control messages). A rerun
@@ -30,8 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mdakit.component_masks import PARTS, ComponentMasks, LayerMask
 from mdakit.errors import MdakitError
-from mdakit.masks import PARTS, ComponentMasks, LayerMask
 
 T = TypeVar("T")
 DEFAULT_CHUNK = 16

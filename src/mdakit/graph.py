@@ -184,7 +184,7 @@ def _find(parent: list[int], i: int) -> int:
 
 
 def _shuffled(groups: int, per_group: int) -> torch.Tensor:
-    """Source channel of each output channel of a shuffle: ``groups × per_group`` read column by column.
+    """Workspace channel of each output channel of a shuffle: ``groups × per_group`` read column by column.
 
     >>> _shuffled(2, 3).tolist()
     [0, 3, 1, 4, 2, 5]

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mdakit.component_masks import LayerMask
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.masks import LayerMask
 from mdakit.zoo import MultiNormalize
 
 

@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mdakit.analysis.subarch import class_images, sub_architecture
+from mdakit.component_masks import ComponentMasks
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.masks import ComponentMasks
 from mdakit.progress import progress
 
 BIN_LABELS = ["[0, 10]"] + [f"({lo}, {lo + 10}]" for lo in range(10, 100, 10)]

@@ -24,10 +24,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mdakit.analysis.subarch import class_keep
+from mdakit.component_masks import ComponentMasks
 from mdakit.data import labels_of
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.masks import ComponentMasks
 from mdakit.progress import progress
 from mdakit.surgery import MaskedModel
 

@@ -27,12 +27,13 @@ from mdakit.analysis.misclassification import misclassification_analysis
 from mdakit.analysis.plots import plot_accuracy, plot_layers, plot_similarity_matrix
 from mdakit.analysis.similarity import layer_similarity, similarity_matrix
 from mdakit.analysis.subarch import check_masks
+from mdakit.component_masks import MASKS_JSON, ComponentMasks
 from mdakit.data import parse_classes
-from mdakit.disassemble import Source, compute_masks, resolve_source
+from mdakit.disassembly import compute_masks
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
 from mdakit.graph import ChannelGraph, trace
-from mdakit.masks import MASKS_JSON, ComponentMasks
+from mdakit.workspace import Workspace
 
 ANALYSES = ("accuracy", "similarity", "hit_rate", "misclassification")
 
@@ -41,7 +42,7 @@ ANALYSES = ("accuracy", "similarity", "hit_rate", "misclassification")
 class Target:
     """A model, its test data and the per-class masks of the classes to analyse."""
 
-    source: Source
+    source: Workspace
     masks: ComponentMasks
     graph: ChannelGraph
     computed: bool
@@ -64,9 +65,9 @@ def load_target(path: str | Path, dataset: str | None = None, classes: str | Seq
             raise MdakitError(f"the masks in {path} record no source model")
         if not Path(recorded).exists():
             raise MdakitError(f"the masks' source model {recorded} does not exist (relative to {Path.cwd()})")
-        source = resolve_source(recorded, dataset, data_dir=data_dir)
+        source = Workspace.open(recorded, dataset, data_dir=data_dir)
     else:
-        source = resolve_source(path, dataset, data_dir=data_dir)
+        source = Workspace.open(path, dataset, data_dir=data_dir)
     default = masks.classes if masks is not None else source.card.logit_classes
     chosen = parse_classes(classes, source.card.class_names) if classes is not None else list(default)
     if len(chosen) < 4:

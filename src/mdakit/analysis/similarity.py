@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import torch
 
+from mdakit.component_masks import ComponentMasks
 from mdakit.errors import MdakitError
-from mdakit.masks import ComponentMasks
 
 
 def similarity_layers(masks: ComponentMasks, layers: Sequence[str] | None = None) -> list[str]:
     """The layers compared: ``layers`` as given (checked), else every layer but the last (the logits).
 
-    >>> from mdakit.masks import LayerMask
+    >>> from mdakit.component_masks import LayerMask
     >>> yes = torch.ones(1, dtype=torch.bool)
     >>> m = LayerMask(yes[:, None], torch.ones(1, dtype=torch.bool), yes)
     >>> similarity_layers(ComponentMasks({0: {"conv": m, "fc": m}}, method="example"))
@@ -42,7 +42,7 @@ def jaccard_matrices(masks: ComponentMasks, classes: Sequence[int] | None = None
                      layers: Sequence[str] | None = None, part: str = "outputs") -> dict[str, torch.Tensor]:
     """Per layer, the classes × classes matrix of Jaccard similarities (diagonal 1).
 
-    >>> from mdakit.masks import LayerMask
+    >>> from mdakit.component_masks import LayerMask
     >>> def mask(keep):
     ...     out = torch.tensor(keep)
     ...     return LayerMask(out[:, None].expand(-1, 1), torch.ones(1, dtype=torch.bool), out)
@@ -68,7 +68,7 @@ def layer_similarity(masks: ComponentMasks, classes: Sequence[int] | None = None
                      layers: Sequence[str] | None = None, part: str = "outputs") -> dict[str, float]:
     """Per layer, the mean Jaccard similarity over all pairs of distinct classes (Fig. 4, first row).
 
-    >>> from mdakit.masks import LayerMask
+    >>> from mdakit.component_masks import LayerMask
     >>> yes = torch.ones(2, dtype=torch.bool)
     >>> m = LayerMask(yes[:, None], torch.ones(1, dtype=torch.bool), yes)
     >>> layer_similarity(ComponentMasks({0: {"conv": m}, 1: {"conv": m}}, method="example"), layers=["conv"])
@@ -87,7 +87,7 @@ def similarity_matrix(masks: ComponentMasks, classes: Sequence[int] | None = Non
     """The classes × classes similarity of sub-architectures: the mean over layers of the Jaccard
     similarity (what the misclassification analysis compares).
 
-    >>> from mdakit.masks import LayerMask
+    >>> from mdakit.component_masks import LayerMask
     >>> yes = torch.ones(2, dtype=torch.bool)
     >>> m = LayerMask(yes[:, None], torch.ones(1, dtype=torch.bool), yes)
     >>> similarity_matrix(ComponentMasks({0: {"conv": m}, 1: {"conv": m}}, method="example"), layers=["conv"])

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
+from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import ClassSubset, make_loader
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.masks import ComponentMasks, LayerMask
 from mdakit.surgery import KeepSets, MaskedModel, keep_sets
 
 

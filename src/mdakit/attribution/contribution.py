@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from mdakit.attribution.kernels import positive_contribution_sum
+from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, PrunableLayer
-from mdakit.masks import ComponentMasks, LayerMask
 from mdakit.progress import progress as progress_bar
 
 

@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mdakit.attribution.contribution import class_batches
+from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.masks import ComponentMasks, LayerMask
 from mdakit.progress import progress as progress_bar
 
 

@@ -36,10 +36,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset
 
+from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, fx_trace
-from mdakit.masks import ComponentMasks, LayerMask
 from mdakit.progress import progress as progress_bar
 
 POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from mdakit.attribution.contribution import ContributionSettings
-from mdakit.disassemble import Source, resolve_source
 from mdakit.errors import MdakitError
 from mdakit.report.contrib import ClassAttribution, attribute
+from mdakit.workspace import Workspace
 
 
 @dataclass
@@ -45,14 +45,14 @@ class Context:
     """Options plus caches, so a model shared by several parts is loaded once."""
 
     options: ReportOptions
-    sources: dict[str, Source] = field(default_factory=dict)
+    sources: dict[str, Workspace] = field(default_factory=dict)
     attributions: dict[tuple, ClassAttribution] = field(default_factory=dict)
 
-    def source(self, path: str | Path) -> Source:
+    def source(self, path: str | Path) -> Workspace:
         """The model at ``path`` with its own dataset's train and test splits."""
         key = str(path)
         if key not in self.sources:
-            self.sources[key] = resolve_source(path, data_dir=self.options.data_dir)
+            self.sources[key] = Workspace.open(path, data_dir=self.options.data_dir)
         return self.sources[key]
 
     def attribution(self, path: str | Path, classes: list[int], settings: ContributionSettings | None = None,

@@ -1,6 +1,6 @@
 """Contributions for the pictures: a model's per-class sums and masks, and single inputs' own sums.
 
-:func:`attribute` repeats the contribution steps of :func:`mdakit.disassemble.compute_masks` (same
+:func:`attribute` repeats the contribution steps of :func:`mdakit.disassembly.compute_masks` (same
 sample selection, same sums, same thresholds), keeping the sums so routes can rank channels by
 contribution and patterns can be drawn. :func:`sample_sums` gives one image's own positive
 contributions (the per-sample terms that the class sums add up).
@@ -22,11 +22,11 @@ from mdakit.attribution.contribution import (
     masks_from_sums,
 )
 from mdakit.attribution.samples import select_samples
+from mdakit.component_masks import ComponentMasks
 from mdakit.data import parse_classes
-from mdakit.disassemble import Source
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, trace
-from mdakit.masks import ComponentMasks
+from mdakit.workspace import Workspace
 
 Sums = dict[str, torch.Tensor]
 
@@ -35,7 +35,7 @@ Sums = dict[str, torch.Tensor]
 class ClassAttribution:
     """A model's graph, the chosen classes' selected samples, contribution sums and masks."""
 
-    source: Source
+    source: Workspace
     graph: ChannelGraph
     classes: list[int]
     rows: dict[int, int]
@@ -62,14 +62,14 @@ def settings_from_record(record: Mapping[str, Any]) -> ContributionSettings:
     return settings
 
 
-def attribute(source: Source, classes: Sequence[int | str], settings: ContributionSettings | None = None,
+def attribute(source: Workspace, classes: Sequence[int | str], settings: ContributionSettings | None = None,
               samples: int = 50, seed: int = 0, device: torch.device | str = "cpu") -> ClassAttribution:
     """Select each class's samples, sum their positive contributions and threshold them into masks.
 
-    Classes are selected in the order given, as :func:`~mdakit.disassemble.compute_masks` does, so a
+    Classes are selected in the order given, as :func:`~mdakit.disassembly.compute_masks` does, so a
     part's recorded classes, samples, seed and settings reproduce the masks it was cut from.
 
-    >>> att = attribute(resolve_source("runs/demo/lenet5-mnist"), [0, 1])  # doctest: +SKIP
+    >>> att = attribute(Workspace.open("runs/demo/lenet5-mnist"), [0, 1])  # doctest: +SKIP
     >>> att.masks.classes  # doctest: +SKIP
     [0, 1]
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mdakit.assemble import ASSEMBLY_FILE
+from mdakit.assembly import ASSEMBLY_FILE
 from mdakit.report.context import Context
 from mdakit.report.figures import data_uri
 from mdakit.report.items import Item, read_json

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdakit.artifacts import CARD_FILE, read_card
-from mdakit.assemble import is_assembled
+from mdakit.assembly import is_assembled
 from mdakit.errors import MdakitError
 
 KINDS = ("model", "decoupled", "part", "assembly", "analysis", "results")

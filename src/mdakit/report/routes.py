@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from mdakit.attribution.contribution import ContributionSettings, class_masks, relative_contributions
+from mdakit.component_masks import LayerMask
 from mdakit.graph import ChannelGraph
-from mdakit.masks import LayerMask
 
 INPUT = "input"
 

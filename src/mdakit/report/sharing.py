@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from mdakit.masks import ComponentMasks
+from mdakit.component_masks import ComponentMasks
 from mdakit.report.figures import new_figure
 
 
@@ -15,7 +15,7 @@ def similarity(masks: ComponentMasks, classes: Sequence[int] | None = None) -> l
     """``S[i][j]``: mean over layers but the last of the Jaccard similarity of the classes' kept filters.
 
     >>> import torch
-    >>> from mdakit.masks import LayerMask
+    >>> from mdakit.component_masks import LayerMask
     >>> def m(keep): return LayerMask(torch.ones(2, 1, dtype=torch.bool), torch.ones(1, dtype=torch.bool),
     ...                               torch.tensor(keep))
     >>> masks = ComponentMasks({0: {"a": m([True, False]), "z": m([True, False])},

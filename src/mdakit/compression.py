@@ -22,14 +22,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.attribution.nad import NADSettings
-from mdakit.disassemble import Part, compute_masks, extract, resolve_source
+from mdakit.component_masks import LayerMask
+from mdakit.disassembly import Part, compute_masks, extract
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.graph import ChannelGraph, trace
-from mdakit.masks import LayerMask
 from mdakit.metrics import count_macs, model_size
 from mdakit.profiling import measure
 from mdakit.surgery import KeepSets, keep_sets
+from mdakit.workspace import Workspace
 
 
 def ratios(original: dict[str, int], smaller: dict[str, int]) -> dict[str, float]:
@@ -48,14 +49,14 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
              data_dir: str | Path | None = None, show_progress: bool = False) -> Part:
     """Compress ``model`` to the union of all its classes' components; every logit is kept, in order.
 
-    Arguments are those of :func:`~mdakit.disassemble.disassemble` (``data`` defaults to the model's own
+    Arguments are those of :func:`~mdakit.disassembly.disassemble` (``data`` defaults to the model's own
     dataset). The report holds the sizes, ``macs_ratio``, ``params_ratio`` and, with test data, the
     accuracy of the original and the compressed model over all classes.
 
     >>> small = compress("runs/zoo/vgg16-mnist", "mnist")  # doctest: +SKIP
     >>> small.report["macs_ratio"], small.report["accuracy"]  # doctest: +SKIP
     """
-    source = resolve_source(model, data, test_data, None, data_dir)
+    source = Workspace.open(model, data, test_data, None, data_dir)
     classes = list(source.card.logit_classes)
     masks, graph, cost = compute_masks(source, classes, method, samples, settings, seed, device, graph=None,
                                        calibrate=calibrate, show_progress=show_progress)

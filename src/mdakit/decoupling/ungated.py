@@ -11,7 +11,7 @@ import copy
 from torch import nn
 
 from mdakit.artifacts import ModelCard
-from mdakit.decouple.gates import GATES, DecoupledNet
+from mdakit.decoupling.gates import GATES, DecoupledNet
 from mdakit.errors import MdakitError
 
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mdakit.data import make_loader
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.gates import DecoupledNet
 from mdakit.progress import progress as progress_bar
 
 

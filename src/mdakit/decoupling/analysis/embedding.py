@@ -18,8 +18,8 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
-from mdakit.analysis.decoupling_figures import figure
-from mdakit.decouple.paths import Paths
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.paths import Paths
 
 
 def neighbour_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:

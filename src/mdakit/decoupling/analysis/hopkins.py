@@ -20,8 +20,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
-from mdakit.analysis.decoupling_figures import figure
-from mdakit.decouple.paths import Paths
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.paths import Paths
 
 
 def hopkins(x: np.ndarray, fraction: float = 0.1, seed: int = 0) -> float:

@@ -18,34 +18,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mdakit.artifacts import ModelCard, load_with_card, save
+from mdakit.artifacts import ModelCard, save
 from mdakit.attribution.contribution import ContributionSettings, class_sums, contribution_masks, masks_from_sums
 from mdakit.attribution.gradient import GradientSettings, gradient_masks
 from mdakit.attribution.nad import NADSettings, nad_masks
 from mdakit.attribution.samples import select_samples
-from mdakit.data import ClassSubset, labels_of, load_dataset, make_loader, parse_classes, stratified_split
+from mdakit.component_masks import ComponentMasks
+from mdakit.data import ClassSubset, labels_of, make_loader, parse_classes, stratified_split
 from mdakit.distributed import DEFAULT_CHUNK, World, in_chunks, run_per_class, state_digest
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.graph import ChannelGraph, trace
-from mdakit.masks import ComponentMasks
 from mdakit.metrics import model_size
 from mdakit.profiling import StepCost, measure
 from mdakit.surgery import KeepSets, apply_kernel_masks, keep_sets, rebuild
+from mdakit.workspace import Workspace
 
 METHODS = ("contribution", "gradient", "nad")
 CALIBRATION_FACTORS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
-
-
-@dataclass
-class Source:
-    """A model to disassemble, with what its logits mean and its data."""
-
-    model: nn.Module
-    card: ModelCard
-    train: Dataset
-    test: Dataset | None
-    label: str
 
 
 @dataclass
@@ -63,43 +53,7 @@ class Part:
         return save(self.model, path, self.card, force=force)
 
 
-def _dataset(data: Dataset | DataLoader | str, split: str, data_dir: str | Path | None) -> Dataset:
-    if isinstance(data, str):
-        return load_dataset(data, split, data_dir)[0]
-    return data.dataset if isinstance(data, DataLoader) else data
-
-
-def resolve_source(model: nn.Module | str | Path, data: Dataset | DataLoader | str | None = None,
-                   test_data: Dataset | DataLoader | str | None = None, input_shape: Sequence[int] | None = None,
-                   data_dir: str | Path | None = None) -> Source:
-    """Load a model file or wrap a module; find its training (and test) data and input shape."""
-    if isinstance(model, str | Path):
-        module, card = load_with_card(model)
-        label = str(model)
-    else:
-        module, card, label = model, None, type(model).__name__
-    if data is None:
-        if card is None or card.dataset is None:
-            raise MdakitError("no data given and the model names no dataset")
-        data = card.dataset
-    train = _dataset(data, "train", data_dir)
-    if test_data is None and isinstance(data, str):
-        test_data = data
-    test = _dataset(test_data, "test", data_dir) if test_data is not None else None
-    sample_shape = list(train[0][0].shape)
-    if card is None:
-        shape = list(input_shape) if input_shape is not None else sample_shape
-        with torch.no_grad():
-            module.eval()
-            param = next(module.parameters(), None)
-            outputs = module(torch.zeros(1, *shape, device=param.device if param is not None else "cpu")).shape[1]
-        card = ModelCard(arch=None, input_shape=shape, num_classes=outputs)
-    if sample_shape != list(card.input_shape):
-        raise MdakitError(f"the data's images are {sample_shape} but the model takes {list(card.input_shape)}")
-    return Source(module, card, train, test, label)
-
-
-def _accuracies(source: Source, part: nn.Module, classes: list[int], device: torch.device | str) -> dict[str, Any]:
+def _accuracies(source: Workspace, part: nn.Module, classes: list[int], device: torch.device | str) -> dict[str, Any]:
     if source.test is None:
         return {}
     subset = ClassSubset(source.test, classes, remap=False)
@@ -112,7 +66,7 @@ def _accuracies(source: Source, part: nn.Module, classes: list[int], device: tor
             "test_images": len(labels)}
 
 
-def holdout_images(source: Source, classes: list[int], chosen: dict[int, torch.Tensor], per_class: int, seed: int
+def holdout_images(source: Workspace, classes: list[int], chosen: dict[int, torch.Tensor], per_class: int, seed: int
              ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Held-out images of ``classes`` (labels in class order): the model's own validation split when its
     card records how it was carved (never trained on), else training images not selected for attribution."""
@@ -145,7 +99,7 @@ def _accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, col
     return float((logits.argmax(1) == targets).float().mean())
 
 
-def calibrate_thresholds(source: Source, graph: ChannelGraph, sums: dict, rows: dict[int, int], classes: list[int],
+def calibrate_thresholds(source: Workspace, graph: ChannelGraph, sums: dict, rows: dict[int, int], classes: list[int],
                          chosen: dict[int, torch.Tensor], settings: ContributionSettings, tolerance: float,
                          seed: int = 0, per_class: int = 300, device: torch.device | str = "cpu"
                          ) -> tuple[ContributionSettings, ComponentMasks, dict[str, Any]]:
@@ -194,7 +148,7 @@ def _add_cost(cost: dict[str, Any], name: str, step: StepCost) -> None:
         entry["peak_rss_mb"] = max(entry["peak_rss_mb"] or 0.0, step.peak_rss_mb)
 
 
-def compute_masks(source: Source, classes: Sequence[int], method: str = "contribution", samples: int = 50,
+def compute_masks(source: Workspace, classes: Sequence[int], method: str = "contribution", samples: int = 50,
                   settings: ContributionSettings | NADSettings | None = None, seed: int = 0,
                   device: torch.device | str = "cpu", graph: ChannelGraph | None = None,
                   calibrate: float | None = None, show_progress: bool = False, *, class_chunk: int | None = None,
@@ -238,10 +192,7 @@ def compute_masks(source: Source, classes: Sequence[int], method: str = "contrib
         raise MdakitError("NAD's β 'auto' is chosen on the first class; with class chunks or several processes "
                           "pass a number (e.g. the β an unchunked run chose)")
     class_list = parse_classes(list(classes), source.card.class_names)
-    missing = [c for c in class_list if c not in source.card.logit_classes]
-    if missing:
-        raise MdakitError(f"the model has no logit for class {missing[0]} (its classes: {source.card.logit_classes})")
-    rows = {c: source.card.logit_classes.index(c) for c in class_list}
+    rows = source.rows(class_list)
     row_list = [rows[c] for c in class_list]
     position = {c: i for i, c in enumerate(class_list)}
     cost: dict[str, Any] = {}
@@ -298,12 +249,12 @@ def compute_masks(source: Source, classes: Sequence[int], method: str = "contrib
     return masks, graph, cost
 
 
-def extract(source: Source, graph: ChannelGraph, masks: ComponentMasks, classes: Sequence[int],
+def extract(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, classes: Sequence[int],
             kernel_masks: bool = False) -> tuple[nn.Module, KeepSets, int]:
     """Physically extract the part for ``classes`` from the union of their masks."""
     class_list = list(classes)
     union = masks.union(class_list)
-    rows = [source.card.logit_classes.index(c) for c in class_list]
+    rows = list(source.rows(class_list).values())
     keep = keep_sets(graph, union, rows)
     part = rebuild(source.model, keep).eval()
     zeroed = apply_kernel_masks(part, keep, union) if kernel_masks else 0
@@ -326,7 +277,7 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     >>> part = disassemble("runs/zoo/lenet5-mnist", "mnist", "0-2")  # doctest: +SKIP
     >>> part.report["part_accuracy"], part.report["part_size"]["params"]  # doctest: +SKIP
     """
-    source = resolve_source(model, data, test_data, input_shape, data_dir)
+    source = Workspace.open(model, data, test_data, input_shape, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
     masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, device,
                                        calibrate=calibrate, show_progress=show_progress)

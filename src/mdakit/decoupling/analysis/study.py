@@ -4,7 +4,7 @@ Writes into one directory (atomically: built beside it, then renamed):
 
 - ``filter_states``: energetic / dynamic / silent filters per gated layer (Fig. 4–5);
 - ``class_paths``: per-class calculation paths (Fig. 4, 9), also exported as per-class masks
-  (``path-masks/``, :class:`~mdakit.masks.ComponentMasks`) of the ungated model (``ungated-model/``),
+  (``path-masks/``, :class:`~mdakit.component_masks.ComponentMasks`) of the ungated model (``ungated-model/``),
   so ``mdakit analyze path-masks`` and the extraction / assembly tools accept them;
 - ``tsne``: PCA then t-SNE of whole paths coloured by class (Fig. 3, 5);
 - ``hopkins_tree``: layer-by-layer Hopkins statistic with 2-means splits (Fig. 9 / App. C);
@@ -25,26 +25,26 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from mdakit.analysis.decoupling_categories import filter_categories, plot_categories
-from mdakit.analysis.decoupling_class_paths import (
+from mdakit.artifacts import ModelCard, save
+from mdakit.data import labels_of, load_dataset, per_class_subset
+from mdakit.decoupling.analysis.categories import filter_categories, plot_categories
+from mdakit.decoupling.analysis.class_paths import (
     DEFAULT_SHARE,
     class_shares,
     path_masks,
     plot_class_paths,
     summarize_masks,
 )
-from mdakit.analysis.decoupling_embedding import embed_paths, plot_embedding
-from mdakit.analysis.decoupling_figures import write_json
-from mdakit.analysis.decoupling_filters import filter_responses, pick_filters, plot_top_images, top_images
-from mdakit.analysis.decoupling_hopkins import decision_tree, hopkins_per_layer, plot_tree
-from mdakit.analysis.decoupling_occlusion import occlusion, plot_occlusion
-from mdakit.analysis.decoupling_states import filter_states, plot_filter_states
-from mdakit.artifacts import ModelCard, save
-from mdakit.data import labels_of, load_dataset, per_class_subset
-from mdakit.decouple.export import ungated
-from mdakit.decouple.finetune import load_decoupled
-from mdakit.decouple.gates import DecoupledNet
-from mdakit.decouple.paths import collect_paths
+from mdakit.decoupling.analysis.embedding import embed_paths, plot_embedding
+from mdakit.decoupling.analysis.figures import write_json
+from mdakit.decoupling.analysis.filters import filter_responses, pick_filters, plot_top_images, top_images
+from mdakit.decoupling.analysis.hopkins import decision_tree, hopkins_per_layer, plot_tree
+from mdakit.decoupling.analysis.occlusion import occlusion, plot_occlusion
+from mdakit.decoupling.analysis.states import filter_states, plot_filter_states
+from mdakit.decoupling.finetune import load_decoupled
+from mdakit.decoupling.gates import DecoupledNet
+from mdakit.decoupling.paths import collect_paths
+from mdakit.decoupling.ungated import ungated
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
 from mdakit.graph import trace

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mdakit.analysis.decoupling_figures import figure
-from mdakit.decouple.paths import Paths
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.paths import Paths
 
 STATES = ("energetic", "dynamic", "silent")
 

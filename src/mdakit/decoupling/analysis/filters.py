@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mdakit.analysis.decoupling_figures import figure
 from mdakit.data import make_loader
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
 
 

@@ -45,7 +45,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, save
 from mdakit.attribution.samples import select_samples
 from mdakit.data import ClassSubset, ClassUnion, load_dataset, per_class_subset
-from mdakit.disassemble import Part, Source, holdout_images
+from mdakit.disassembly import Part, holdout_images
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
 from mdakit.files import write_directory
@@ -54,6 +54,7 @@ from mdakit.metrics import model_size
 from mdakit.padding import merge_padded, padded_widths
 from mdakit.train import TrainConfig, TrainResult
 from mdakit.train import train as train_model
+from mdakit.workspace import Workspace
 
 LAYOUTS = ("parallel", "padded")
 RESCALES = ("none", "paper", "calibrated", "calibrated-part")
@@ -376,7 +377,7 @@ def _fit_calibrated(model: AssembledModel, card: AssemblyCard, train_sets: Seque
     all_logits, all_labels, kinds = [], [], []
     for offset, part, part_card, train, part_chosen in zip(card.offsets, model.parts, card.part_cards, train_sets,
                                                             chosen, strict=True):
-        source = Source(part, part_card, train, None, "")
+        source = Workspace(part, part_card, train, None, "")
         per_class = max(4 * min(len(v) for v in part_chosen.values()), 1)
         images, labels, kind = holdout_images(source, list(part_card.logit_classes), dict(part_chosen), per_class,
                                         seed=0)
@@ -418,7 +419,7 @@ def _fit(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset
 def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str = "none", data: DataSpec = None,
              samples: int = 50, seed: int = 0, data_dir: str | Path | None = None,
              device: torch.device | str = "cpu") -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
-    """Join parts (model directories, :class:`~mdakit.disassemble.Part` objects or ``(module, ModelCard)``
+    """Join parts (model directories, :class:`~mdakit.disassembly.Part` objects or ``(module, ModelCard)``
     pairs) into one classifier whose logits are the parts' logits in the order of the parts.
 
     Parts need the same zoo architecture (and constructor arguments) and input shape; a whole model

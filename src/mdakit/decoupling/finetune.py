@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from mdakit.artifacts import ModelCard, load_with_card
 from mdakit.data import load_dataset, make_loader
-from mdakit.decouple.gates import DecoupledNet
-from mdakit.decouple.losses import LossWeights, decoupling_loss
-from mdakit.decouple.paths import collect_paths
+from mdakit.decoupling.gates import DecoupledNet
+from mdakit.decoupling.losses import LossWeights, decoupling_loss
+from mdakit.decoupling.paths import collect_paths
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.progress import progress as progress_bar

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mdakit.artifacts import load_with_card
-from mdakit.assemble import is_assembled, load_assembled
+from mdakit.assembly import is_assembled, load_assembled
 from mdakit.errors import MdakitError
 
 FORMATS = ("onnx", "torchscript")
@@ -44,7 +44,7 @@ class Exportable:
 
 def load_exportable(path: str | Path) -> Exportable:
     """Read a model directory (model, part, compressed model, padded assembly's merged network) or an
-    assembled-model directory (either layout, read with :func:`~mdakit.assemble.load_assembled`).
+    assembled-model directory (either layout, read with :func:`~mdakit.assembly.load_assembled`).
 
     >>> load_exportable("/nonexistent")
     Traceback (most recent call last):

@@ -9,7 +9,7 @@ clean and adversarial images:
 - ``original (channel activity)``: the original model's per-channel GAP(post-ReLU) > 0 (the baseline);
 - ``original (pooled activity)``: those pooled values, not binarised.
 
-Detectors (:data:`~mdakit.analysis.decoupling_adversarial.CLASSIFIERS`) learn clean vs adversarial
+Detectors (:data:`~mdakit.decoupling.analysis.detectors.CLASSIFIERS`) learn clean vs adversarial
 from 1, 5 and 10 pool images per class and are scored by ROC AUC on the test set, mean ± std over
 ``runs`` draws. :func:`detection_report` writes ``detection.json`` and ``detection.png``.
 """
@@ -27,7 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mdakit.analysis.decoupling_adversarial import (
+from mdakit.artifacts import load_with_card
+from mdakit.data import labels_of, per_class_subset
+from mdakit.decoupling.analysis.attacks import attack
+from mdakit.decoupling.analysis.detectors import (
     CLASSIFIERS,
     ChannelActivity,
     DetectionData,
@@ -35,12 +38,9 @@ from mdakit.analysis.decoupling_adversarial import (
     detection_table,
     path_features,
 )
-from mdakit.analysis.decoupling_attacks import attack
-from mdakit.analysis.decoupling_figures import figure, write_json
-from mdakit.artifacts import load_with_card
-from mdakit.data import labels_of, per_class_subset
-from mdakit.decouple.finetune import load_decoupled, model_datasets
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.analysis.figures import figure, write_json
+from mdakit.decoupling.finetune import load_decoupled, model_datasets
+from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
 

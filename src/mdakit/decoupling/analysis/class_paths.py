@@ -1,10 +1,10 @@
 """Per-class calculation paths (interpretable decoupling Fig. 4 and 9) and their export as masks.
 
 A class's path in a gated layer is, per filter, the share of the class's images whose gate selects
-it. As masks (:class:`~mdakit.masks.ComponentMasks`, the type every attribution method produces) a
+it. As masks (:class:`~mdakit.component_masks.ComponentMasks`, the type every attribution method produces) a
 gated filter belongs to class ``c`` when at least ``share`` (default ``DEFAULT_SHARE`` = 0.5, the
 filters on the class's typical path) of ``c``'s images select it. The masks refer to the *ungated*
-model (:func:`~mdakit.decouple.export.ungated`): ungated layers keep every filter (their consumers
+model (:func:`~mdakit.decoupling.ungated.ungated`): ungated layers keep every filter (their consumers
 read all of them), the last linear layer keeps the class's logit row, and channels the graph pins
 stay. A part extracted from these masks runs the class's path filters for every input, statically.
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from mdakit.analysis.decoupling_figures import figure
-from mdakit.decouple.paths import Paths
+from mdakit.component_masks import ComponentMasks, LayerMask
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.paths import Paths
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.masks import ComponentMasks, LayerMask
 
 DEFAULT_SHARE = 0.5
 

@@ -20,7 +20,7 @@ from sklearn.ensemble import AdaBoostClassifier, GradientBoostingClassifier, Ran
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from mdakit.decouple.gates import DecoupledNet, output_points
+from mdakit.decoupling.gates import DecoupledNet, output_points
 from mdakit.errors import MdakitError
 from mdakit.graph import fx_trace, trace
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdakit.analysis.decoupling_figures import figure
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
 
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from mdakit.analysis.decoupling_figures import figure
-from mdakit.decouple.gates import DecoupledNet
+from mdakit.decoupling.analysis.figures import figure
+from mdakit.decoupling.gates import DecoupledNet
 
 
 def filter_categories(net: DecoupledNet, shares: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Per gated layer: each filter's W_cla category and selectivity, and (with ``shares`` from
-    :func:`~mdakit.analysis.decoupling_class_paths.class_shares`, rows = logit order) the share of
+    :func:`~mdakit.decoupling.analysis.class_paths.class_shares`, rows = logit order) the share of
     dynamic filters whose category is also the class selecting them most often.
 
     >>> from mdakit.zoo import build_model

@@ -1,6 +1,6 @@
 """Dynamic inference: each gated conv computes only the filters its gate selects (DESIGN §2.4).
 
-:class:`DynamicNet` rewrites a :class:`~mdakit.decouple.gates.DecoupledNet`'s graph. Each gated
+:class:`DynamicNet` rewrites a :class:`~mdakit.decoupling.gates.DecoupledNet`'s graph. Each gated
 segment (conv → BN → activation → mask) becomes one :class:`DynamicGatedConv` that, before running
 the conv, pools its input, evaluates the gate, gathers the selected filters' weights, BN parameters
 and (when the input came packed from another gated layer) only the input channels that layer kept,
@@ -11,10 +11,10 @@ gets the dense tensor back with zeros in the dropped channels.
 
 A batch computes the union of its inputs' selections and zeroes each input's unselected channels, so
 batch-1 inference computes exactly the input's own path and larger batches stay exact. Filters that
-no training input selects (``alive`` from :meth:`~mdakit.decouple.paths.Paths.alive`) are removed
+no training input selects (``alive`` from :meth:`~mdakit.decoupling.paths.Paths.alive`) are removed
 physically: their weights, BN entries, gate rows and the next layer's matching input columns.
 Filters that every training input selects (``always_on``, from
-:meth:`~mdakit.decouple.paths.Paths.energetic`) can be computed without asking the gate, and a layer
+:meth:`~mdakit.decoupling.paths.Paths.energetic`) can be computed without asking the gate, and a layer
 whose kept filters are all such runs no gate: like the removal, this is exact on the training
 inputs and an approximation elsewhere, so measure the result on test data.
 """
@@ -34,7 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mdakit.decouple.gates import (
+from mdakit.decoupling.gates import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
     ACTIVATION_MODULES,
@@ -152,7 +152,7 @@ class DynamicGatedConv(nn.Module):
     that layer kept, in the order of its ``position``.
 
     The asked filters are kept in the order of ``rows`` (most often selected first, from
-    :meth:`~mdakit.decouple.paths.Paths.alive` ``by_frequency``): gates tend to select a prefix of that
+    :meth:`~mdakit.decoupling.paths.Paths.alive` ``by_frequency``): gates tend to select a prefix of that
     order, and a prefix of the weights is a slice, not a copy. ``gather`` (default): when the
     selection is exactly a prefix the layer runs that slice, otherwise it copies the selected
     filters' weights and runs the smaller conv. Where the output has few pixels, a conv reads each
