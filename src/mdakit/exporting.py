@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mdakit.artifacts import load_with_card
-from mdakit.assembly import is_assembled, load_assembled
+from mdakit.artifacts import ModelCard, load_with_card
+from mdakit.assembly import AssemblyCard, is_assembled, load_assembled
 from mdakit.errors import MdakitError
 
 FORMATS = ("onnx", "torchscript")
@@ -52,13 +52,42 @@ def load_exportable(path: str | Path) -> Exportable:
     mdakit.errors.MdakitError: /nonexistent is not a model directory (expected card.json and model.safetensors inside)
     """
     if is_assembled(path):
-        module, card = load_assembled(path)
-        meta = {"kind": f"assembly ({card.layout})", "logits": card.logits, "rescale": card.rescale}
-        return Exportable(module.eval(), card.input_shape, meta)
-    module, card = load_with_card(path)
+        return as_exportable(load_assembled(path))
+    return _from_card(*load_with_card(path))
+
+
+def _from_card(module: nn.Module, card: ModelCard) -> Exportable:
     logits = [{"dataset": card.dataset, "label": int(c),
                "name": card.class_names[c] if c < len(card.class_names) else str(c)} for c in card.logit_classes]
     return Exportable(module.eval(), list(card.input_shape), {"kind": "model", "arch": card.arch, "logits": logits})
+
+
+def as_exportable(item: Any, input_shape: Sequence[int] | None = None) -> Exportable:
+    """An :class:`Exportable` from a model or assembly directory, a ``Part``, a ``(module, card)`` pair
+    (model or assembly card) or a plain module with its ``input_shape`` (C, H, W).
+
+    >>> as_exportable(nn.Linear(3, 2), [3]).input_shape
+    [3]
+    """
+    if isinstance(item, str | Path):
+        return load_exportable(item)
+    if isinstance(item, Exportable):
+        return item
+    if hasattr(item, "model") and isinstance(getattr(item, "card", None), ModelCard):
+        return _from_card(item.model, item.card)
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
+        module, card = item
+        if isinstance(card, ModelCard):
+            return _from_card(module, card)
+        if isinstance(card, AssemblyCard):
+            meta = {"kind": f"assembly ({card.layout})", "logits": card.logits, "rescale": card.rescale}
+            return Exportable(module.eval(), card.input_shape, meta)
+    if isinstance(item, nn.Module):
+        if input_shape is None:
+            raise MdakitError("a plain module needs its input shape (C, H, W) to be exported")
+        return Exportable(item.eval(), list(input_shape), {"kind": "model"})
+    raise MdakitError(f"cannot export a {type(item).__name__}: pass a model directory, a Part, a (module, card) "
+                      "pair or a module with its input shape")
 
 
 def _example(input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
