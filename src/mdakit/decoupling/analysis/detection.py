@@ -38,11 +38,11 @@ from mdakit.decoupling.analysis.detectors import (
     detection_table,
     path_features,
 )
-from mdakit.decoupling.analysis.figures import figure, write_json
 from mdakit.decoupling.finetune import load_decoupled, model_datasets
 from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
-from mdakit.files import write_directory
+from mdakit.figures import new_figure
+from mdakit.files import write_directory, write_json
 
 PATHS, SCORES = "decoupled (paths)", "decoupled (gate scores)"
 ACTIVITY, POOLED = "original (channel activity)", "original (pooled activity)"
@@ -150,7 +150,7 @@ def plot_detection(study: dict[str, Any], path: str | Path) -> Path:
     """Bars of the AUC (mean ± std) per classifier and feature set at the largest training size, per attack."""
     attacks = list(study["attacks"])
     size = str(max(study["settings"]["sizes"]))
-    fig = figure(4.5 * len(attacks), 3.6)
+    fig = new_figure(4.5 * len(attacks), 3.6)
     axes = fig.subplots(1, len(attacks), squeeze=False)[0]
     for ax, method in zip(axes, attacks):
         entry = study["attacks"][method]

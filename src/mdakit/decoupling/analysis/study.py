@@ -36,7 +36,6 @@ from mdakit.decoupling.analysis.class_paths import (
     summarize_masks,
 )
 from mdakit.decoupling.analysis.embedding import embed_paths, plot_embedding
-from mdakit.decoupling.analysis.figures import write_json
 from mdakit.decoupling.analysis.filters import filter_responses, pick_filters, plot_top_images, top_images
 from mdakit.decoupling.analysis.hopkins import decision_tree, hopkins_per_layer, plot_tree
 from mdakit.decoupling.analysis.occlusion import occlusion, plot_occlusion
@@ -46,7 +45,7 @@ from mdakit.decoupling.gates import DecoupledNet
 from mdakit.decoupling.paths import collect_paths
 from mdakit.decoupling.ungated import ungated
 from mdakit.errors import MdakitError
-from mdakit.files import write_directory
+from mdakit.files import write_directory, write_json
 from mdakit.graph import trace
 
 
