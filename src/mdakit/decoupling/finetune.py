@@ -321,7 +321,7 @@ def decouple(model: nn.Module | str | Path, dataset: DataSpec | None = None, con
     card, original = source.card, source.model.to(device)
     config = config or DecoupleConfig(weights=default_weights(card.arch))
     config.validate()
-    _check_full_classifier(card, source.train, dataset if isinstance(dataset, str) else card.dataset)
+    _check_full_classifier(card, source.train, card.dataset if dataset is None else dataset)
     seed_everything(config.seed)  # the controlling modules start from seeded weights
     net = DecoupledNet(original, card.input_shape, layers).to(device)
     before = None if source.test is None else \
@@ -343,12 +343,13 @@ def decouple(model: nn.Module | str | Path, dataset: DataSpec | None = None, con
     return Decoupled(model=net.cpu().eval(), card=new_card, report=report)
 
 
-def _check_full_classifier(card: ModelCard, train: Dataset, name: str | None) -> None:
+def _check_full_classifier(card: ModelCard, train: Dataset, data: DataSpec | None) -> None:
     """Fine-tuning takes the labels as logit rows: the model's logits must be the data's classes 0..K−1."""
     classes = int(labels_of(train).max()) + 1
     if max(card.logit_classes) >= classes or len(card.logit_classes) != classes:
-        raise MdakitError(f"the model has {len(card.logit_classes)} logits but {name or 'the data'} has {classes} "
-                          "classes: decoupling fine-tunes a full classifier of the dataset")
+        name = data if isinstance(data, str) else "the data"
+        raise MdakitError(f"the model has {len(card.logit_classes)} logits but {name} has {classes} classes: "
+                          "decoupling fine-tunes a full classifier of the dataset")
 
 
 def _measured(values: dict[str, Any]) -> dict[str, Any]:
