@@ -7,7 +7,7 @@ with one thread (PyTorch picks its own kernel, as it does for the models) with e
 the output channels (filters a gate switched off), half the input channels (channels the previous
 gate switched off) and both halved, beside the MACs ratio each would promise (2×, 2×, 4×). Then the
 same conv as the dynamic model runs it when its gate selects half the filters
-(:class:`mdakit.decoupling.dynamic.DynamicGatedConv`, gate evaluation included): the first half (a
+(:class:`mdakit.decoupling.dynamic_layers.DynamicGatedConv`, gate evaluation included): the first half (a
 prefix, run as a weight slice) and every other filter (copied out where DynamicNet would), to show
 what the gate costs.
 Results: benchmarks/results/conv_batch1.json and a RESULTS.md section.
@@ -23,7 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from common import environment, update_report, write_json
-from mdakit.decoupling.dynamic import GATHER_ABOVE, DynamicGatedConv
+from mdakit.decoupling.dynamic import GATHER_ABOVE
+from mdakit.decoupling.dynamic_layers import DynamicGatedConv
 from mdakit.decoupling.gates import ControllingModule
 
 RESULTS = "conv_batch1"

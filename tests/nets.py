@@ -1,4 +1,4 @@
-"""Small hand-built networks that exercise each channel-flow pattern (shared by the tests)."""
+"""Small hand-built networks that exercise each channel-flow pattern, and helpers preparing models (shared by tests)."""
 
 from __future__ import annotations
 
@@ -98,3 +98,17 @@ class ShuffleNet(nn.Module):
         x = x.view(b, 4, c // 4, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
         x = x + self.depth(torch.relu(self.mix(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def first_images(dataset, n: int) -> torch.Tensor:
+    """The first ``n`` images of a dataset, stacked."""
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def input_dependent_gates(net: nn.Module, seed: int = 0) -> nn.Module:
+    """A decoupled net whose gate biases sit around 0, so inputs select different, partial filter sets (eval mode)."""
+    torch.manual_seed(seed)
+    for gate in net.gates:
+        nn.init.normal_(gate.fc2.weight, 0.0, 0.5)  # input-dependent gates (they start input-blind)
+        nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
+    return net.eval()

@@ -14,8 +14,8 @@ from mdakit.cli import run
 from mdakit.data import load_dataset
 from mdakit.disassembly import disassemble
 from mdakit.evaluate import evaluate
+from mdakit.figures import figure_bytes, new_figure
 from mdakit.metrics import model_size
-from mdakit.report.figures import figure_bytes, new_figure
 from mdakit.report.items import classify
 from mdakit.report.markup import num, pct
 

@@ -22,12 +22,18 @@ from mdakit import examples  # noqa: E402
 from mdakit.api import assemble, compress, decouple, disassemble, export, masks  # noqa: E402
 from mdakit.artifacts import ModelCard, load, load_with_card, save  # noqa: E402
 from mdakit.data import load_dataset, parse_classes  # noqa: E402
+from mdakit.edits import register_edit  # noqa: E402
 from mdakit.errors import MdakitError  # noqa: E402
 from mdakit.evaluate import evaluate  # noqa: E402
 from mdakit.metrics import model_size  # noqa: E402
 from mdakit.train import TrainConfig, train  # noqa: E402
 from mdakit.workspace import Workspace  # noqa: E402
 from mdakit.zoo import build_model  # noqa: E402
+
+# The built-in structural edits, imported when a model card first needs one (import mdakit stays light).
+register_edit("keep_sets", "mdakit.surgery:replay_keep_sets")
+register_edit("padded", "mdakit.padding:replay_padded")
+register_edit("decoupled", "mdakit.decoupling.gates:DecoupledNet.from_edit")
 
 __all__ = ["MdakitError", "ModelCard", "TrainConfig", "Workspace", "assemble", "build_model", "compress",
            "decouple", "disassemble", "evaluate", "examples", "export", "load", "load_dataset", "load_with_card",

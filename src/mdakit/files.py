@@ -1,7 +1,10 @@
-"""Writing an output directory all or nothing: into a temporary sibling, renamed over the target at the end."""
+"""Writing outputs: a directory all or nothing (built in a temporary sibling, renamed over the target at
+the end), and strict JSON (NaN and infinities written as ``null``)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,4 +43,31 @@ def write_directory(path: str | Path, force: bool, write: Callable[[Path], Any])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return path
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN / infinite floats replaced by ``None`` (strict JSON) and keys as strings, recursively.
+
+    >>> finite({"a": [1.0, float("nan")], 2: (float("inf"),)})
+    {'a': [1.0, None], '2': [None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented strict JSON (:func:`finite`; other objects as their ``str``).
+
+    >>> import tempfile
+    >>> write_json(tempfile.mkdtemp() + "/x.json", {"a": float("nan")}).read_text()
+    '{\\n  "a": null\\n}\\n'
+    """
+    path = Path(path)
+    path.write_text(json.dumps(finite(payload), indent=2, allow_nan=False, default=str) + "\n")
     return path

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, _Edge, trace
 from mdakit.surgery import resized_batchnorm, set_module
@@ -216,7 +217,7 @@ def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.M
 
 def padded_widths(model: nn.Module, input_shape: Sequence[int]) -> dict:
     """The structural edit (``kind: padded``) that rebuilds a merged network's shapes from its base
-    architecture; :func:`mdakit.surgery.resize` replays it."""
+    architecture; :func:`replay_padded` replays it."""
     if not (isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], MultiNormalize)):
         raise MdakitError("not a padded assembly (expected Sequential(MultiNormalize, net))")
     norm, body = model[0], model[1]
@@ -227,3 +228,27 @@ def padded_widths(model: nn.Module, input_shape: Sequence[int]) -> dict:
     return {"kind": "padded", "copies": norm.copies, "layers": layers,
             "channel_modules": {f"net.{name}": len(graph.node_ids[node])
                                 for name, node in graph.channel_modules.items()}}
+
+
+def replay_padded(model: nn.Module, edit: Mapping) -> nn.Module:
+    """Replay a ``padded`` edit in place: the input repeated ``copies`` times (normalisation buffers
+    to be loaded) and every listed layer and BatchNorm rebuilt at its merged width, weights to be loaded."""
+    channels = model.normalize.mean.shape[1]
+    zeros = [[0.0] * channels] * edit["copies"]
+    model.normalize = MultiNormalize(zeros, [[1.0] * channels] * edit["copies"])
+    for name, widths in edit["layers"].items():
+        old = model.get_submodule(name)
+        if isinstance(old, nn.Conv2d):
+            new = nn.Conv2d(widths["in"], widths["out"], old.kernel_size, old.stride, old.padding, old.dilation,
+                            widths["groups"], old.bias is not None, old.padding_mode)
+        elif isinstance(old, nn.Linear):
+            new = nn.Linear(widths["in"], widths["out"], old.bias is not None)
+        else:
+            raise MdakitError(f"edit names {name!r}, which is not a Conv2d or Linear layer")
+        set_module(model, name, new)
+    for name, size in edit["channel_modules"].items():
+        set_module(model, name, resized_batchnorm(model.get_submodule(name), size))
+    return model
+
+
+register_edit("padded", replay_padded)

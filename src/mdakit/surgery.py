@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from mdakit.component_masks import LayerMask
+from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.zoo import MultiNormalize
 
 
 @dataclass
@@ -180,6 +180,14 @@ def rebuild(model: nn.Module, keep: KeepSets, copy_model: bool = True) -> nn.Mod
     return model
 
 
+def replay_keep_sets(model: nn.Module, edit: Mapping) -> nn.Module:
+    """Replay a part card's ``keep_sets`` edit on a freshly built ``model``, in place (weights to be loaded)."""
+    return rebuild(model, KeepSets.from_dict(edit), copy_model=False)
+
+
+register_edit("keep_sets", replay_keep_sets)
+
+
 def apply_kernel_masks(part: nn.Module, keep: KeepSets, masks: Mapping[str, LayerMask]) -> int:
     """Zero, in an extracted part, the kernels the masks drop (``q = 0``); returns how many were zeroed."""
     zeroed = 0
@@ -219,24 +227,3 @@ class MaskedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[:, self.rows]
-
-
-def resize(model: nn.Module, edit: Mapping) -> nn.Module:
-    """Replay a ``padded`` edit in place: the input repeated ``copies`` times (normalisation buffers
-    to be loaded) and every listed layer and BatchNorm rebuilt at its merged width, weights to be loaded."""
-    channels = model.normalize.mean.shape[1]
-    zeros = [[0.0] * channels] * edit["copies"]
-    model.normalize = MultiNormalize(zeros, [[1.0] * channels] * edit["copies"])
-    for name, widths in edit["layers"].items():
-        old = model.get_submodule(name)
-        if isinstance(old, nn.Conv2d):
-            new = nn.Conv2d(widths["in"], widths["out"], old.kernel_size, old.stride, old.padding, old.dilation,
-                            widths["groups"], old.bias is not None, old.padding_mode)
-        elif isinstance(old, nn.Linear):
-            new = nn.Linear(widths["in"], widths["out"], old.bias is not None)
-        else:
-            raise MdakitError(f"edit names {name!r}, which is not a Conv2d or Linear layer")
-        set_module(model, name, new)
-    for name, size in edit["channel_modules"].items():
-        set_module(model, name, resized_batchnorm(model.get_submodule(name), size))
-    return model

@@ -123,13 +123,20 @@ class Workspace:
 def model_datasets(card: ModelCard, dataset: str | None = None, data_dir: str | Path | None = None
                    ) -> tuple[Dataset, Dataset, DatasetInfo]:
     """Train and test splits of ``dataset`` (default: the card's), checked against the model's input shape."""
+    train_data, info = model_split(card, "train", dataset, data_dir)
+    test_data, _ = model_split(card, "test", dataset, data_dir)
+    return train_data, test_data, info
+
+
+def model_split(card: ModelCard, split: str, dataset: str | None = None, data_dir: str | Path | None = None
+                ) -> tuple[Dataset, DatasetInfo]:
+    """One split of ``dataset`` (default: the card's), checked against the model (:func:`check_fits`)."""
     name = dataset or card.dataset
     if name is None:
         raise MdakitError("the model card names no dataset; name one")
-    train_data, info = load_dataset(name, "train", data_dir)
-    test_data, _ = load_dataset(name, "test", data_dir)
+    data, info = load_dataset(name, split, data_dir)
     check_fits(card, info)
-    return train_data, test_data, info
+    return data, info
 
 
 def check_fits(card: ModelCard, info: DatasetInfo) -> None:

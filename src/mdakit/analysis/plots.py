@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-
-def _figure(width: float = 7.0, height: float = 4.0) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+from mdakit.figures import new_figure
 
 
 def plot_accuracy(report: dict, path: str | Path, title: str = "") -> Path:
@@ -24,7 +17,7 @@ def plot_accuracy(report: dict, path: str | Path, title: str = "") -> Path:
     >>> plot_accuracy(report, tempfile.mkdtemp() + "/a.png").stat().st_size > 0
     True
     """
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     x = list(range(len(report["bins"])))
     ax.bar([i - 0.2 for i in x], report["original_histogram"], 0.4,
@@ -50,7 +43,7 @@ def plot_layers(values: dict[str, float], path: str | Path, ylabel: str, title: 
     >>> plot_layers({"a": 0.9, "b": 0.5}, tempfile.mkdtemp() + "/s.png", "similarity").stat().st_size > 0
     True
     """
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     x = list(range(1, len(values) + 1))
     ax.plot(x, list(values.values()), "-o")
@@ -75,7 +68,7 @@ def plot_similarity_matrix(matrix: Sequence[Sequence[float]], labels: Sequence[s
     True
     """
     n = len(labels)
-    fig = _figure(1.6 + 0.55 * n, 1.2 + 0.5 * n)
+    fig = new_figure(1.6 + 0.55 * n, 1.2 + 0.5 * n)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0)
     for i in range(n):

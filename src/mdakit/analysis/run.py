@@ -11,7 +11,6 @@ temporary directory that is renamed to ``out`` at the end.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from mdakit.component_masks import MASKS_JSON, ComponentMasks
 from mdakit.data import parse_classes
 from mdakit.disassembly import compute_masks
 from mdakit.errors import MdakitError
-from mdakit.files import write_directory
+from mdakit.files import finite, write_directory, write_json
 from mdakit.graph import ChannelGraph, trace
 from mdakit.workspace import Workspace
 
@@ -130,8 +129,8 @@ def summarize(results: dict[str, dict]) -> dict[str, Any]:
     'b'
     """
     hit = results["hit_rate"]["hit_rate"]
-    finite = {name: value for name, value in hit.items() if not math.isnan(value)}
-    best = max(finite, key=finite.get) if finite else None
+    measured = {name: value for name, value in hit.items() if not math.isnan(value)}
+    best = max(measured, key=measured.get) if measured else None
     meta = {k: v for k, v in results["accuracy"].items() if k in ("source", "dataset", "method", "classes")}
     return {**meta,
             "accuracy_original_mean": results["accuracy"]["original_mean"],
@@ -139,18 +138,8 @@ def summarize(results: dict[str, dict]) -> dict[str, Any]:
             "share_classes_sub_at_least_original": results["accuracy"]["share_at_least_original"],
             "similarity_mean": results["similarity"]["mean"],
             "hit_rate_last_layer": list(hit.values())[-1], "hit_rate_best_layer": best,
-            "hit_rate_best": finite[best] if best else None,
+            "hit_rate_best": measured[best] if best else None,
             "misclassification": results["misclassification"]["overall"]}
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _plot(name: str, result: dict, path: Path) -> None:
@@ -173,9 +162,9 @@ def write_analyses(results: dict[str, dict], out: str | Path, masks: ComponentMa
     into ``out``, atomically (a temporary sibling directory renamed at the end)."""
     def write(tmp: Path) -> None:
         for name, result in results.items():
-            (tmp / f"{name}.json").write_text(json.dumps(_finite(result), indent=2, default=str) + "\n")
+            write_json(tmp / f"{name}.json", result)
             _plot(name, result, tmp / f"{name}.png")
-        (tmp / "summary.json").write_text(json.dumps(_finite(summarize(results)), indent=2, default=str) + "\n")
+        write_json(tmp / "summary.json", summarize(results))
         if masks is not None:
             masks.save(tmp / "masks")
 
@@ -197,4 +186,4 @@ def analyze(path: str | Path, out: str | Path, dataset: str | None = None,
     target = load_target(path, dataset, classes, method, samples, seed, data_dir, device, show_progress)
     results = run_analyses(target, per_class, mosaics, seed=seed, device=device, show_progress=show_progress)
     write_analyses(results, out, target.masks if target.computed else None, force=force)
-    return _finite(summarize(results))
+    return finite(summarize(results))

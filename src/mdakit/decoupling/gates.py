@@ -1,4 +1,4 @@
-"""Controlling modules, improved SemHash, and the gated ("decoupled") model (DESIGN §2.4).
+"""Controlling modules, improved SemHash, and the gated ("decoupled") model.
 
 A controlling module reads a conv layer's *input* (global average pool → FC(C→C/4) → ReLU →
 FC(→N) = g) and decides which of the layer's N filters run. Its binary vector z masks the layer's
@@ -26,6 +26,7 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, fx_trace, trace
 
@@ -298,6 +299,9 @@ class DecoupledNet(nn.Module):
                 raise MdakitError(f"gated layer {site.layer!r} has {site.in_channels}→{site.channels} channels but "
                                   f"the card says {entry['in_channels']}→{entry['channels']}")
         return net
+
+
+register_edit("decoupled", DecoupledNet.from_edit)
 
 
 def _splice_gates(fx_graph: torch.fx.Graph, sites: Sequence[GateSite]) -> torch.fx.Graph:

@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 from mdakit.data import labels_of
 from mdakit.errors import MdakitError
 from mdakit.evaluate import predict_logits
+from mdakit.figures import save_figure
 from mdakit.files import write_directory
 from mdakit.report.contrib import ClassAttribution, sample_sums
-from mdakit.report.figures import save_figure
 from mdakit.report.route_plot import draw_routes
 from mdakit.report.routes import Route, channel_scores, columns, compare, input_route, route_from_masks, shown_channels
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mdakit.assembly import ASSEMBLY_FILE
+from mdakit.figures import data_uri
 from mdakit.report.context import Context
-from mdakit.report.figures import data_uri
 from mdakit.report.items import Item, read_json
 from mdakit.report.jsonview import render
 from mdakit.report.markup import Cell, figure, heading, kv_table, num, para, pct, table

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
+from mdakit.figures import data_uri, figure_bytes
 from mdakit.report.contrib import ClassAttribution
 from mdakit.report.decision import RouteMap, first_misclassified, probe_image, route_map
-from mdakit.report.figures import data_uri, figure_bytes
 from mdakit.report.markup import Cell, figure, heading, para, table
 from mdakit.report.patterns import contribution_patterns, pattern_figure
 from mdakit.report.sharing import kept_filters, similarity, similarity_figure

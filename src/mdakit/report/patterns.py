@@ -23,9 +23,9 @@ from torch.utils.data import Subset
 from mdakit.attribution.contribution import relative_contributions
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
+from mdakit.figures import COLORS, new_figure, save_figure
 from mdakit.files import write_directory
 from mdakit.report.contrib import ClassAttribution, sample_sums
-from mdakit.report.figures import COLORS, new_figure, save_figure
 
 
 def _relative(layer_sums: torch.Tensor, groups: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mdakit.report.figures import COLORS, new_figure
+from mdakit.figures import COLORS, new_figure
 from mdakit.report.routes import Route
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from mdakit.component_masks import ComponentMasks
-from mdakit.report.figures import new_figure
+from mdakit.figures import new_figure
 
 
 def similarity(masks: ComponentMasks, classes: Sequence[int] | None = None) -> list[list[float]]:

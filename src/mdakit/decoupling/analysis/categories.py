@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.gates import DecoupledNet
+from mdakit.figures import new_figure
 
 
 def filter_categories(net: DecoupledNet, shares: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def plot_categories(result: dict[str, Any], class_names: Sequence[str], path: st
     weight = torch.tensor(entry["weight"])
     category = entry["category"]
     order = sorted(range(weight.shape[1]), key=lambda j: (category[j], -float(weight[category[j], j])))
-    fig = figure(11, 3.5)
+    fig = new_figure(11, 3.5)
     ax = fig.add_subplot()
     bound = float(weight.abs().max()) or 1.0
     image = ax.imshow(weight[:, order].numpy(), aspect="auto", cmap="coolwarm", vmin=-bound, vmax=bound,

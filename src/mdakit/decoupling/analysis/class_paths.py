@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from mdakit.component_masks import ComponentMasks, LayerMask
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.paths import Paths
 from mdakit.errors import MdakitError
+from mdakit.figures import new_figure
 from mdakit.graph import ChannelGraph
 
 DEFAULT_SHARE = 0.5
@@ -94,7 +94,7 @@ def plot_class_paths(shares: Mapping[str, torch.Tensor], classes: Sequence[int],
     True
     """
     names = list(shares)
-    fig = figure(12, 1.2 + 0.35 * len(classes) * len(names) ** 0.5 + 0.8 * len(names))
+    fig = new_figure(12, 1.2 + 0.35 * len(classes) * len(names) ** 0.5 + 0.8 * len(names))
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
     image = None
     for ax, name in zip(axes, names):

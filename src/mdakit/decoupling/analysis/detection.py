@@ -38,11 +38,12 @@ from mdakit.decoupling.analysis.detectors import (
     detection_table,
     path_features,
 )
-from mdakit.decoupling.analysis.figures import figure, write_json
-from mdakit.decoupling.finetune import load_decoupled, model_datasets
+from mdakit.decoupling.finetune import load_decoupled
 from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
-from mdakit.files import write_directory
+from mdakit.figures import new_figure
+from mdakit.files import write_directory, write_json
+from mdakit.workspace import logit_rows, model_datasets
 
 PATHS, SCORES = "decoupled (paths)", "decoupled (gate scores)"
 ACTIVITY, POOLED = "original (channel activity)", "original (pooled activity)"
@@ -113,7 +114,7 @@ def detection_study(net: DecoupledNet, original: nn.Module, logit_classes: list[
         raise MdakitError(f"the dataset has no images of the model's classes {logit_classes}")
     pool_x, pool_y = _images(train, settings.pool_per_class, settings.seed, classes)
     test_x, test_y = _images(test, settings.test_per_class, settings.seed, classes)
-    rows = {c: logit_classes.index(c) for c in classes}
+    rows = logit_rows(logit_classes, classes)
     pool_t, test_t = (torch.tensor([rows[int(c)] for c in y]) for y in (pool_y, test_y))
     models = {"decoupled": (net, {PATHS: lambda x: path_features(net, x),
                                   SCORES: lambda x: path_features(net, x, scores=True)}),
@@ -150,7 +151,7 @@ def plot_detection(study: dict[str, Any], path: str | Path) -> Path:
     """Bars of the AUC (mean ± std) per classifier and feature set at the largest training size, per attack."""
     attacks = list(study["attacks"])
     size = str(max(study["settings"]["sizes"]))
-    fig = figure(4.5 * len(attacks), 3.6)
+    fig = new_figure(4.5 * len(attacks), 3.6)
     axes = fig.subplots(1, len(attacks), squeeze=False)[0]
     for ax, method in zip(axes, attacks):
         entry = study["attacks"][method]

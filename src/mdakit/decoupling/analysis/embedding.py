@@ -18,8 +18,8 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.paths import Paths
+from mdakit.figures import new_figure
 
 
 def neighbour_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
@@ -77,7 +77,7 @@ def plot_embedding(result: dict[str, Any], class_names: list[str], path: str | P
     >>> plot_embedding(r, ["a", "b"], tempfile.mkdtemp() + "/t.png").exists()
     True
     """
-    fig = figure(6.5, 5.5)
+    fig = new_figure(6.5, 5.5)
     ax = fig.add_subplot()
     points, labels = np.asarray(result["points"]), np.asarray(result["labels"])
     for c in np.unique(labels):

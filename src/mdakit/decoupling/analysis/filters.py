@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mdakit.data import make_loader
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
+from mdakit.figures import new_figure
 
 
 @torch.no_grad()
@@ -88,7 +88,7 @@ def plot_top_images(result: dict[str, Any], data: Dataset, path: str | Path, tit
     """
     rows = result["filters"]
     cols = max(len(entry["images"]) for entry in rows)
-    fig = figure(1.1 * cols + 1.2, 1.2 * len(rows) + 0.6)
+    fig = new_figure(1.1 * cols + 1.2, 1.2 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, entry in enumerate(rows):
         for c in range(cols):

@@ -20,8 +20,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.paths import Paths
+from mdakit.figures import new_figure
 
 
 def hopkins(x: np.ndarray, fraction: float = 0.1, seed: int = 0) -> float:
@@ -110,7 +110,7 @@ def plot_tree(tree: dict[str, Any], class_names: list[str], path: str | Path, ti
     True
     """
     layers = tree["layers"]
-    fig = figure(11, 6)
+    fig = new_figure(11, 6)
     ax = fig.add_subplot()
     slots: dict[int, float] = {}
     leaves = [0]

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.gates import DecoupledNet
 from mdakit.errors import MdakitError
+from mdakit.figures import new_figure
 
 
 def occluded(image: torch.Tensor, patch: int, stride: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -81,7 +81,7 @@ def plot_occlusion(results: list[dict[str, Any]], images: list[torch.Tensor], la
     True
     """
     cols = 2 + max((len(r["top_filters"]) for r in results), default=0)
-    fig = figure(1.8 * cols, 1.9 * len(results) + 0.4)
+    fig = new_figure(1.8 * cols, 1.9 * len(results) + 0.4)
     axes = fig.subplots(len(results), cols, squeeze=False)
     for r, (result, image, label) in enumerate(zip(results, images, labels)):
         shown = image.permute(1, 2, 0).squeeze(-1).numpy()

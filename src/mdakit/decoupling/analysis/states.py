@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mdakit.decoupling.analysis.figures import figure
 from mdakit.decoupling.paths import Paths
+from mdakit.figures import new_figure
 
 STATES = ("energetic", "dynamic", "silent")
 
@@ -27,10 +27,10 @@ def filter_states(paths: Paths) -> dict[str, Any]:
     """
     layers = {}
     n = len(paths.labels)
+    states = paths.filter_states()
     for name in paths.layers:
         hits = paths.z[name].sum(0)
-        silent, energetic = int((hits == 0).sum()), int((hits == n).sum())
-        counts = {"energetic": energetic, "dynamic": len(hits) - silent - energetic, "silent": silent}
+        counts = {state: states[name][state] for state in STATES}
         layers[name] = {"filters": len(hits), "counts": counts,
                         "shares": {k: v / len(hits) for k, v in counts.items()}, "activations": hits.tolist()}
     total = {k: sum(layer["counts"][k] for layer in layers.values()) for k in STATES}
@@ -46,7 +46,7 @@ def plot_filter_states(result: dict[str, Any], path: str | Path, title: str = ""
     >>> plot_filter_states(filter_states(p), tempfile.mkdtemp() + "/s.png").stat().st_size > 0
     True
     """
-    fig = figure(11, 4)
+    fig = new_figure(11, 4)
     ax, hist = fig.subplots(1, 2, width_ratios=[3, 2])
     names = list(result["layers"])
     x = list(range(1, len(names) + 1))

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Subset
 
 from mdakit.artifacts import ModelCard, save
-from mdakit.data import labels_of, load_dataset, per_class_subset
+from mdakit.data import labels_of, per_class_subset
 from mdakit.decoupling.analysis.categories import filter_categories, plot_categories
 from mdakit.decoupling.analysis.class_paths import (
     DEFAULT_SHARE,
@@ -36,18 +36,18 @@ from mdakit.decoupling.analysis.class_paths import (
     summarize_masks,
 )
 from mdakit.decoupling.analysis.embedding import embed_paths, plot_embedding
-from mdakit.decoupling.analysis.figures import write_json
 from mdakit.decoupling.analysis.filters import filter_responses, pick_filters, plot_top_images, top_images
 from mdakit.decoupling.analysis.hopkins import decision_tree, hopkins_per_layer, plot_tree
 from mdakit.decoupling.analysis.occlusion import occlusion, plot_occlusion
 from mdakit.decoupling.analysis.states import filter_states, plot_filter_states
 from mdakit.decoupling.finetune import load_decoupled
 from mdakit.decoupling.gates import DecoupledNet
-from mdakit.decoupling.paths import collect_paths
+from mdakit.decoupling.paths import Paths, collect_paths
 from mdakit.decoupling.ungated import ungated
 from mdakit.errors import MdakitError
-from mdakit.files import write_directory
+from mdakit.files import write_directory, write_json
 from mdakit.graph import trace
+from mdakit.workspace import logit_rows, model_split
 
 
 @dataclass
@@ -91,32 +91,22 @@ def paths_report(model_path: str | Path, out: str | Path, dataset: str | None = 
     if out.exists() and not force:
         raise MdakitError(f"{out} already exists; choose another --out or pass --force")
     net, card = load_decoupled(model_path, device)
-    name = dataset or card.dataset
-    if name is None:
-        raise MdakitError("the model card names no dataset: pass --dataset")
-    test, info = load_dataset(name, "test", data_dir)
-    if list(info.input_shape) != list(card.input_shape):
-        raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+    test, info = model_split(card, "test", dataset, data_dir)
     present = set(labels_of(test).unique().tolist())
     classes = [c for c in card.logit_classes if c in present]
     if not classes:
         raise MdakitError(f"{info.name} has no test images of the model's classes {card.logit_classes}")
-    widths = {site.layer: site.channels for site in net.sites}
-    layer = settings.filter_layer or net.layers[-1]
-    if layer not in widths:
-        raise MdakitError(f"{layer!r} is not a gated layer; gated layers: {', '.join(net.layers)}")
-    bad = [j for j in settings.filters or () if not 0 <= j < widths[layer]]
-    if bad:
-        raise MdakitError(f"layer {layer!r} has {widths[layer]} filters; there is no filter {bad[0]}")
+    _check_filters(net, settings)
     data = per_class_subset(test, settings.per_class, seed=settings.seed)
     data = Subset(data.dataset, [i for i in data.indices if int(labels_of(test)[i]) in classes])
     paths = collect_paths(net, data, device=device)
     paths.predictions = torch.tensor(card.logit_classes)[paths.predictions]
+    study = _Study(net, card, paths, data, classes, settings, device)
 
     summary: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
-        summary.update(_write_all(net, card, paths, data, classes, settings, tmp, out, device))
+        summary.update(_write_all(study, tmp, out))
         summary.update(model=str(model_path), dataset=info.name, settings=asdict(settings))
         write_json(tmp / "summary.json", summary)
 
@@ -124,10 +114,34 @@ def paths_report(model_path: str | Path, out: str | Path, dataset: str | None = 
     return summary
 
 
-def _write_all(net: DecoupledNet, card: ModelCard, paths: Any, data: Subset, classes: list[int],
-               settings: PathsSettings, tmp: Path, out: Path, device: torch.device | str) -> dict[str, Any]:
-    names = list(card.class_names)
-    summary: dict[str, Any] = {"images": len(paths.labels), "classes": classes,
+def _check_filters(net: DecoupledNet, settings: PathsSettings) -> None:
+    """Refuse a top-image layer that is not gated, or filters it does not have."""
+    widths = {site.layer: site.channels for site in net.sites}
+    layer = settings.filter_layer or net.layers[-1]
+    if layer not in widths:
+        raise MdakitError(f"{layer!r} is not a gated layer; gated layers: {', '.join(net.layers)}")
+    bad = [j for j in settings.filters or () if not 0 <= j < widths[layer]]
+    if bad:
+        raise MdakitError(f"layer {layer!r} has {widths[layer]} filters; there is no filter {bad[0]}")
+
+
+@dataclass
+class _Study:
+    """What every analysis reads: the decoupled model, its card, the paths of the chosen test images."""
+
+    net: DecoupledNet
+    card: ModelCard
+    paths: Paths
+    data: Subset
+    classes: list[int]
+    settings: PathsSettings
+    device: torch.device | str
+
+
+def _write_all(study: _Study, tmp: Path, out: Path) -> dict[str, Any]:
+    """Every analysis's JSON and PNG into ``tmp`` (to become ``out``); returns the summary's numbers."""
+    paths, names = study.paths, list(study.card.class_names)
+    summary: dict[str, Any] = {"images": len(paths.labels), "classes": study.classes,
                                "accuracy": float((paths.predictions == paths.labels).float().mean()),
                                "gate_density": paths.density()["all"]}
 
@@ -136,52 +150,67 @@ def _write_all(net: DecoupledNet, card: ModelCard, paths: Any, data: Subset, cla
     plot_filter_states(states, tmp / "filter_states.png")
     summary["filter_states"] = states["total"]
 
-    shares = class_shares(paths, classes)
-    plain, plain_card = ungated(net, card)
-    save(plain, tmp / "ungated-model", plain_card)
-    graph = trace(plain, card.input_shape)
-    masks = path_masks(graph, shares, classes, {c: card.logit_classes.index(c) for c in classes}, settings.share)
-    masks.class_names = {c: names[c] for c in classes if c < len(names)}
-    masks.info = {"source": str(out / "ungated-model"), "rows": {c: card.logit_classes.index(c) for c in classes},
-                  "input_shape": list(card.input_shape), "images_per_class": settings.per_class}
-    masks.save(tmp / "path-masks")
-    kept = summarize_masks(masks, paths.layers)
-    write_json(tmp / "class_paths.json", {"classes": classes, "share_threshold": settings.share,
-                                          "shares": {k: v.tolist() for k, v in shares.items()},
-                                          "mask_filters": kept})
-    plot_class_paths(shares, classes, names, tmp / "class_paths.png")
+    shares = class_shares(paths, study.classes)
+    _write_class_paths(study, shares, tmp, out)
 
-    embedding = embed_paths(paths, settings.per_class, seed=settings.seed)
+    embedding = embed_paths(paths, study.settings.per_class, seed=study.settings.seed)
     write_json(tmp / "tsne.json", embedding)
     plot_embedding(embedding, names, tmp / "tsne.png")
     summary["tsne"] = {k: embedding[k] for k in ("silhouette_2d", "neighbour_agreement")}
 
+    settings = study.settings
     tree = decision_tree(paths, settings.tree_threshold, settings.tree_min_size, seed=settings.seed)
     per_layer = hopkins_per_layer(paths, settings.seed)
     write_json(tmp / "hopkins_tree.json", {"hopkins_per_layer": per_layer, "tree": tree})
     plot_tree(tree, names, tmp / "hopkins_tree.png")
     summary["hopkins_per_layer"] = per_layer
 
-    categories = filter_categories(net, shares)
+    categories = filter_categories(study.net, shares)
     write_json(tmp / "filter_categories.json", categories)
     plot_categories(categories, names, tmp / "filter_categories.png")
     summary["category_agreement"] = {k: v.get("agreement_on_dynamic") for k, v in categories["layers"].items()}
 
+    _write_filter_images(study, shares, tmp)
+    return summary
+
+
+def _write_class_paths(study: _Study, shares: dict[str, torch.Tensor], tmp: Path, out: Path) -> None:
+    """Per-class paths (JSON, PNG), the ungated model and the per-class masks of that model."""
+    card, classes, settings = study.card, study.classes, study.settings
+    names = list(card.class_names)
+    plain, plain_card = ungated(study.net, card)
+    save(plain, tmp / "ungated-model", plain_card)
+    graph = trace(plain, card.input_shape)
+    rows = logit_rows(card.logit_classes, classes)
+    masks = path_masks(graph, shares, classes, rows, settings.share)
+    masks.class_names = {c: names[c] for c in classes if c < len(names)}
+    masks.info = {"source": str(out / "ungated-model"), "rows": rows,
+                  "input_shape": list(card.input_shape), "images_per_class": settings.per_class}
+    masks.save(tmp / "path-masks")
+    kept = summarize_masks(masks, study.paths.layers)
+    write_json(tmp / "class_paths.json", {"classes": classes, "share_threshold": settings.share,
+                                          "shares": {k: v.tolist() for k, v in shares.items()},
+                                          "mask_filters": kept})
+    plot_class_paths(shares, classes, names, tmp / "class_paths.png")
+
+
+def _write_filter_images(study: _Study, shares: dict[str, torch.Tensor], tmp: Path) -> None:
+    """The top-activating images of chosen filters and, if asked, the occlusion study."""
+    paths, settings, data, device = study.paths, study.settings, study.data, study.device
     layer = settings.filter_layer or paths.layers[-1]
-    responses = filter_responses(net, data, device)
+    responses = filter_responses(study.net, data, device)
     filters = list(settings.filters) if settings.filters else pick_filters(shares[layer])
     top = top_images(responses, layer, filters, paths.labels, settings.top_k)
     write_json(tmp / "top_images.json", top)
     plot_top_images(top, data, tmp / "top_images.png")
 
     if settings.occlusion_images:
-        size = card.input_shape[-1]
+        size = study.card.input_shape[-1]
         patch = settings.patch or max(1, size // 4)
         stride = settings.stride or max(1, patch // 2)
-        picks = [int(torch.nonzero(paths.labels == c).flatten()[0]) for c in classes][:settings.occlusion_images]
+        picks = [int(torch.nonzero(paths.labels == c).flatten()[0]) for c in study.classes][:settings.occlusion_images]
         images = [data[i][0] for i in picks]
-        results = [occlusion(net, image, patch, stride, device=device) for image in images]
+        results = [occlusion(study.net, image, patch, stride, device=device) for image in images]
         write_json(tmp / "occlusion.json", {"images": picks, "labels": [int(paths.labels[i]) for i in picks],
                                             "results": results})
         plot_occlusion(results, images, [int(paths.labels[i]) for i in picks], tmp / "occlusion.png")
-    return summary

@@ -1,4 +1,4 @@
-"""Matplotlib figures without pyplot's global state, and their bytes as PNG, SVG or data URIs."""
+"""Matplotlib figures without pyplot's global state (every PNG / SVG mdakit draws), and their bytes or data URIs."""
 
 from __future__ import annotations
 

@@ -4,31 +4,19 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from mdakit.artifacts import ModelCard, load, load_with_card, save
 from mdakit.cli import run
 from mdakit.data import ClassSubset
-from mdakit.decoupling.dynamic import DynamicNet, macs_per_input
-from mdakit.decoupling.finetune import DecoupleConfig, recalibrate_batchnorm, settle, warm_start_heads
+from mdakit.decoupling.calibration import recalibrate_batchnorm, warm_start_heads
+from mdakit.decoupling.finetune import DecoupleConfig, decouple, settle
 from mdakit.decoupling.gates import DecoupledNet, improved_semhash, saturating_sigmoid
 from mdakit.decoupling.losses import LossWeights, kl_loss, mi_loss, sparse_loss
 from mdakit.decoupling.paths import collect_paths
 from mdakit.errors import MdakitError
-from mdakit.metrics import count_macs
 from mdakit.zoo import build_model
-
-
-def _images(dataset, n: int) -> torch.Tensor:
-    return torch.stack([dataset[i][0] for i in range(n)])
-
-
-def _closed_some_gates(net: DecoupledNet, seed: int = 0) -> DecoupledNet:
-    """Gate biases around 0 so inputs select different, partial filter sets."""
-    torch.manual_seed(seed)
-    for gate in net.gates:
-        nn.init.normal_(gate.fc2.weight, 0.0, 0.5)  # input-dependent gates (they start input-blind)
-        nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
-    return net.eval()
+from nets import first_images, input_dependent_gates
 
 
 def test_semhash_mixes_per_sample_when_channels_exceed_batch():
@@ -114,14 +102,14 @@ def test_save_load_round_trip(tmp_path, mnist_test):
     test, info = mnist_test
     torch.manual_seed(0)
     model = build_model("vgg16", info.input_shape, 10, info.mean, info.std, width=0.125)
-    net = _closed_some_gates(DecoupledNet(model, info.input_shape))
+    net = input_dependent_gates(DecoupledNet(model, info.input_shape))
     card = ModelCard.for_dataset("vgg16", info, arch_kwargs={"width": 0.125})
     card.edits = [net.edit()]
     save(net, tmp_path / "d", card)
     loaded, loaded_card = load_with_card(tmp_path / "d")
     assert isinstance(loaded, DecoupledNet) and loaded.layers == net.layers
     assert loaded_card.edits[-1]["kind"] == "decoupled"
-    x = _images(test, 16)
+    x = first_images(test, 16)
     with torch.no_grad():
         a, b = net(x, return_gates=True), loaded(x, return_gates=True)
     assert torch.equal(a.logits, b.logits)
@@ -129,152 +117,9 @@ def test_save_load_round_trip(tmp_path, mnist_test):
     assert 0.05 < float(torch.cat([z.flatten() for z in a.z]).mean()) < 0.95
 
 
-def _assert_equals_gated(dynamic: nn.Module, x: torch.Tensor, ref: torch.Tensor, batched: bool = True) -> None:
-    """``dynamic`` gives the gated logits ``ref`` image by image (batch 1) and, if ``batched``, on the batch."""
-    with torch.no_grad():
-        assert (torch.cat([dynamic(x[i:i + 1]) for i in range(len(x))]) - ref).abs().max() <= 1e-4
-        if batched:
-            assert (dynamic(x) - ref).abs().max() <= 1e-4
-
-
-class _TinyResidual(nn.Module):
-    """A user-built net: an in-place residual add after a gated conv, and a conv → ReLU → BN order."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.late, self.late_bn = nn.Conv2d(8, 12, 3, stride=2), nn.BatchNorm2d(12)
-        self.head = nn.Sequential(nn.Conv2d(12, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        out += x
-        out = torch.relu(out)
-        return self.head(self.late_bn(torch.relu(self.late(out))))
-
-
-def test_dynamic_equals_gated_on_a_user_residual_net(mnist_test):
-    test, info = mnist_test
-    torch.manual_seed(0)
-    model = _TinyResidual()
-    for bn in (model.bn1, model.bn2, model.late_bn):  # non-trivial running statistics
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-    net = _closed_some_gates(DecoupledNet(model.eval(), info.input_shape))
-    assert net.layers == ["conv1", "conv2", "late"]
-    x = _images(test, 12)
-    dynamic = DynamicNet(net)
-    with torch.no_grad():
-        ref = net(x)
-    _assert_equals_gated(dynamic, x, ref)
-    macs = macs_per_input(dynamic, x[:4])
-    assert max(macs) < count_macs(net, info.input_shape)
-    paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
-    _assert_equals_gated(DynamicNet(net, paths.alive(), paths.energetic()), x, ref, batched=False)
-    for gather_above in (0, 10 ** 9):
-        ordered = DynamicNet(net, paths.alive(by_frequency=True), paths.energetic(), gather_above=gather_above)
-        _assert_equals_gated(ordered, x, ref, batched=False)
-    ungated = DynamicNet(net, always_on={name: torch.arange(8 if name != "late" else 12) for name in net.layers})
-    assert all(block.gate_w2t is None for block in ungated.net.blocks.children())  # no gate left to run
-    with torch.no_grad():
-        plain = DynamicNet(_closed_some_gates(DecoupledNet(model.eval(), info.input_shape)))
-        for gate in plain.net.blocks.children():
-            gate.gate_b2.data.fill_(50.0)  # every gate open: the same function as running no gate
-        assert (ungated(x) - plain(x)).abs().max() <= 1e-4
-
-
-@pytest.mark.parametrize("arch, width", [("vgg16", {"width": 0.125}), ("lenet5", {}),
-                                         pytest.param("resnet20", {}, marks=pytest.mark.slow)])
-def test_dynamic_equals_gated_on_real_images(arch, width, mnist_test, mnist_train):
-    test, info = mnist_test
-    torch.manual_seed(0)
-    model = build_model(arch, info.input_shape, 10, info.mean, info.std, **width)
-    net = _closed_some_gates(DecoupledNet(model, info.input_shape))
-    x = _images(test, 12)
-    dynamic = DynamicNet(net)
-    with torch.no_grad():
-        ref = net(x)
-    _assert_equals_gated(dynamic, x, ref)
-    paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
-    alive = paths.alive()
-    pruned = DynamicNet(net, alive)  # filters silent on these images removed: same outputs on them
-    _assert_equals_gated(pruned, x, ref, batched=False)
-    assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in dynamic.parameters())
-    macs = macs_per_input(pruned, x[:2])
-    assert max(macs) < count_macs(net, info.input_shape)
-    for gather_above in (0, 10 ** 9):  # every gated conv copies out its selected filters / none does
-        every = DynamicNet(net, gather_above=gather_above)
-        assert {block.gather for block in every.net.blocks.children()} == {gather_above == 0}
-        readers = list(every.net.sparse_inputs.children()) if hasattr(every.net, "sparse_inputs") else []
-        assert {conv.gather for conv in readers} <= {gather_above == 0}
-        _assert_equals_gated(every, x, ref)
-    static = DynamicNet(net, alive, paths.energetic())  # filters every image selects run without their gate
-    assert sum(static.always_on.values()) == sum(len(v) for v in paths.energetic().values()) > 0
-    _assert_equals_gated(static, x, ref)
-    for gather_above in (0, 10 ** 9):  # filters most often selected first: same function
-        ordered = DynamicNet(net, paths.alive(by_frequency=True), paths.energetic(), gather_above=gather_above)
-        _assert_equals_gated(ordered, x, ref)
-
-
-def test_nested_selections_run_as_prefixes_of_the_frequency_order(mnist_test):
-    test, info = mnist_test
-    torch.manual_seed(0)
-    net = DecoupledNet(build_model("lenet5", info.input_shape, 10, info.mean, info.std), info.input_shape).eval()
-    gate, x = net.gates[0], _images(test, 12)
-    hidden: list[torch.Tensor] = []
-    hook = gate.fc2.register_forward_hook(lambda _m, inputs, _o: hidden.append(inputs[0]))
-    with torch.no_grad():
-        direction = torch.randn(gate.fc2.in_features)
-        gate.fc2.weight.copy_(direction.expand_as(gate.fc2.weight))  # g_j = a(x) − t_j: selections are nested
-        net(x)
-        hook.remove()
-        score = hidden[0] @ direction
-        thresholds = torch.quantile(score, torch.linspace(0.9, 0.05, gate.fc2.out_features))
-        gate.fc2.bias.copy_(-thresholds)  # the higher a filter's index, the more often it is selected
-        ref = net(x)
-    paths = collect_paths(net, torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
-    ordered = paths.alive(by_frequency=True)
-    counts = paths.z[net.layers[0]].sum(0)[ordered[net.layers[0]]]
-    assert (counts[:-1] >= counts[1:]).all() and len(counts.unique()) > 3
-    sliced = DynamicNet(net, ordered, gather_above=10 ** 9)  # runs up to the last selected filter
-    gathered = DynamicNet(net, ordered, gather_above=0)
-    by_index = DynamicNet(net, paths.alive(), gather_above=10 ** 9)
-    for dynamic in (sliced, gathered, by_index):
-        _assert_equals_gated(dynamic, x, ref)
-    assert macs_per_input(sliced, x) == macs_per_input(gathered, x), "a prefix is exactly the selected filters"
-    assert sum(macs_per_input(by_index, x)) > sum(macs_per_input(sliced, x))
-
-
-@pytest.mark.parametrize("gather_above", [0, 10 ** 9])
-@pytest.mark.parametrize("site", [0, 2])
-def test_a_gate_that_selects_nothing_zeroes_its_filters(site, gather_above, mnist_test):
-    test, info = mnist_test
-    torch.manual_seed(0)
-    model = _TinyResidual()
-    for bn in (model.bn1, model.bn2, model.late_bn):  # non-zero shifts: an unmasked filter would show
-        bn.running_mean.uniform_(-0.5, 0.5)
-    net = _closed_some_gates(DecoupledNet(model.eval(), info.input_shape))
-    x, layer = _images(test, 6), net.layers[site]
-    for on in (0, 3):  # the gated layer selects nothing / only its first three filters, for every input
-        with torch.no_grad():
-            net.gates[site].fc2.bias.fill_(-50.0)[:on] = 50.0
-            gated = net(x, return_gates=True)
-        ref, z = gated.logits, gated.z[site]
-        assert z[:, :on].all() and not z[:, on:].any()
-        selected = {layer: torch.arange(max(on, 1))}  # the filters ever selected (or one, to compute and zero)
-        for alive, always_on in ((None, None), (None, {layer: torch.arange(on)}), (selected, None)):
-            dynamic = DynamicNet(net, alive, always_on, gather_above=gather_above)
-            assert dynamic.always_on[layer] == (on if always_on else 0)
-            assert dynamic.kept[layer] == (max(on, 1) if alive else net.sites[site].channels)
-            _assert_equals_gated(dynamic, x, ref)
-
-
 def test_collect_paths_shapes_and_states(tiny_lenet_dir, mnist_test):
     test, _ = mnist_test
-    net = _closed_some_gates(DecoupledNet(load(tiny_lenet_dir), (1, 28, 28)))
+    net = input_dependent_gates(DecoupledNet(load(tiny_lenet_dir), (1, 28, 28)))
     subset = ClassSubset(test, [0, 1], remap=False)
     paths = collect_paths(net, subset)
     assert paths.z["net.features.3"].shape == (len(subset), 16) and paths.z["net.features.3"].dtype == torch.bool
@@ -296,6 +141,32 @@ def test_cli_decouple_end_to_end(tmp_path, capsys, tiny_lenet_dir, data_dir):
     model, card = load_with_card(out)
     assert isinstance(model, DecoupledNet) and card.provenance["decoupled_from"] == str(tiny_lenet_dir)
     assert card.metrics["test_accuracy"] == report["test_accuracy"]
+
+
+def test_decouple_a_module_with_its_data_as_from_its_model_file(tiny_lenet_dir, mnist_train, mnist_test, data_dir):
+    train, test = mnist_train[0], mnist_test[0]
+    config = DecoupleConfig(batch_size=64, train_subset=300)
+    from_file = decouple(tiny_lenet_dir, "mnist", config, data_dir=data_dir, show_progress=False)
+    module = load(tiny_lenet_dir)
+    from_objects = decouple(module, DataLoader(train, batch_size=5), config, test_data=test, show_progress=False)
+    untested = decouple(module, train, config, show_progress=False)
+    for result in (from_objects, untested):
+        assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(),
+                                                     from_file.model.state_dict().values(), strict=True))
+        assert result.card.arch is None and "decoupled_from" not in result.card.provenance
+    assert from_objects.report == {**from_file.report, "finetune": from_objects.report["finetune"]}
+    assert from_objects.report["finetune"]["history"] == from_file.report["finetune"]["history"]
+    assert from_objects.card.metrics == from_file.card.metrics
+    assert from_file.card.provenance["decoupled_from"] == str(tiny_lenet_dir)
+    assert untested.card.metrics == {} and not [key for key in untested.report if "test" in key]
+    assert untested.report["gated_layers"] == from_file.report["gated_layers"]
+
+
+def test_decouple_refuses_a_model_that_is_not_a_full_classifier_of_its_data(mnist_train):
+    three = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 24 * 24, 3))
+    with pytest.raises(MdakitError, match="3 logits but the data has 10 classes"):
+        decouple(three, mnist_train[0], DecoupleConfig(), show_progress=False)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -344,12 +215,12 @@ def test_batchnorm_subclasses_after_gated_convs_are_refused():
 def test_batchnorm_recalibration_uses_the_hard_gated_statistics(mnist_test):
     test, info = mnist_test
     torch.manual_seed(0)
-    net = _closed_some_gates(DecoupledNet(build_model("vgg16", info.input_shape, 10, info.mean, info.std,
+    net = input_dependent_gates(DecoupledNet(build_model("vgg16", info.input_shape, 10, info.mean, info.std,
                                                       width=0.125), info.input_shape))
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in norms:
         bn.running_mean.fill_(5.0)
-    x = _images(test, 32)
+    x = first_images(test, 32)
     seen: list[torch.Tensor] = []
     late = norms[3]  # behind gated layers: what it sees depends on the gates' binary decisions
     gates: list[torch.Tensor] = []
