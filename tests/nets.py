@@ -1,10 +1,16 @@
-"""Small hand-built networks that exercise each channel-flow pattern (shared by the tests)."""
+"""Small hand-built networks that exercise each channel-flow pattern, and the zoo's architectures as
+test parameters (shared by the tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+import pytest
 import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
+
+from mdakit.zoo import available
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -98,3 +104,8 @@ class ShuffleNet(nn.Module):
         x = x.view(b, 4, c // 4, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
         x = x + self.depth(torch.relu(self.mix(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def zoo_params(slow: Collection[str] = ()) -> list:
+    """Every architecture of the zoo registry as a pytest parameter, those in ``slow`` marked slow."""
+    return [pytest.param(arch, marks=pytest.mark.slow) if arch in slow else arch for arch in available()]
