@@ -133,7 +133,7 @@ def fetch(name: str, data_dir: str | Path | None = None, source: str = "auto") -
     if entry.from_path:
         raise MdakitError(f"{entry.name} datasets are not fetched: point {entry.name}:PATH at your own tree")
     if source not in ("auto", *SOURCES):
-        raise MdakitError(f"unknown source {source!r}; use auto, {', '.join(SOURCES[:-1])} or {SOURCES[-1]}")
+        raise MdakitError(f"unknown source {source!r}; use auto, {' or '.join(SOURCES)}")
     root = data_root(data_dir)
     if _is_present(key, root):
         return root
