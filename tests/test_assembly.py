@@ -412,3 +412,18 @@ def test_parts_of_user_built_modules_assemble_in_the_parallel_layout(tmp_path):
     module, part_card = load_with_card(out / "part-0", into=_UserConvNet())
     with torch.no_grad():
         assert torch.equal(module(images), parts[0].model(images))
+
+
+def test_parallel_layout_joins_different_zoo_architectures_through_files(part_dirs, images, tmp_path):
+    torch.manual_seed(0)
+    resnet = build_model("resnet20", SHAPE, 10, mean=[0.29], std=[0.35]).eval()
+    whole = save(resnet, tmp_path / "resnet20-fmnist", ModelCard("resnet20", list(SHAPE), 10, dataset="fashion-mnist"))
+    model, card = assemble([part_dirs[0], whole])
+    assert card.to_dict()["arch"] is None and [c.arch for c in card.part_cards] == ["lenet5", "resnet20"]
+    with pytest.raises(MdakitError, match="different architectures: lenet5 .* resnet20"):
+        assemble([part_dirs[0], whole], layout="padded")
+    loaded, loaded_card = load_assembled(save_assembled(model, tmp_path / "asm", card))
+    with torch.no_grad():
+        want = torch.cat([load_with_card(part_dirs[0])[0](images), resnet(images)], dim=1)
+        assert (loaded(images) - want).abs().max() <= 1e-5
+    assert loaded_card.logits == card.logits and len(card.logits) == 13
