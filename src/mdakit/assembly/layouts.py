@@ -10,7 +10,8 @@ turns the parts side by side, already rescaled, into the assembled network:
   layer, so the parts need the same zoo architecture and constructor arguments.
 
 Every layout also refuses a class of one dataset in two parts. Add a layout with
-:func:`register_layout` on its builder.
+:func:`register_layout` on its builder. Files (:mod:`mdakit.assembly.files`) store every assembly as
+its parts and rescaling, and a padded one also as its merged network.
 """
 
 from __future__ import annotations
