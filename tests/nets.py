@@ -1,10 +1,16 @@
-"""Small hand-built networks that exercise each channel-flow pattern, and helpers preparing models (shared by tests)."""
+"""Small hand-built networks that exercise each channel-flow pattern, and the zoo's architectures as
+test parameters (shared by the tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+import pytest
 import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
+
+from mdakit.zoo import available
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -112,3 +118,8 @@ def input_dependent_gates(net: nn.Module, seed: int = 0) -> nn.Module:
         nn.init.normal_(gate.fc2.weight, 0.0, 0.5)  # input-dependent gates (they start input-blind)
         nn.init.normal_(gate.fc2.bias, 0.0, 0.5)
     return net.eval()
+
+
+def zoo_params(slow: Collection[str] = ()) -> list:
+    """Every architecture of the zoo registry as a pytest parameter, those in ``slow`` marked slow."""
+    return [pytest.param(arch, marks=pytest.mark.slow) if arch in slow else arch for arch in available()]

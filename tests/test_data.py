@@ -1,4 +1,5 @@
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,30 @@ def test_fetch_is_idempotent(data_dir):
     assert mdata.fetch("mnist", data_dir) == data_dir
 
 
-def test_missing_dataset_names_the_command(tmp_path):
-    with pytest.raises(MdakitError, match=r"mdakit data fetch mnist --data-dir"):
-        mdata.load_dataset("mnist", "test", tmp_path)
-    with pytest.raises(MdakitError, match=r"mdakit data fetch cifar10"):
-        mdata.load_dataset("cifar10", "test", tmp_path)
+@pytest.mark.parametrize("name", [name for name, entry in mdata.DATASETS.items() if not entry.from_path])
+def test_every_named_dataset_missing_from_a_folder_names_the_command(name, tmp_path):
+    with pytest.raises(MdakitError, match=re.escape(f"mdakit data fetch {name} --data-dir {tmp_path}")):
+        mdata.load_dataset(name, "test", tmp_path)
+    entry = mdata.DATASETS[name]
+    assert mdata.canonical_name(f" {name.upper()} ") == name
+    assert all(mdata.canonical_name(alias) == name for alias in entry.aliases)
+    if entry.info is not None and not entry.names_in_files:  # known without reading any file
+        assert mdata.dataset_info(name, tmp_path) is entry.info
+
+
+def test_a_registered_dataset_is_one_loader(tmp_path, monkeypatch):
+    info = mdata.DatasetInfo("toy", (1, 2, 2), ("a", "b"), (0.5,), (0.25,))
+    monkeypatch.setitem(mdata.DATASETS, "toy", None)  # the registration below is undone after the test
+
+    @mdata.register_dataset("toy", info=info, aliases=("toy-set",))
+    def load_toy(split, root):
+        assert root == tmp_path
+        return mdata.ImageTensorDataset(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1])), info
+
+    train, got = mdata.load_dataset("Toy-Set", "train", tmp_path)
+    assert got is info and len(train) == 2 and mdata.dataset_info("toy") is info and mdata.BUILTIN["toy"] is info
+    with pytest.raises(MdakitError, match="known: .*toy"):
+        mdata.canonical_name("toys")
 
 
 def test_unknown_dataset_and_split():

@@ -16,7 +16,7 @@ from mdakit.disassembly import disassemble
 from mdakit.errors import MdakitError
 from mdakit.exporting import METADATA_KEY, Exportable, check_export, export, export_model, load_exportable, run_exported
 from mdakit.zoo import build_model
-from nets import randomize_batchnorm
+from nets import randomize_batchnorm, zoo_params
 
 SHAPE = (1, 28, 28)
 SUFFIX = {"onnx": "onnx", "torchscript": "pt"}
@@ -45,9 +45,9 @@ def _roundtrip(item, tmp_path, fmt, images):
 
 
 SLOW = pytest.mark.slow
-ARCHS = ["lenet5", "vgg16", "resnet20", "timm:resnet18", pytest.param("resnet50", marks=SLOW),
-         pytest.param("googlenet", marks=SLOW), pytest.param("torchvision:resnet18", marks=SLOW),
-         pytest.param("torchvision:googlenet", marks=SLOW), pytest.param("timm:efficientnet_b0", marks=SLOW)]
+ARCHS = [*zoo_params(slow={"resnet50", "googlenet", "resnet56"}), "timm:resnet18",
+         pytest.param("torchvision:resnet18", marks=SLOW), pytest.param("torchvision:googlenet", marks=SLOW),
+         pytest.param("timm:efficientnet_b0", marks=SLOW)]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

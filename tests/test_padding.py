@@ -17,7 +17,7 @@ from mdakit.graph import trace
 from mdakit.padding import merge_padded, split_normalize
 from mdakit.surgery import keep_sets, rebuild
 from mdakit.zoo import build_model
-from nets import DepthwiseNet, randomize_batchnorm
+from nets import DepthwiseNet, randomize_batchnorm, zoo_params
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,9 @@ def _part(model, shape, seed, rows):
     return rebuild(model, keep).eval()
 
 
-ARCHS = [("lenet5", (1, 28, 28)), ("vgg16", (1, 28, 28)), ("resnet50", (1, 28, 28)), ("googlenet", (1, 28, 28)),
-         ("torchvision:resnet18", (1, 28, 28)), ("torchvision:googlenet", (1, 28, 28))]
-
-
-@pytest.mark.parametrize("arch, shape", ARCHS, ids=[a for a, _ in ARCHS])
-def test_padded_merge_equals_parts_concatenated(arch, shape, images):
+@pytest.mark.parametrize("arch", zoo_params(slow={"resnet56"}) + ["torchvision:resnet18", "torchvision:googlenet"])
+def test_padded_merge_equals_parts_concatenated(arch, images):
+    shape = (1, 28, 28)
     torch.manual_seed(0)
     a = randomize_batchnorm(build_model(arch, shape, 10, mean=[0.13], std=[0.31]), 1).eval()
     b = randomize_batchnorm(build_model(arch, shape, 10, mean=[0.29], std=[0.35]), 2).eval()

@@ -1,14 +1,16 @@
 import pytest
 import torch
+from torch import nn
 
+from mdakit import zoo
 from mdakit.errors import MdakitError
 from mdakit.metrics import count_macs, count_nonzero_parameters, count_parameters, model_size
 from mdakit.zoo import Normalize, available, build_model
+from nets import zoo_params
 
-ZOO = ["lenet5", "vgg16", "resnet20", "resnet56", "resnet50", "googlenet"]
 
-
-@pytest.mark.parametrize("arch", ZOO + ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:googlenet"])
+@pytest.mark.parametrize("arch", zoo_params() + ["torchvision:resnet18", "torchvision:mobilenet_v2",
+                                                 "torchvision:googlenet"])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_zoo_builds_for_dataset_shapes(arch, shape):
     torch.manual_seed(0)
@@ -19,8 +21,31 @@ def test_zoo_builds_for_dataset_shapes(arch, shape):
     assert out.shape == (2, 7) and torch.isfinite(out).all()
 
 
-def test_registry_lists_the_zoo():
-    assert set(ZOO) <= set(available())
+def test_registry_lists_the_documented_architectures():
+    assert {"lenet5", "vgg16", "resnet20", "resnet56", "resnet50", "googlenet"} <= set(available())
+    assert all(f"``{arch}``" in zoo.__doc__ for arch in available())
+
+
+def test_a_registered_architecture_is_one_function(monkeypatch):
+    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
+
+    @zoo.register("tiny-mlp")
+    def tiny_mlp(input_shape, num_classes, hidden=8):
+        return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], hidden),
+                             nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    assert "tiny-mlp" in available()
+    model = build_model("tiny-mlp", (1, 4, 4), 3, hidden=5)
+    assert isinstance(model[0], Normalize) and model.net[1].out_features == 5
+    assert model(torch.rand(2, 1, 4, 4)).shape == (2, 3)
+    with pytest.raises(MdakitError, match="bad options for tiny-mlp"):
+        build_model("tiny-mlp", (1, 4, 4), 3, depth=2)
+
+
+@pytest.mark.parametrize("family", list(zoo.FAMILIES))
+def test_every_family_refuses_an_unknown_name(family):
+    with pytest.raises(MdakitError, match=f"unknown {family}"):
+        build_model(f"{family}:not_a_model", (1, 28, 28), 10)
 
 
 def test_normalisation_is_part_of_the_model():

@@ -8,6 +8,9 @@ Names: ``lenet5``, ``vgg16``, ``resnet20``, ``resnet56``, ``resnet50``, ``google
 ``torchvision:<name>`` for any torchvision classification model (first convolution adapted to the
 input channels) and ``timm:<name>`` for any timm model (architecture only, built with the dataset's
 input channels and class count; weights come from ``mdakit import``).
+
+An architecture is one function building its body, ``f(input_shape, num_classes, **kwargs)``, under
+``@register("name")``; a library of them is one entry of :data:`FAMILIES`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def available() -> list[str]:
-    """Names of the registered architectures (``torchvision:<name>`` is accepted besides these).
+    """Names of the registered architectures (``torchvision:<name>`` and ``timm:<name>`` are accepted
+    besides these, see :data:`FAMILIES`).
 
     >>> "lenet5" in available()
     True
@@ -234,6 +238,10 @@ def _timm_body(name: str, input_shape: Sequence[int], num_classes: int, **kwargs
         raise MdakitError(f"bad options for timm:{name}: {exc}") from exc
 
 
+# Architectures of another library, named ``<family>:<name>``: f(name, input_shape, num_classes, **kwargs).
+FAMILIES: dict[str, Callable[..., nn.Module]] = {"torchvision": _torchvision_body, "timm": _timm_body}
+
+
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 **kwargs) -> nn.Sequential:
@@ -254,18 +262,17 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int,
     std = list(std) if std is not None else [1.0] * shape[0]
     if len(mean) != shape[0] or len(std) != shape[0]:
         raise MdakitError(f"mean/std need {shape[0]} values (one per input channel)")
-    if arch.startswith("torchvision:"):
-        body = _torchvision_body(arch.split(":", 1)[1], shape, num_classes, **kwargs)
-    elif arch.startswith("timm:"):
-        body = _timm_body(arch.split(":", 1)[1], shape, num_classes, **kwargs)
+    family, sep, name = arch.partition(":")
+    if sep and family in FAMILIES:
+        body = FAMILIES[family](name, shape, num_classes, **kwargs)
     elif arch in _REGISTRY:
         try:
             body = _REGISTRY[arch](shape, num_classes, **kwargs)
         except TypeError as exc:
             raise MdakitError(f"bad options for {arch}: {exc}") from exc
     else:
-        raise MdakitError(f"unknown architecture {arch!r}; known: {', '.join(available())}, torchvision:<name>, "
-                          "timm:<name>")
+        families = ", ".join(f"{f}:<name>" for f in FAMILIES)
+        raise MdakitError(f"unknown architecture {arch!r}; known: {', '.join(available())}, {families}")
     model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=body))
     _check_runs(model, arch, shape, num_classes)
     return model

