@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, _Edge, trace
+from mdakit.graph import ChannelGraph, Edge, trace
 from mdakit.surgery import resized_batchnorm, set_module
 from mdakit.zoo import MultiNormalize, Normalize
 
@@ -37,7 +37,7 @@ def split_normalize(model: nn.Module) -> tuple[Normalize | None, nn.Module]:
     return None, model
 
 
-def _edge_kind(edges: list[_Edge], out_size: int, in_sizes: list[int]) -> str:
+def _edge_kind(edges: list[Edge], out_size: int, in_sizes: list[int]) -> str:
     if any(e.src is None for e in edges):
         return "mixing"
     if all(torch.equal(e.src, torch.arange(out_size)) for e in edges):
