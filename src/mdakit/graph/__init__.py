@@ -25,11 +25,18 @@ is an error naming the op and the node, never a silent guess.
 Each op's rule is a handler in :mod:`mdakit.graph.ops`, registered by the op it handles
 (:mod:`mdakit.graph.registry`); a per-channel op the tracer does not know yet is one line away:
 
+>>> import torch
 >>> from torch import nn
->>> register_passthrough(nn.Softsign)
->>> trace(nn.Sequential(nn.Conv2d(1, 2, 1), nn.Softsign(), nn.Flatten(), nn.Linear(2, 2)), (1, 1, 1)).num_ids
-5
->>> unregister(nn.Softsign)
+>>> class Erf(nn.Module):
+...     def forward(self, x): return torch.erf(x)
+>>> net = nn.Sequential(nn.Conv2d(1, 2, 1), Erf(), nn.Flatten(), nn.Linear(2, 2))
+>>> trace(net, (1, 1, 1))
+Traceback (most recent call last):
+mdakit.errors.MdakitError: unsupported op call_function 'erf' at node 'erf': mdakit cannot tell how it maps channels
+>>> register_passthrough(Erf)
+>>> trace(net, (1, 1, 1)).layer("3").in_ids.tolist()
+[1, 2]
+>>> unregister(Erf)
 
 The same edges drive the backward "needed" walk of attribution (:meth:`ChannelGraph.walk_back`).
 """

@@ -17,7 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mdakit.errors import MdakitError
 from mdakit.graph.channel_graph import ChannelGraph, Edge, PrunableLayer, find_root
-from mdakit.graph.registry import module_handler, op_entry
+from mdakit.graph.registry import MODULES, module_handler, op_entry
 
 
 def tensor_shape(node: torch.fx.Node) -> tuple[int, ...] | None:
@@ -41,12 +41,18 @@ def describe(node: torch.fx.Node) -> str:
 
 
 class Tracer(torch.fx.Tracer):
-    """torch.fx's tracer with every BatchNorm kept as a leaf, subclasses included (timm's
-    ``BatchNormAct2d`` is a BatchNorm followed by channel-wise activation and dropout; traced through,
-    it would become a functional ``batch_norm`` on parameters the surgery could not slice)."""
+    """torch.fx's tracer with more modules kept whole (as leaves, like torch.nn's own).
+
+    Every BatchNorm, subclasses included: timm's ``BatchNormAct2d`` is a BatchNorm followed by
+    channel-wise activation and dropout; traced through, it would become a functional ``batch_norm``
+    on parameters the surgery could not slice. And every module whose own class has a channel handler
+    (:func:`~mdakit.graph.registry.register_module`), so that handler sees it; its subclasses are
+    traced through as before (a ``Conv2d`` subclass may pad in its forward).
+    """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m) in MODULES
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def fx_trace(model: nn.Module) -> torch.fx.Graph:

@@ -70,7 +70,11 @@ def register_method(*names: str, any_result: bool = False) -> Callable[[OpHandle
 
 
 def register_module(*types: type[nn.Module]) -> Callable[[H], H]:
-    """Register the decorated handler for ``call_module`` nodes of ``types`` and their subclasses."""
+    """Register the decorated handler for ``call_module`` nodes of ``types`` and their subclasses.
+
+    The tracer keeps modules of exactly these classes whole (fx leaves) so the handler sees them;
+    subclasses reach it only if they are leaves anyway (torch.nn's modules, BatchNorms).
+    """
     def register(handler: H) -> H:
         _add(MODULES, types, handler)
         return handler

@@ -1,9 +1,9 @@
 """Per-channel ops: channel ``j`` of the result is channel ``j`` of the input.
 
 Activations, dropout (stochastic depth too: it drops whole samples' branches while training and is
-the identity in eval mode), pooling, padding, copies and casts. One line registers another:
-``register_passthrough(nn.Softsign)`` (a module class, subclasses included), a function, or the name
-of a tensor method.
+the identity in eval mode; torchvision's module is traced through to its ``stochastic_depth``
+function), pooling, padding, copies and casts. One line registers another: a module class, a
+function, or the name of a tensor method.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import StochasticDepth, stochastic_depth
+from torchvision.ops import stochastic_depth
 
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder
@@ -39,13 +39,13 @@ def register_passthrough(*ops: type[nn.Module] | Callable[..., Any] | str) -> No
     """Register ``ops`` as per-channel: module classes, functions, or tensor method names.
 
     >>> from mdakit.graph import trace, unregister
-    >>> class Scale(nn.Module):
-    ...     def forward(self, x): return 2 * x
-    >>> register_passthrough(Scale)
-    >>> net = nn.Sequential(nn.Conv2d(1, 3, 1), Scale(), nn.Flatten(), nn.Linear(3, 2))
+    >>> register_passthrough(torch.erf)
+    >>> class Erf(nn.Module):
+    ...     def forward(self, x): return torch.erf(x)
+    >>> net = nn.Sequential(nn.Conv2d(1, 3, 1), Erf(), nn.Flatten(), nn.Linear(3, 2))
     >>> trace(net, (1, 1, 1)).layer("3").in_ids.tolist()
     [1, 2, 3]
-    >>> unregister(Scale)
+    >>> unregister(torch.erf)
     """
     for op in ops:
         if isinstance(op, str):
@@ -75,14 +75,13 @@ register_passthrough(
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d,
     nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
-    nn.ZeroPad2d, nn.ConstantPad2d, StochasticDepth,
+    nn.ZeroPad2d, nn.ConstantPad2d,
 )
 register_passthrough(
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.pad, torch.relu, torch.sigmoid, torch.tanh, torch.clone,
-    F.relu_, stochastic_depth,
-)
+    F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d, F.pad, torch.relu, torch.sigmoid, torch.tanh, torch.clone, F.relu_, stochastic_depth,
+)  # not F.sigmoid, F.tanh: fx records the tensor methods they call
 register_passthrough(
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "clamp", "clamp_", "clamp_min",
     "clamp_min_", "detach", "float", "to", "type_as",
