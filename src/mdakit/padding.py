@@ -24,7 +24,7 @@ from torch import nn
 
 from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, _Edge, trace
+from mdakit.graph import ChannelGraph, Edge, trace
 from mdakit.surgery import resized_batchnorm, set_module
 from mdakit.zoo import MultiNormalize, Normalize
 
@@ -38,7 +38,7 @@ def split_normalize(model: nn.Module) -> tuple[Normalize | None, nn.Module]:
     return None, model
 
 
-def _edge_kind(edges: list[_Edge], out_size: int, in_sizes: list[int]) -> str:
+def _edge_kind(edges: list[Edge], out_size: int, in_sizes: list[int]) -> str:
     if any(e.src is None for e in edges):
         return "mixing"
     if all(torch.equal(e.src, torch.arange(out_size)) for e in edges):

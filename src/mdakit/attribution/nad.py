@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, Subset
 from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, fx_trace
+from mdakit.graph import ChannelGraph, fx_trace, insert_after
 from mdakit.progress import progress as progress_bar
 
 POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
@@ -262,9 +262,7 @@ def _gated(gm: torch.fx.GraphModule, layout: _GateLayout) -> tuple[torch.fx.Grap
     for k, name in enumerate(layout.points):
         target = f"nad_gate_{k}"
         gm.add_submodule(target, _Gate(layout.index[k], state))
-        with gm.graph.inserting_after(nodes[name]):
-            gate = gm.graph.call_module(target, (nodes[name],))
-        nodes[name].replace_all_uses_with(gate, delete_user_cb=lambda user, gate=gate: user is not gate)
+        insert_after(gm.graph, nodes[name], target)
     gm.recompile()
     return gm, state
 

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, fx_trace, trace
+from mdakit.graph import ChannelGraph, fx_trace, insert_after, trace
 
 GATES = "decouple_gates"
 ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
@@ -313,13 +313,9 @@ def _splice_gates(fx_graph: torch.fx.Graph, sites: Sequence[GateSite]) -> torch.
         with fx_graph.inserting_before(conv):
             z = fx_graph.call_module(f"{GATES}.{i}", (conv.args[0],))
         point = nodes[site.point]
-        with fx_graph.inserting_after(point):
-            y = fx_graph.call_function(_pool, (point,))
-        with fx_graph.inserting_after(y):
-            masked = fx_graph.call_function(_mask, (point, z))
-        point.replace_all_uses_with(masked, delete_user_cb=lambda user, y=y, masked=masked: user not in (y, masked))
+        insert_after(fx_graph, point, _mask, (point, z))
         zs.append(z)
-        ys.append(y)
+        ys.append(insert_after(fx_graph, point, _pool, reroute=False))  # before the masking: the unmasked output
     output = next(node for node in fx_graph.nodes if node.op == "output")
     logits = output.args[0]
     fx_graph.erase_node(output)

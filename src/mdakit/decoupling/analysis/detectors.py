@@ -22,7 +22,7 @@ from torch import nn
 
 from mdakit.decoupling.gates import DecoupledNet, output_points
 from mdakit.errors import MdakitError
-from mdakit.graph import fx_trace, trace
+from mdakit.graph import fx_trace, insert_after, trace
 
 CLASSIFIERS: dict[str, Callable[[int], object]] = {
     "random forest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
@@ -81,10 +81,10 @@ class ChannelActivity(nn.Module):
         if not names:
             raise MdakitError("the model has no conv layer whose channel activity could be read")
         nodes = {node.name: node for node in fx_graph.nodes}
+        pooled = [insert_after(fx_graph, nodes[point], torch.mean, (nodes[point], (2, 3)), reroute=False)
+                  for point in output_points(fx_graph, graph, names)]
         output = next(node for node in fx_graph.nodes if node.op == "output")
         with fx_graph.inserting_before(output):
-            pooled = [fx_graph.call_method("mean", (nodes[point], (2, 3)))
-                      for point in output_points(fx_graph, graph, names)]
             joined = fx_graph.call_function(torch.cat, (pooled, 1))
         output.args = (joined,)
         self.net = torch.fx.GraphModule(model, fx_graph)

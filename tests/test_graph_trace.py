@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -163,3 +165,60 @@ class _ChunkRows(nn.Module):
 def test_permutes_and_chunks_it_cannot_follow_are_refused(net, message):
     with pytest.raises(MdakitError, match=message):
         trace(net, (1, 8, 8))
+
+
+class _Apply(nn.Module):
+    """conv → ``fn`` → mean → linear, with a per-channel constant at hand."""
+
+    def __init__(self, fn, conv=None, width=4):
+        super().__init__()
+        self.conv = conv or nn.Conv2d(1, 4, 3, padding=1)
+        self.fn = fn
+        self.register_buffer("scale", torch.ones(1, 4, 1, 1))
+        self.fc = nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.fc(self.fn(self, self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda m, x: torch.erf(x), "unsupported op call_function 'erf' at node 'erf': mdakit cannot tell how it maps "
+                                "channels"),
+    (lambda m, x: x.erf(), "unsupported op call_method 'erf' at node 'erf': mdakit cannot tell how it maps channels"),
+    (lambda m, x: x[:, :, :3], "unsupported op call_function 'getitem' at node 'getitem': mdakit cannot tell how it "
+                               "maps channels"),
+    (lambda m, x: x.mT, "unsupported op call_function 'getattr' at node 'getattr_1': mdakit cannot tell how it maps "
+                        "channels"),
+    (lambda m, x: torch.stack(torch.unbind(x, 1), 1), "unsupported op call_function 'unbind' at node 'unbind': its "
+                                                      "result is not a tensor mdakit can follow"),
+    (lambda m, x: torch.cat([x, x], 2), "concat along dim 2 at node 'cat' is not supported (only channels)"),
+    (lambda m, x: x.view(2, 4, 36, 1), "unsupported reshape call_method 'view' at node 'view' from [2, 4, 6, 6] to "
+                                       "[2, 4, 36, 1]"),
+    (lambda m, x: x.mean(1, keepdim=True) + m.scale, "unsupported broadcast in call_function 'add' at node 'add'"),
+    (lambda m, x: nn.functional.prelu(x, m.scale.flatten()), "unsupported op call_function 'prelu' at node 'prelu'"),
+])
+def test_ops_it_cannot_follow_are_refused_naming_op_and_node(fn, message):
+    with pytest.raises(MdakitError, match=re.escape(message)):
+        trace(_Apply(fn), (1, 6, 6))
+
+
+@pytest.mark.parametrize("net, message", [
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.PReLU(4), nn.Flatten(), nn.Linear(64, 2)),
+     "per-channel PReLU at node '_1' is not supported"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.LocalResponseNorm(2), nn.Flatten(), nn.Linear(64, 2)),
+     "unsupported module LocalResponseNorm ('1') at node '_1': mdakit cannot tell how it maps channels"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 2)), "Linear '1' at node '_1' reads a 4-D tensor; only B×features "
+                                                          "inputs are supported"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(144, 2)),
+     "Conv2d '0' uses padding_mode='reflect'; only zeros is supported"),
+])
+def test_modules_it_cannot_follow_are_refused_naming_module_and_node(net, message):
+    with pytest.raises(MdakitError, match=re.escape(message)):
+        trace(net, (1, 6, 6))
+
+
+def test_a_per_channel_constant_pins_and_a_scalar_prefactor_couples_nothing():
+    g = trace(_Apply(lambda m, x: x * m.scale), (1, 6, 6))
+    assert g.pinned_mask()[g.groups(g.layer("conv").out_ids)].all()
+    g = trace(_Apply(lambda m, x: 0.5 * x), (1, 6, 6))
+    assert not g.pinned_mask()[g.groups(g.layer("conv").out_ids)].any()

@@ -1,0 +1,60 @@
+"""Layers with parameters: the prunable ``Conv2d`` and ``Linear``, and BatchNorm, which follows them.
+
+A prunable layer creates one channel id per output channel. A depthwise convolution couples input
+channel ``j`` with output channel ``j``; a grouped one (not depthwise) pins its inputs and outputs,
+whose group sizes are fixed. BatchNorm keeps channel ``j`` as ``j``; its parameters are sliced with
+the channels kept, and it is recorded as the BN after a layer it alone reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import nn
+
+from mdakit.errors import MdakitError
+from mdakit.graph.builder import GraphBuilder, tensor_shape
+from mdakit.graph.channel_graph import PrunableLayer
+from mdakit.graph.registry import register_module
+
+
+@register_module(nn.Conv2d, nn.Linear)
+def prunable(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn.Linear) -> None:
+    """A layer whose output channels can be removed (and whose input channels follow its producers)."""
+    name = str(node.target)
+    if any(layer.name == name for layer in builder.layers):
+        raise MdakitError(f"module {name!r} is called more than once (shared weights are not supported)")
+    source = builder.first_tensor(node)
+    in_ids = builder.ids[source.name]
+    shape = tensor_shape(source)
+    if isinstance(module, nn.Linear):
+        if shape is None or len(shape) != 2:
+            raise MdakitError(f"Linear {name!r} at node {node.name!r} reads a {len(shape or ())}-D tensor; "
+                              "only B×features inputs are supported")
+        kind = "linear"
+    else:
+        if module.padding_mode != "zeros":
+            raise MdakitError(f"Conv2d {name!r} uses padding_mode={module.padding_mode!r}; only zeros is supported")
+        kind = "conv"
+    out_ids = builder.fresh(module.out_channels if kind == "conv" else module.out_features)
+    if kind == "conv" and module.groups > 1:
+        if module.groups == module.in_channels == module.out_channels:
+            builder.union(in_ids, out_ids)
+        else:
+            builder.pin(in_ids)
+            builder.pin(out_ids)
+    builder.ids[node.name] = out_ids
+    builder.layers.append(PrunableLayer(name=name, module=module, kind=kind, node=node.name,
+                                        input_node=source.name, in_ids=in_ids, out_ids=out_ids))
+
+
+@register_module(nn.BatchNorm1d, nn.BatchNorm2d)
+def batch_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.Module) -> None:
+    """A per-channel module with per-channel parameters (sliced with the channels kept)."""
+    name = str(node.target)
+    source = builder.first_tensor(node)
+    builder.identity(node, source)
+    builder.channel_modules[name] = source.name
+    layer = builder.layer_at(source.name)
+    if layer is not None and len(source.users) == 1:
+        layer.bn_after = name

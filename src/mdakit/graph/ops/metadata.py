@@ -1,0 +1,22 @@
+"""Reading a tensor's metadata (``x.size()``, ``x.dim()``, ``x.shape``, ``x.device``...): no channels flow."""
+
+from __future__ import annotations
+
+import torch.fx
+
+from mdakit.graph.builder import GraphBuilder
+from mdakit.graph.registry import register_function, register_method
+
+ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
+
+
+@register_method("size", "dim", any_result=True)
+def metadata(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """Nothing to record."""
+
+
+@register_function(getattr, any_result=True)
+def attribute(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """``getattr(x, name)``: metadata, unless ``name`` is an attribute whose channels mdakit cannot follow."""
+    if node.args[1] not in ATTRIBUTES:
+        raise builder.unsupported(node)

@@ -1,0 +1,64 @@
+"""Reshapes: flattening channels into features, and the view into channel groups a shuffle starts with.
+
+Flattening B×C×H×W to B×(C·H·W) gives feature ``f`` the id of channel ``f // (H·W)``. A view of
+B×C×H×W as B×G×(C/G)×H×W splits the channels into groups (recorded in ``builder.grouped``, so a
+later transpose can be followed as a shuffle), and the view back to B×C×H×W keeps the order. A view
+or reshape with hard-coded sizes would break once channels are removed: its channels are pinned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import nn
+
+from mdakit.errors import MdakitError
+from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
+from mdakit.graph.channel_graph import Edge
+from mdakit.graph.registry import register_function, register_method, register_module
+
+
+def flatten(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node) -> None:
+    """``node`` is ``source`` reshaped: the same tensor, flattened to features, or split into groups."""
+    in_shape, out_shape = tensor_shape(source), tensor_shape(node)
+    if in_shape is None or out_shape is None:
+        raise MdakitError(f"cannot follow channels through {describe(node)}")
+    if in_shape == out_shape:
+        builder.identity(node, source)
+        return
+    if len(in_shape) == 4 and len(out_shape) == 2 and out_shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
+        src = torch.arange(out_shape[1]) // (in_shape[2] * in_shape[3])
+        builder.assign(node, builder.ids[source.name][src], [Edge(source.name, src)])
+        return
+    if len(in_shape) == 4 and len(out_shape) == 5 and out_shape[1] * out_shape[2] == in_shape[1] \
+            and out_shape[3:] == in_shape[2:]:
+        # channels split into groups, as a channel shuffle starts: the order changes only by a later
+        # transpose, and the group sizes are fixed, so every channel is kept
+        builder.pin(builder.ids[source.name])
+        builder.identity(node, source)
+        builder.grouped[node.name] = (out_shape[1], out_shape[2])
+        return
+    if source.name in builder.grouped and len(out_shape) == 4 and out_shape[1] == in_shape[1] * in_shape[2] \
+            and out_shape[2:] == in_shape[3:]:
+        builder.identity(node, source)
+        return
+    raise MdakitError(f"unsupported reshape {describe(node)} from {list(in_shape)} to {list(out_shape)}")
+
+
+@register_module(nn.Flatten)
+def flatten_module(builder: GraphBuilder, node: torch.fx.Node, module: nn.Flatten) -> None:
+    flatten(builder, node, builder.first_tensor(node))
+
+
+@register_function(torch.flatten)
+@register_method("flatten", "view", "reshape")
+def reshape(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    source = builder.first_tensor(node)
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = list(node.args[1:])
+        flat_sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else sizes
+        in_shape = tensor_shape(source)
+        literal = [s for s in flat_sizes if isinstance(s, int) and s not in (-1, 1)]
+        if in_shape and len(in_shape) == 4 and literal:
+            builder.pin(builder.ids[source.name])  # hard-coded sizes break if channels are removed
+    flatten(builder, node, source)

@@ -1,0 +1,116 @@
+"""Which handler maps the channels of an fx node: tables keyed by the op the node calls.
+
+A handler is a small function that reads the channel ids of a node's inputs from the
+:class:`~mdakit.graph.builder.GraphBuilder` and records the node's own ids, edges, couplings and
+pins. ``call_function`` targets and ``call_method`` names are looked up exactly; a ``call_module``
+by its class, the most derived registered class first, so a subclass is handled as its base (timm's
+``BatchNormAct2d`` as ``BatchNorm2d``) unless it has a handler of its own. An op found in no table
+is an error naming the op and the node.
+
+>>> import operator
+>>> from mdakit.graph.ops.binary import binary
+>>> FUNCTIONS[operator.add].handler is binary
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch.fx
+from torch import nn
+
+from mdakit.errors import MdakitError
+
+if TYPE_CHECKING:
+    from mdakit.graph.builder import GraphBuilder
+
+OpHandler = Callable[["GraphBuilder", torch.fx.Node], None]
+ModuleHandler = Callable[["GraphBuilder", torch.fx.Node, nn.Module], None]
+H = TypeVar("H", bound=Callable[..., None])
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    """A function or method handler; ``any_result``: it also takes nodes whose result is not one
+    tensor (the pieces of a ``chunk``, the ints of ``size()``), which are refused before any other."""
+
+    handler: OpHandler
+    any_result: bool = False
+
+
+FUNCTIONS: dict[Callable[..., Any], OpEntry] = {}
+METHODS: dict[str, OpEntry] = {}
+MODULES: dict[type[nn.Module], ModuleHandler] = {}
+
+
+def _add(table: dict, keys: tuple, value: object) -> None:
+    for key in dict.fromkeys(keys):  # one op under two names (F.channel_shuffle is torch.channel_shuffle)
+        if key in table:
+            raise MdakitError(f"{getattr(key, '__name__', key)!r} already has a channel handler")
+        table[key] = value
+
+
+def register_function(*targets: Callable[..., Any], any_result: bool = False) -> Callable[[OpHandler], OpHandler]:
+    """Register the decorated handler for ``call_function`` nodes calling any of ``targets``."""
+    def register(handler: OpHandler) -> OpHandler:
+        _add(FUNCTIONS, targets, OpEntry(handler, any_result))
+        return handler
+    return register
+
+
+def register_method(*names: str, any_result: bool = False) -> Callable[[OpHandler], OpHandler]:
+    """Register the decorated handler for ``call_method`` nodes calling any tensor method in ``names``."""
+    def register(handler: OpHandler) -> OpHandler:
+        _add(METHODS, names, OpEntry(handler, any_result))
+        return handler
+    return register
+
+
+def register_module(*types: type[nn.Module]) -> Callable[[H], H]:
+    """Register the decorated handler for ``call_module`` nodes of ``types`` and their subclasses.
+
+    The tracer keeps modules of exactly these classes whole (fx leaves) so the handler sees them;
+    subclasses reach it only if they are leaves anyway (torch.nn's modules, BatchNorms).
+    """
+    def register(handler: H) -> H:
+        _add(MODULES, types, handler)
+        return handler
+    return register
+
+
+def unregister(*ops: type[nn.Module] | Callable[..., Any] | str) -> None:
+    """Remove the handlers of ``ops`` (module classes, functions or method names).
+
+    >>> import torch
+    >>> handler = register_function(torch.erf)(lambda builder, node: None)
+    >>> unregister(torch.erf)
+    >>> torch.erf in FUNCTIONS
+    False
+    """
+    for op in ops:
+        table: dict = METHODS if isinstance(op, str) else MODULES if isinstance(op, type) else FUNCTIONS
+        if op not in table:
+            raise MdakitError(f"{getattr(op, '__name__', op)!r} has no channel handler")
+        del table[op]
+
+
+def op_entry(node: torch.fx.Node) -> OpEntry | None:
+    """The entry for a ``call_function`` or ``call_method`` node, if its op has one."""
+    return FUNCTIONS.get(node.target) if node.op == "call_function" else METHODS.get(node.target)
+
+
+def module_handler(module: nn.Module) -> ModuleHandler | None:
+    """The handler of the most derived registered class ``module`` is an instance of, if any.
+
+    >>> from mdakit.graph.ops.layers import batch_norm
+    >>> class Custom(nn.BatchNorm2d): ...
+    >>> module_handler(Custom(4)) is batch_norm
+    True
+    """
+    for cls in type(module).__mro__:
+        if cls in MODULES:
+            return MODULES[cls]
+    return None
