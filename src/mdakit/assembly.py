@@ -44,8 +44,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, save
 from mdakit.attribution.samples import select_samples
+from mdakit.calibration import holdout_images
 from mdakit.data import ClassSubset, ClassUnion, load_dataset, per_class_subset
-from mdakit.disassembly import Part, holdout_images
+from mdakit.disassembly import Part
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
 from mdakit.files import write_directory
