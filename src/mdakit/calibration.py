@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from mdakit.attribution.base import AttributionMethod, Sums, available_methods, get_method
+from mdakit.attribution.base import AttributionMethod, ClassSums, available_methods, get_method
 from mdakit.attribution.run import AttributionRun, add_cost, samples_used
 from mdakit.component_masks import ComponentMasks
 from mdakit.data import labels_of, make_loader, stratified_split
@@ -77,7 +77,7 @@ def check_calibration(method: AttributionMethod, tolerance: float, chunked: bool
                           "class chunks, an output directory or several processes")
 
 
-def calibrate_thresholds(run: AttributionRun, source: Workspace, sums: Sums, chosen: dict[int, torch.Tensor],
+def calibrate_thresholds(run: AttributionRun, source: Workspace, sums: ClassSums, chosen: dict[int, torch.Tensor],
                          tolerance: float, per_class: int = 300) -> tuple[ComponentMasks, dict[str, Any]]:
     """Relax all thresholds of ``run`` together (factors 1, 0.75, 0.5, ...) until the part's accuracy on
     held-out training images is within ``tolerance`` points of the original's restricted-logit

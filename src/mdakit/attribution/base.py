@@ -22,7 +22,7 @@ from mdakit.component_masks import ComponentMasks
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
 
-Sums = dict[int, dict[str, torch.Tensor]]
+ClassSums = dict[int, dict[str, torch.Tensor]]  # class -> layer name -> sums
 
 
 class MethodSettings(Protocol):
@@ -37,7 +37,9 @@ class AttributionMethod(ABC):
     """An attribution method: its registry :attr:`name`, its :attr:`settings_type` and :meth:`masks`.
 
     ``accepts`` lists settings types it takes besides its own; ``title`` names its settings in
-    messages (default: the name).
+    messages (default: the name). A subclass decorated with :func:`register_method` is a method
+    that :func:`~mdakit.disassembly.compute_masks`, :func:`~mdakit.disassembly.disassemble` and
+    the command line's ``--method`` accept by name.
     """
 
     name: ClassVar[str]
@@ -95,11 +97,11 @@ class SumsAttribution(AttributionMethod):
     @abstractmethod
     def class_sums(self, graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
                    settings: MethodSettings, device: torch.device | str = "cpu", show_progress: bool = False
-                   ) -> Sums:
+                   ) -> ClassSums:
         """Per class, the sums of each attributed layer over the class's selected samples."""
 
     @abstractmethod
-    def masks_from_sums(self, graph: ChannelGraph, sums: Sums, rows: Mapping[int, int],
+    def masks_from_sums(self, graph: ChannelGraph, sums: ClassSums, rows: Mapping[int, int],
                         settings: MethodSettings) -> ComponentMasks:
         """Threshold the sums of :meth:`class_sums` into per-class masks."""
 

@@ -67,6 +67,23 @@ def attribute_in_chunks(run: AttributionRun, class_chunk: int | None = None, *, 
     With ``out`` the masks are saved there and returned lazily loaded; ``work_dir``, ``world`` and
     ``force`` are those of :func:`~mdakit.distributed.run_per_class`, and the run is resumable under
     its :func:`fingerprint` with ``source`` naming the model.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from mdakit.attribution.base import get_method
+    >>> from mdakit.data import ImageTensorDataset
+    >>> from mdakit.graph import trace
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))
+    >>> with torch.no_grad():
+    ...     _ = model[1].weight.copy_(torch.eye(2)), model[1].bias.zero_()
+    >>> images = torch.tensor([[255, 0], [0, 255]] * 2, dtype=torch.uint8).view(4, 1, 1, 2)
+    >>> data = ImageTensorDataset(images, torch.tensor([0, 1, 0, 1]))
+    >>> method = get_method("contribution")
+    >>> run = AttributionRun(method, method.settings_for(None), model, trace(model, (1, 1, 2)), data, [1, 0],
+    ...                      {0: 0, 1: 1}, samples=2)
+    >>> masks = attribute_in_chunks(run, class_chunk=1)
+    >>> masks.classes, masks.info
+    ([1, 0], {'samples_used': {1: 2, 0: 2}})
     """
     if out is not None:
         return run_per_class(run.classes, run.masks, out, chunk=class_chunk or DEFAULT_CHUNK, world=world,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mdakit.attribution.base import AttributionMethod, MethodSettings, Sums
+from mdakit.attribution.base import AttributionMethod, ClassSums, MethodSettings
 from mdakit.attribution.samples import select_samples
 from mdakit.component_masks import ComponentMasks
 from mdakit.errors import MdakitError
@@ -56,6 +56,20 @@ class AttributionRun:
     ``samples`` images per class are selected on ``model`` (:func:`~mdakit.attribution.samples.select_samples`
     with ``seed``); ``rows[c]`` is class ``c``'s logit. Each step's seconds and peak memory are added
     to ``cost`` under ``sample_selection`` and ``attribution``.
+
+    >>> from mdakit.attribution.base import get_method
+    >>> from mdakit.data import ImageTensorDataset
+    >>> from mdakit.graph import trace
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))
+    >>> with torch.no_grad():
+    ...     _ = model[1].weight.copy_(torch.eye(2)), model[1].bias.zero_()
+    >>> images = torch.tensor([[255, 0], [0, 255]] * 2, dtype=torch.uint8).view(4, 1, 1, 2)
+    >>> data = ImageTensorDataset(images, torch.tensor([0, 1, 0, 1]))
+    >>> method = get_method("contribution")
+    >>> run = AttributionRun(method, method.settings_for(None), model, trace(model, (1, 1, 2)), data, [1, 0],
+    ...                      {0: 0, 1: 1}, samples=2)
+    >>> run.select([0])[0].tolist(), run.masks([1]).info, list(run.cost)
+    ([2, 0], {'samples_used': {1: 2}}, ['sample_selection', 'attribution'])
     """
 
     method: AttributionMethod
@@ -93,7 +107,7 @@ class AttributionRun:
         masks.info = samples_used(chosen)
         return masks
 
-    def sums(self) -> tuple[dict[int, torch.Tensor], Sums]:
+    def sums(self) -> tuple[dict[int, torch.Tensor], ClassSums]:
         """Every class's selected samples and per-class sums (a method that :attr:`exposes_sums
         <mdakit.attribution.base.AttributionMethod.exposes_sums>`)."""
         if not self.method.exposes_sums:
