@@ -1,4 +1,4 @@
-"""Many classes: streamed mask files, lazy loading, class chunks, rank-independent sample selection."""
+"""Many classes: streamed mask files, lazy loading, rank-independent sample selection."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from safetensors.torch import load_file, save_file
 
 from mdakit.attribution.samples import select_samples
 from mdakit.component_masks import MASKS_FILE, MASKS_JSON, ComponentMasks, LayerMask, LazyClassMasks
-from mdakit.disassembly import compute_masks
 from mdakit.errors import MdakitError
 from mdakit.workspace import Workspace
 
@@ -85,24 +84,3 @@ def test_selection_of_some_classes_matches_selecting_all(lenet):
     full = select_samples(model, train, [4, 1, 7], [4, 1, 7], n=5, seed=3)
     part = select_samples(model, train, [4, 1, 7], [4, 1, 7], n=5, seed=3, only={7})
     assert list(part) == [7] and torch.equal(part[7], full[7])
-
-
-@pytest.mark.parametrize("method", ["contribution", "gradient"])
-def test_class_chunks_give_the_same_masks(lenet, method, tmp_path):
-    whole, _, _ = compute_masks(lenet, [3, 0, 5, 8, 1], method, samples=6)
-    chunked, _, cost = compute_masks(lenet, [3, 0, 5, 8, 1], method, samples=6, class_chunk=2)
-    assert chunked.per_class == whole.per_class
-    assert (chunked.settings, chunked.info) == (whole.settings, whole.info)
-    assert cost["attribution"]["seconds"] > 0
-    written, _, _ = compute_masks(lenet, [3, 0, 5, 8, 1], method, samples=6, class_chunk=3, out=tmp_path / "m")
-    assert isinstance(written.per_class, LazyClassMasks)
-    saved = whole.save(tmp_path / "whole")
-    for name in (MASKS_FILE, MASKS_JSON):
-        assert (tmp_path / "m" / name).read_bytes() == (saved / name).read_bytes()
-
-
-def test_chunked_runs_refuse_what_needs_all_classes_at_once(lenet, tmp_path):
-    with pytest.raises(MdakitError, match="calibration"):
-        compute_masks(lenet, [0, 1], calibrate=0.5, class_chunk=1)
-    with pytest.raises(MdakitError, match="at least 1"):
-        compute_masks(lenet, [0, 1], class_chunk=0)

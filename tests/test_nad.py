@@ -1,4 +1,4 @@
-"""NAD mask search: mask points from the graph, loss and update, determinism, extraction, bad input."""
+"""NAD mask search: gates, determinism, β, extraction, the registered method, bad input."""
 
 from __future__ import annotations
 
@@ -6,67 +6,19 @@ import json
 
 import pytest
 import torch
-import torchvision
-from torch import nn
 
 from mdakit.artifacts import load_with_card
-from mdakit.attribution.nad import (
-    NADSettings,
-    architecture_family,
-    class_masks,
-    elbow,
-    gate_layout,
-    gated_model,
-    mask_points,
-    nad_loss,
-    nad_masks,
-    normalized_step,
-)
+from mdakit.attribution.nad import NADSettings, class_masks, elbow, gate_layout, gated_model, nad_masks
+from mdakit.attribution.nad_points import architecture_family, mask_points
 from mdakit.cli import run
 from mdakit.disassembly import compute_masks, disassemble
 from mdakit.errors import MdakitError
-from mdakit.graph import fx_trace, trace
+from mdakit.graph import trace
 from mdakit.surgery import keep_sets, kept_groups, rebuild
 from mdakit.workspace import Workspace
-from mdakit.zoo import build_model
 from nets import ResidualNet, randomize_batchnorm
 
 FAST = NADSettings(iterations=4, batch_size=8)
-
-
-def _targets(model: nn.Module, shape: tuple[int, ...]) -> list[str]:
-    """What each mask point is: the module it calls, or the function."""
-    gm = torch.fx.GraphModule(model, fx_trace(model))
-    nodes = {n.name: n for n in gm.graph.nodes}
-    graph = trace(model, shape)
-    out = []
-    for name in mask_points(graph):
-        node = nodes[name]
-        out.append(type(gm.get_submodule(node.target)).__name__ if node.op == "call_module"
-                   else getattr(node.target, "__name__", str(node.target)))
-    return out
-
-
-@pytest.mark.parametrize("arch, count, kinds", [
-    ("lenet5", 2, {"ReLU"}),
-    ("vgg16", 13, {"ReLU"}),
-    ("resnet50", 17, {"ReLU"}),  # the stem and 16 bottleneck outputs (after the add)
-    ("googlenet", 12, {"relu", "cat"}),  # 3 stem convs and 9 inception concats
-])
-def test_mask_points_on_zoo(arch, count, kinds):
-    model = build_model(arch, (1, 28, 28), 10)
-    targets = _targets(model, (1, 28, 28))
-    assert len(targets) == count and set(targets) == kinds
-    if arch == "googlenet":
-        assert targets.count("cat") == 9
-
-
-def test_linear_mask_points_are_hidden_fully_connected_blocks():
-    graph = trace(build_model("vgg16", (1, 28, 28), 10), (1, 28, 28))
-    convs, with_linear = mask_points(graph), mask_points(graph, linear=True)
-    assert with_linear[:13] == convs and len(with_linear) == 15  # two hidden Linear+ReLU+Dropout blocks
-    resnet = trace(build_model("resnet50", (1, 28, 28), 10), (1, 28, 28))
-    assert mask_points(resnet, linear=True) == mask_points(resnet)  # its only Linear gives the logits
 
 
 def test_linear_masks_cut_hidden_units_and_part_equals_gated_model(lenet, mnist_test):
@@ -81,12 +33,6 @@ def test_linear_masks_cut_hidden_units_and_part_equals_gated_model(lenet, mnist_
     images = torch.stack([test[i][0] for i in range(32)])
     with torch.no_grad():
         assert torch.allclose(part(images), masked(images), atol=1e-5)
-
-
-def test_mask_points_on_torchvision_resnet18():
-    model = torchvision.models.resnet18(num_classes=10)
-    points = mask_points(trace(model, (3, 32, 32)))
-    assert points == ["relu"] + [f"layer{s}_{b}_relu_1" for s in range(1, 5) for b in range(2)]
 
 
 def test_residual_channels_share_one_mask_entry():
@@ -110,34 +56,6 @@ def test_residual_part_equals_gated_model():
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(part(x), gated_model(graph, kept_groups(graph, masks))(x), atol=1e-5)
-
-
-def test_loss_values_and_correct_only():
-    r, mu = [torch.full((2, 2, 1, 1), 2.0)], [torch.tensor([1.0, 0.0])]
-    logits = torch.zeros(2, 3)
-    ce = torch.log(torch.tensor(3.0))
-    paper = nad_loss(logits, 0, r, mu, beta=0.5, loss="paper")  # β·mean((rμ)²)=0.5·2, ‖r−μr‖²/B = 4
-    assert torch.isclose(paper, ce + 1.0 + 4.0)
-    code = nad_loss(logits, 0, r, mu, beta=0.5, loss="code")  # MSE = 2, β·mean(μ²) = 0.25
-    assert torch.isclose(code, ce + 2.0 + 0.25)
-    none = nad_loss(logits, 0, r, mu, 0.5, "code", correct=torch.tensor([False, False]))
-    assert float(none) == 0.0
-
-
-def test_update_is_gradient_normalised_per_block():
-    graph = trace(randomize_batchnorm(ResidualNet().eval()), (1, 8, 8))
-    layout = gate_layout(graph, mask_points(graph))
-    theta = torch.zeros(layout.size, requires_grad=True)
-    gates = [torch.cat([torch.sigmoid(theta), torch.ones(1)])[i] for i in layout.index]
-    acts = [torch.rand(3, len(i), 4, 4) for i in layout.index]
-    loss = nad_loss(torch.randn(3, 4), 1, acts, gates, beta=0.3, loss="paper")
-    grad = torch.autograd.grad(loss, theta)[0]
-    before = theta.detach().clone()
-    normalized_step(theta.data, grad, layout.blocks, 0.1)
-    for block in layout.blocks:
-        step = before[block] - theta.detach()[block]
-        assert torch.isclose(step.norm(), torch.tensor(0.1 * len(block) ** 0.5))
-        assert torch.allclose(step / step.norm(), grad[block] / grad[block].norm(), atol=1e-6)
 
 
 @pytest.fixture(scope="module")

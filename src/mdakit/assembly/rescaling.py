@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from mdakit.assembly.card import AssemblyCard
 from mdakit.assembly.models import AssembledModel, per_logit
 from mdakit.attribution.samples import select_samples
-from mdakit.disassembly import holdout_images
+from mdakit.calibration import holdout_images
 from mdakit.errors import MdakitError
 from mdakit.evaluate import predict_logits
 from mdakit.workspace import Workspace

@@ -1,11 +1,12 @@
-"""Relative contribution attribution (the primary method; DESIGN §2.1, paper Eq. 4, 7–10, 13).
+"""Relative contribution attribution (the primary method; paper Eq. 4, 7–10, 13).
 
 For every prunable layer and class, the positive parts of the per-sample hidden contributions
 ``h[b, k, n]`` are summed over the class's selected samples (one forward pass, hooks, running sums),
 min–max normalised per filter over its inputs (``r``), thresholded (``q = r ≥ α``, only for
 filters needed downstream), counted per input (``ü``), divided by the maximum count (``s``) and
 thresholded again (``t = s ≥ β``). The walk goes backwards from the chosen class's logit along the
-real graph (:meth:`mdakit.graph.ChannelGraph.walk_back`).
+real graph (:meth:`mdakit.graph.ChannelGraph.walk_back`). Registered as ``"contribution"``
+(:class:`ContributionMethod`), it exposes its sums, so its thresholds can be calibrated.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from mdakit.attribution.base import SumsAttribution, register_method
 from mdakit.attribution.kernels import positive_contribution_sum
 from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import make_loader
@@ -235,3 +237,34 @@ def contribution_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[i
     batches, total = _batches(dataset, samples, settings)
     stream = iter_class_sums(graph, batches, attributed_layers(graph, settings.layers), device, show_progress, total)
     return masks_from_sums(graph, stream, rows, settings)
+
+
+@register_method
+class ContributionMethod(SumsAttribution):
+    """Relative contribution attribution with :class:`ContributionSettings`, streamed class by class
+    (:func:`contribution_masks`); its sums (:func:`class_sums`) can be kept and thresholded again.
+
+    >>> from mdakit.attribution.base import get_method
+    >>> get_method("contribution").relaxed(ContributionSettings(), 0.5).alpha_conv
+    0.15
+    """
+
+    name = "contribution"
+    settings_type = ContributionSettings
+
+    def masks(self, graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+              rows: Mapping[int, int], settings: ContributionSettings, device: torch.device | str = "cpu",
+              show_progress: bool = False) -> ComponentMasks:
+        return contribution_masks(graph, dataset, samples, rows, settings, device, show_progress)
+
+    def class_sums(self, graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+                   settings: ContributionSettings, device: torch.device | str = "cpu", show_progress: bool = False
+                   ) -> dict[int, dict[str, torch.Tensor]]:
+        return class_sums(graph, dataset, samples, settings, device, show_progress)
+
+    def masks_from_sums(self, graph: ChannelGraph, sums: Mapping[int, Mapping[str, torch.Tensor]],
+                        rows: Mapping[int, int], settings: ContributionSettings) -> ComponentMasks:
+        return masks_from_sums(graph, sums, rows, settings)
+
+    def relaxed(self, settings: ContributionSettings, factor: float) -> ContributionSettings:
+        return settings.scaled(factor)

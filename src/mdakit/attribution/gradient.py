@@ -1,22 +1,25 @@
-"""Gradient attribution ("Grad."), the baseline contribution attribution is compared with (DESIGN §2.2).
+"""Gradient attribution ("Grad."), the baseline contribution attribution is compared with.
 
 For each class, on the same selected samples: the gradient of the class's logit with respect to each
 conv layer's output, ReLU, summed over positions and samples, min–max normalised over channels; a
 channel is kept when its score exceeds ``threshold`` (0.2). There is no backward accumulation: each
 layer is judged on its own. Linear layers other than the last keep all their units. The result is
 the same per-class mask type as contribution attribution, so extraction and assembly accept it.
+Registered as ``"gradient"`` (:class:`GradientMethod`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mdakit.attribution.contribution import class_batches
+from mdakit.attribution.base import AttributionMethod, register_method, settings_from_fields
+from mdakit.attribution.contribution import ContributionSettings, class_batches
 from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
@@ -108,3 +111,35 @@ def gradient_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, 
                              show_progress, total)
     per_class = {c: class_masks(graph, scores[c], rows[c], settings.threshold) for c in samples}
     return ComponentMasks(per_class, method="gradient", settings=settings.to_dict())
+
+
+@register_method
+class GradientMethod(AttributionMethod):
+    """Gradient attribution with :class:`GradientSettings`, or with :class:`ContributionSettings` of
+    which it reads the batch size.
+
+    The command line builds contribution settings for every method but NAD (their thresholds are
+    checked as for contribution), and a run given no settings uses the contribution defaults: a
+    gradient run is keyed (resumable runs) by the same settings whichever way it was started.
+
+    >>> method = GradientMethod()
+    >>> method.settings_for(None).batch_size, method.settings_from_options({"alpha_conv": 0.5}).alpha_conv
+    (64, 0.5)
+    """
+
+    name = "gradient"
+    settings_type = GradientSettings
+    accepts = (ContributionSettings,)
+
+    def default_settings(self) -> ContributionSettings:
+        return ContributionSettings()
+
+    def settings_from_options(self, options: Mapping[str, Any]) -> ContributionSettings:
+        return settings_from_fields(ContributionSettings, options)
+
+    def masks(self, graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+              rows: Mapping[int, int], settings: GradientSettings | ContributionSettings,
+              device: torch.device | str = "cpu", show_progress: bool = False) -> ComponentMasks:
+        if isinstance(settings, ContributionSettings):
+            settings = GradientSettings(batch_size=settings.batch_size)
+        return gradient_masks(graph, dataset, samples, rows, settings, device, show_progress)

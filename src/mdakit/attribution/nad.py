@@ -1,20 +1,10 @@
-"""Neural architecture disentanglement (NAD; DESIGN §2.3, paper §3–4): learned per-class channel masks.
+"""Neural architecture disentanglement (NAD; paper §3–4): learned per-class channel masks.
 
 The model stays frozen. For one class ``c``, a sigmoid-gated mask ``σ(θ)`` multiplies the channels of
-every *block output* (:func:`mask_points`); ``θ`` is trained on class-``c`` images with the loss of
-:func:`nad_loss`, each step moving every mask block by the learning rate along its L2-normalised
-gradient (Eq. 15); a channel is kept where ``σ(θ) > 0.5`` (Eq. 16).
-
-Mask points, from the traced graph and no architecture names: a *trunk* node is a 4-D node that every
-path from the input to the logits passes through (no edge of the traced DAG jumps over it). Trunk
-nodes joined by one channel-preserving edge (BatchNorm, activation, pooling, dropout) form a *run*;
-a conv, an add or a concat starts a new run. The block output of a run is its last node before its
-first pooling op (else its last node), unless all its channels are pinned (the model input's are).
-This gives the output of each conv's BN+ReLU in VGG and LeNet, the add+ReLU of each residual block
-and the stem's ReLU in ResNet, each inception concat and the stem's ReLUs in GoogLeNet.
-With ``linear=True`` (:class:`NADSettings`), runs of 2-D trunk nodes that start at a hidden fully
-connected layer (not the logits) are block outputs too: the Linear+ReLU(+Dropout) blocks of a
-classifier head, whose units the sub-architectures then share out as well.
+every *block output* (:func:`~mdakit.attribution.nad_points.mask_points`); ``θ`` is trained on
+class-``c`` images with the loss of :func:`~mdakit.attribution.nad_objective.nad_loss`, each step
+moving every mask block by the learning rate along its L2-normalised gradient (Eq. 15); a channel is
+kept where ``σ(θ) > 0.5`` (Eq. 16). Registered as ``"nad"`` (:class:`NADMethod`).
 
 Channels coupled across mask points (a residual stream passes through every block output of a stage)
 share one mask entry: physically they are one channel, so what the search learns is exactly what
@@ -24,26 +14,28 @@ entries form one block of the gradient normalisation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset
 
+from mdakit.attribution.base import AttributionMethod, register_method
+from mdakit.attribution.nad_objective import nad_loss, normalized_step
+from mdakit.attribution.nad_points import architecture_family, mask_points, traced_module
 from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import make_loader
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, fx_trace, insert_after
+from mdakit.graph import ChannelGraph, insert_after
 from mdakit.progress import progress as progress_bar
 
-POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
-POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d}
 LOSSES = ("code", "paper")
 DEFAULT_BETA = {"plain": 0.3, "residual": 0.3, "inception": 0.3}
 BETA_SWEEP = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -55,9 +47,9 @@ class NADSettings:
 
     ``iterations`` steps of ``batch_size`` class images each; ``epochs`` (when set) replaces them
     by that many passes over the class's images, as the authors' code does. ``linear`` also masks
-    the outputs of hidden fully connected blocks (DESIGN §2.3 places masks after conv blocks only,
-    the default): a narrow conv body such as LeNet-5's 6- and 16-channel blocks leaves a class too
-    little to drop, while its 120- and 84-unit hidden layers carry the per-class features.
+    the outputs of hidden fully connected blocks (the default masks conv blocks only): a narrow conv
+    body such as LeNet-5's 6- and 16-channel blocks leaves a class too little to drop, while its
+    120- and 84-unit hidden layers carry the per-class features.
     """
 
     beta: float | str | None = None
@@ -100,111 +92,6 @@ def parse_beta(text: str | float | None) -> float | str | None:
         return float(text)
     except ValueError:
         raise MdakitError(f"beta must be a positive number or 'auto', got {text!r}") from None
-
-
-# ------------------------------------------------------------------ mask points
-def _traced(graph: ChannelGraph) -> torch.fx.GraphModule:
-    """The model as an fx GraphModule with the node names of :func:`mdakit.graph.trace`."""
-    gm = torch.fx.GraphModule(graph.model, fx_trace(graph.model))
-    param = next(graph.model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = graph.model.training
-    graph.model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(2, *graph.input_shape, device=device))
-    finally:
-        graph.model.train(was_training)
-    return gm
-
-
-def _flow_edges(graph: ChannelGraph) -> list[tuple[str, str]]:
-    edges = [(e.input, name) for name, es in graph.edges.items() for e in es]
-    return edges + [(layer.input_node, layer.node) for layer in graph.layers]
-
-
-def _trunk(graph: ChannelGraph) -> list[str]:
-    """Nodes on every input→logits path of the channel-flow DAG, in execution order."""
-    edges = _flow_edges(graph)
-    pos = {name: i for i, name in enumerate(graph.order)}
-    down: dict[str, set[str]] = {}
-    up: dict[str, set[str]] = {}
-    for a, b in edges:
-        down.setdefault(a, set()).add(b)
-        up.setdefault(b, set()).add(a)
-    sources = [n for n in graph.order if n in graph.node_ids and n not in up]
-    live = _reach(sources, down) & _reach([graph.output_node], up)
-    jumped = [0] * (len(graph.order) + 1)
-    for a, b in edges:
-        if a in live and b in live and pos[b] - pos[a] > 1:
-            jumped[pos[a] + 1] += 1
-            jumped[pos[b]] -= 1
-    trunk, open_edges = [], 0
-    for i, name in enumerate(graph.order):
-        open_edges += jumped[i]
-        if name in live and open_edges == 0:
-            trunk.append(name)
-    return trunk
-
-
-def _reach(starts: Sequence[str], nxt: Mapping[str, set[str]]) -> set[str]:
-    seen, todo = set(starts), list(starts)
-    while todo:
-        for m in nxt.get(todo.pop(), ()):
-            if m not in seen:
-                seen.add(m)
-                todo.append(m)
-    return seen
-
-
-def _continues(graph: ChannelGraph, node: str, previous: str) -> bool:
-    edges = graph.edges.get(node, [])
-    return (len(edges) == 1 and edges[0].input == previous and edges[0].src is not None
-            and torch.equal(edges[0].src, torch.arange(len(graph.node_ids[node]))))
-
-
-def _is_pool(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(str(node.target)), POOL_MODULES)
-    return node.op == "call_function" and node.target in POOL_FUNCTIONS
-
-
-def mask_points(graph: ChannelGraph, linear: bool = False) -> list[str]:
-    """The fx node names whose output channels NAD masks: one block output per trunk run (module doc).
-
-    >>> from mdakit.graph import trace
-    >>> from mdakit.zoo import build_model
-    >>> g = trace(build_model("lenet5", (1, 28, 28), 10), (1, 28, 28))
-    >>> mask_points(g), mask_points(g, linear=True)[2:]
-    (['net_features_1', 'net_features_4'], ['net_classifier_2', 'net_classifier_4'])
-    """
-    return _mask_points(graph, _traced(graph), linear)
-
-
-def _mask_points(graph: ChannelGraph, gm: torch.fx.GraphModule, linear: bool = False) -> list[str]:
-    shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
-              if hasattr(n.meta.get("tensor_meta"), "shape")}
-    pools = {n.name for n in gm.graph.nodes if _is_pool(gm, n)}
-    hidden = {layer.node for layer in graph.layers if layer is not graph.output_layer} if linear else set()
-    pinned = graph.pinned_mask()
-    runs: list[list[str]] = []
-    previous = None
-    for name in _trunk(graph):
-        rank = len(shapes.get(name, ()))
-        if previous is not None and rank == len(shapes[previous]) and _continues(graph, name, previous):
-            runs[-1].append(name)
-        elif rank == 4 or (rank == 2 and name in hidden):
-            runs.append([name])
-        else:
-            previous = None
-            continue
-        previous = name
-    points = []
-    for run in runs:
-        end = next((run[i - 1] for i, n in enumerate(run) if n in pools and i > 0), run[-1])
-        if not bool(pinned[graph.groups(graph.node_ids[end])].all()):
-            points.append(end)
-    return points
 
 
 # ------------------------------------------------------------------ gates
@@ -278,8 +165,8 @@ def gated_model(graph: ChannelGraph, keep: torch.Tensor, linear: bool = False) -
     >>> gated_model(g, torch.zeros(g.num_ids))(torch.rand(1, 1, 28, 28)).shape
     torch.Size([1, 10])
     """
-    gm = _traced(graph)
-    layout = gate_layout(graph, _mask_points(graph, gm, linear))
+    gm = traced_module(graph)
+    layout = gate_layout(graph, mask_points(graph, linear, gm))
     gm, state = _gated(gm, layout)
     state.values = torch.cat([keep[layout.groups].float(), torch.ones(1)])
     return _Clearing(gm, state).eval()
@@ -301,61 +188,6 @@ class _Clearing(nn.Module):
             self.state.seen.clear()
 
 
-# ------------------------------------------------------------------ loss and update
-def nad_loss(logits: torch.Tensor, row: int, activations: Sequence[torch.Tensor], gates: Sequence[torch.Tensor],
-             beta: float, loss: str = "code", correct: torch.Tensor | None = None) -> torch.Tensor:
-    """The NAD objective of one batch of class images; ``activations[i]`` is the unmasked ``r_i``
-    at mask point ``i`` and ``gates[i]`` its per-channel gate ``μ_i``.
-
-    ``"paper"`` (Eq. 12–14): ``CE + Σ_i β·mean((r_i μ_i)²) + ‖r_i − μ_i r_i‖²`` (squared norm per
-    image, averaged over the batch). ``"code"`` (the authors' code): ``CE + mean_i [MSE(μ_i r_i, r_i)
-    + β·mean(μ_i²)]`` on the correctly classified images only (``correct``).
-
-    >>> r, mu = [torch.ones(2, 3, 1, 1)], [torch.full((3,), 0.5)]
-    >>> float(nad_loss(torch.zeros(2, 2), 0, r, mu, beta=1.0, loss="code"))  # log 2 + 0.25 + 0.25
-    1.1931...
-    """
-    if correct is not None and loss == "code":
-        if not bool(correct.any()):
-            return logits.sum() * 0.0
-        logits = logits[correct]
-        activations = [a[correct] for a in activations]
-    ce = F.cross_entropy(logits, torch.full((len(logits),), row, device=logits.device))
-    terms = []
-    for r, mu in zip(activations, gates):
-        r = r.detach()
-        mu = mu.view(1, -1, *([1] * (r.dim() - 2)))
-        if loss == "paper":
-            terms.append(beta * (r * mu).square().mean() + (r - mu * r).square().sum() / len(r))
-        else:
-            terms.append(F.mse_loss(mu * r, r) + beta * mu.square().mean())
-    if not terms:
-        return ce
-    reg = torch.stack(terms)
-    return ce + (reg.sum() if loss == "paper" else reg.mean())
-
-
-def normalized_step(theta: torch.Tensor, grad: torch.Tensor, blocks: Sequence[torch.Tensor], lr: float) -> None:
-    """Eq. 15 in place, per block ``b`` of ``n`` entries: ``θ_b ← θ_b − lr · √n · g_b / ‖g_b‖₂``.
-
-    The gradient is L2-normalised per block as in the paper, then scaled by ``√n`` so that ``lr`` is
-    the root-mean-square step of one entry whatever the block's width: with a unit-length step, a
-    512-channel block would move each entry by about 0.004, and in 20 steps the masks would barely
-    leave their start. Zero gradients do not move.
-
-    >>> theta = torch.zeros(3)
-    >>> normalized_step(theta, torch.tensor([3.0, 4.0, 2.0]), [torch.tensor([0, 1]), torch.tensor([2])], 0.1)
-    >>> theta
-    tensor([-0.0849, -0.1131, -0.1000])
-    """
-    with torch.no_grad():
-        for block in blocks:
-            g = grad[block]
-            norm = g.norm()
-            if norm > 0:
-                theta[block] -= lr * math.sqrt(len(block)) * g / norm
-
-
 # ------------------------------------------------------------------ search
 @dataclass
 class _Search:
@@ -371,8 +203,8 @@ class _Search:
 
 def _prepare(graph: ChannelGraph, device: torch.device | str, linear: bool = False) -> _Search:
     graph.model.eval().to(device)
-    gm = _traced(graph)
-    points = _mask_points(graph, gm, linear)
+    gm = traced_module(graph)
+    points = mask_points(graph, linear, gm)
     if not points:
         raise MdakitError("NAD found no block output to mask in this model")
     layout = gate_layout(graph, points)
@@ -437,22 +269,6 @@ def class_masks(graph: ChannelGraph, layout: _GateLayout, theta: torch.Tensor, r
             outputs = keep[graph.groups(layer.out_ids)]
         masks[layer.name] = LayerMask(outputs[:, None] & inputs[None, :], inputs, outputs)
     return masks
-
-
-def architecture_family(graph: ChannelGraph) -> str:
-    """``"inception"`` (channel concats), ``"residual"`` (adds of traced tensors) or ``"plain"``.
-
-    >>> from mdakit.graph import trace
-    >>> from mdakit.zoo import build_model
-    >>> architecture_family(trace(build_model("vgg16", (1, 28, 28), 10), (1, 28, 28)))
-    'plain'
-    """
-    edges = [es for es in graph.edges.values()]
-    if any(len(es) > 1 and any(e.src is not None and bool((e.src < 0).any()) for e in es) for es in edges):
-        return "inception"
-    if any(len(es) > 1 for es in edges):
-        return "residual"
-    return "plain"
 
 
 def elbow(xs: Sequence[float], ys: Sequence[float]) -> int:
@@ -530,3 +346,41 @@ def nad_masks(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch
             on_class(c, time.perf_counter() - start)
     settings_out.update(beta=float(beta), beta_given=settings.beta, mask_points=search.layout.points)
     return ComponentMasks(per_class, method="nad", settings=settings_out)
+
+
+@register_method
+class NADMethod(AttributionMethod):
+    """NAD mask search (:func:`nad_masks`) with :class:`NADSettings`; the run's seed seeds the search.
+
+    >>> method = NADMethod()
+    >>> method.settings_for(NADSettings(beta=0.5), seed=3).seed
+    3
+    >>> method.settings_from_options({"beta": "auto", "nad_loss": "paper"}).beta
+    'auto'
+    """
+
+    name = "nad"
+    title = "NAD"
+    settings_type = NADSettings
+
+    def settings_for(self, settings: NADSettings | None, seed: int = 0) -> NADSettings:
+        return dataclasses.replace(super().settings_for(settings, seed), seed=seed)
+
+    def settings_from_options(self, options: Mapping[str, Any]) -> NADSettings:
+        """``beta`` as text (a number or ``auto``; :func:`parse_beta`), ``nad_loss`` and ``nad_linear``."""
+        settings = NADSettings(beta=parse_beta(options.get("beta")), loss=options.get("nad_loss", "code"),
+                               linear=options.get("nad_linear", False))
+        settings.validate()
+        return settings
+
+    def one_pass_reason(self, settings: NADSettings) -> str | None:
+        """β ``"auto"`` is chosen on the first class, so it needs every class in one pass."""
+        if settings.beta == "auto":
+            return ("NAD's β 'auto' is chosen on the first class; with class chunks or several processes pass a "
+                    "number (e.g. the β an unchunked run chose)")
+        return None
+
+    def masks(self, graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torch.Tensor],
+              rows: Mapping[int, int], settings: NADSettings, device: torch.device | str = "cpu",
+              show_progress: bool = False) -> ComponentMasks:
+        return nad_masks(graph, dataset, samples, rows, settings, device, show_progress)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mdakit.attribution.contribution import ContributionSettings
+from mdakit.attribution.base import MethodSettings, get_method
 from mdakit.errors import MdakitError
 from mdakit.report.contrib import ClassAttribution, attribute
 from mdakit.workspace import Workspace
@@ -55,15 +55,16 @@ class Context:
             self.sources[key] = Workspace.open(path, data_dir=self.options.data_dir)
         return self.sources[key]
 
-    def attribution(self, path: str | Path, classes: list[int], settings: ContributionSettings | None = None,
-                    samples: int | None = None, seed: int | None = None) -> ClassAttribution:
-        """Contribution attribution of ``classes`` of the model at ``path`` (cached)."""
-        settings = settings or ContributionSettings()
+    def attribution(self, path: str | Path, classes: list[int], settings: MethodSettings | None = None,
+                    samples: int | None = None, seed: int | None = None,
+                    method: str = "contribution") -> ClassAttribution:
+        """Attribution of ``classes`` of the model at ``path`` by ``method``, with its sums (cached)."""
+        settings = settings or get_method(method).default_settings()
         samples = self.options.samples if samples is None else samples
         seed = self.options.seed if seed is None else seed
-        key = (str(path), tuple(classes), tuple(sorted(settings.to_dict().items())), samples, seed)
+        key = (str(path), tuple(classes), method, tuple(sorted(settings.to_dict().items())), samples, seed)
         if key not in self.attributions:
             with torch.no_grad():
                 self.attributions[key] = attribute(self.source(path), classes, settings, samples, seed,
-                                                   self.options.device)
+                                                   self.options.device, method)
         return self.attributions[key]

@@ -1,27 +1,23 @@
 """Contributions for the pictures: a model's per-class sums and masks, and single inputs' own sums.
 
-:func:`attribute` repeats the contribution steps of :func:`mdakit.disassembly.compute_masks` (same
-sample selection, same sums, same thresholds), keeping the sums so routes can rank channels by
-contribution and patterns can be drawn. :func:`sample_sums` gives one image's own positive
-contributions (the per-sample terms that the class sums add up).
+:func:`attribute` runs the attribution steps of :func:`mdakit.disassembly.compute_masks` (the same
+:class:`~mdakit.attribution.run.AttributionRun`: sample selection, sums, thresholds) with a method
+that exposes its sums, and keeps the sums so routes can rank channels by contribution and patterns
+can be drawn. :func:`sample_sums` gives one image's own positive contributions (the per-sample
+terms that the class sums add up).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mdakit.attribution.contribution import (
-    ContributionSettings,
-    attributed_layers,
-    class_sums,
-    iter_class_sums,
-    masks_from_sums,
-)
-from mdakit.attribution.samples import select_samples
+from mdakit.attribution.base import get_method
+from mdakit.attribution.contribution import ContributionSettings, attributed_layers, iter_class_sums
+from mdakit.attribution.run import AttributionRun
 from mdakit.component_masks import ComponentMasks
 from mdakit.data import parse_classes
 from mdakit.errors import MdakitError
@@ -50,21 +46,19 @@ class ClassAttribution:
         return names[c] if c < len(names) else str(c)
 
 
-def settings_from_record(record: Mapping[str, Any]) -> ContributionSettings:
-    """Contribution settings from a part card's ``provenance["settings"]`` (other keys are ignored).
+def settings_from_record(record: Mapping[str, Any], method: str = "contribution") -> ContributionSettings:
+    """Settings of ``method`` from a part card's ``provenance["settings"]`` (other keys are ignored).
 
     >>> settings_from_record({"alpha_conv": 0.2, "samples": 50}).alpha_conv
     0.2
     """
-    known = {f.name for f in fields(ContributionSettings)}
-    settings = ContributionSettings(**{k: v for k, v in record.items() if k in known})
-    settings.validate()
-    return settings
+    return get_method(method).settings_from_record(record)
 
 
 def attribute(source: Workspace, classes: Sequence[int | str], settings: ContributionSettings | None = None,
-              samples: int = 50, seed: int = 0, device: torch.device | str = "cpu") -> ClassAttribution:
-    """Select each class's samples, sum their positive contributions and threshold them into masks.
+              samples: int = 50, seed: int = 0, device: torch.device | str = "cpu",
+              method: str = "contribution") -> ClassAttribution:
+    """Select each class's samples, sum them by ``method`` (one that exposes its sums) and threshold them.
 
     Classes are selected in the order given, as :func:`~mdakit.disassembly.compute_masks` does, so a
     part's recorded classes, samples, seed and settings reproduce the masks it was cut from.
@@ -73,18 +67,16 @@ def attribute(source: Workspace, classes: Sequence[int | str], settings: Contrib
     >>> att.masks.classes  # doctest: +SKIP
     [0, 1]
     """
-    settings = settings or ContributionSettings()
-    settings.validate()
+    summing = get_method(method)
+    if not summing.exposes_sums:
+        raise MdakitError(f"{method} attribution exposes no per-class sums to draw routes and patterns from")
+    settings = summing.settings_for(settings, seed)
     class_list = parse_classes(list(classes), source.card.class_names)
-    missing = [c for c in class_list if c not in source.card.logit_classes]
-    if missing:
-        raise MdakitError(f"the model has no logit for class {missing[0]} (its classes: {source.card.logit_classes})")
-    rows = {c: source.card.logit_classes.index(c) for c in class_list}
+    rows = source.rows(class_list)
     graph = trace(source.model, source.card.input_shape)
-    chosen = select_samples(source.model, source.train, class_list, [rows[c] for c in class_list], n=samples,
-                            seed=seed, device=device)
-    sums = class_sums(graph, source.train, chosen, settings, device)
-    masks = masks_from_sums(graph, sums, rows, settings)
+    run = AttributionRun(summing, settings, source.model, graph, source.train, class_list, rows, samples, seed, device)
+    chosen, sums = run.sums()
+    masks = summing.masks_from_sums(graph, sums, rows, settings)
     masks.class_names = {c: source.card.class_names[c] for c in class_list if c < len(source.card.class_names)}
     return ClassAttribution(source, graph, class_list, rows, chosen, sums, settings, masks)
 

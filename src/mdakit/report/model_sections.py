@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from mdakit.artifacts import ModelCard, load_with_card
+from mdakit.attribution.base import available_methods, get_method
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
 from mdakit.report.context import Context
@@ -124,7 +125,7 @@ def part_body(item: Item, ctx: Context) -> str:
                            f"{calibration.get('holdout')}; reference {pct(calibration.get('reference_accuracy'))}, "
                            f"tolerance {num(calibration.get('tolerance_points'))} points; chosen factor "
                            f"{num(calibration.get('chosen_factor'))}"))
-    if ctx.options.compute and prov.get("method") == "contribution":
+    if ctx.options.compute and _exposes_sums(prov.get("method")):
         parts.append(_guarded("Routes of the part's classes", lambda: _part_routes(model, card, ctx)))
     elif ctx.options.compute:
         parts.append(para(f"Routes are drawn for contribution masks; this part was cut with {prov.get('method')}.",
@@ -132,11 +133,21 @@ def part_body(item: Item, ctx: Context) -> str:
     return "".join(parts)
 
 
+def _exposes_sums(method: str | None) -> bool:
+    """Whether routes can be drawn for a part cut by ``method``: a registered method that exposes its sums.
+
+    >>> _exposes_sums("contribution"), _exposes_sums("nad"), _exposes_sums(None)
+    (True, False, False)
+    """
+    return method in available_methods() and get_method(method).exposes_sums
+
+
 def _part_routes(model: nn.Module, card: ModelCard, ctx: Context) -> str:
     prov = card.provenance
     settings = prov.get("settings", {})
-    att = ctx.attribution(prov["disassembled_from"], list(card.logit_classes), settings_from_record(settings),
-                          settings.get("samples", ctx.options.samples), settings.get("seed", ctx.options.seed))
+    method = prov["method"]
+    att = ctx.attribution(prov["disassembled_from"], list(card.logit_classes), settings_from_record(settings, method),
+                          settings.get("samples", ctx.options.samples), settings.get("seed", ctx.options.seed), method)
     union = att.masks.union()
     widths = _widths(model, card)
     rows = [[Cell(layer.name, True), layer.out_size, int(union[layer.name].outputs.sum()), widths.get(layer.name)]

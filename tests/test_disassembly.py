@@ -119,19 +119,3 @@ def test_dataset_that_does_not_fit_the_model(tiny_lenet_dir, tmp_path, capsys):
             "--dataset", f"imagefolder:{tmp_path / 'imgs'}"]
     assert run(argv) == 2
     assert "images are [3, 8, 8] but the model takes [1, 28, 28]" in capsys.readouterr().err
-
-
-def test_calibration_relaxes_thresholds_on_held_out_training_images(tiny_lenet_dir, data_dir):
-    strict = ContributionSettings(alpha_conv=1.0, beta_conv=1.0, alpha_linear=1.0, beta_linear=1.0)
-    part = disassemble(tiny_lenet_dir, "mnist", "3-9", samples=10, settings=strict, calibrate=1.0,
-                       data_dir=data_dir)
-    calibration = part.masks.settings["calibration"]
-    # the tiny model was trained on a subset, so its card records no reusable validation split
-    assert calibration["holdout"] == "unselected training images"
-    assert calibration["trials"][0]["factor"] == 1.0 and len(calibration["trials"]) > 1
-    factor = calibration["chosen_factor"]
-    assert part.masks.settings["alpha_conv"] == pytest.approx(factor)
-    assert calibration["met"] == (calibration["trials"][-1]["holdout_accuracy"]
-                                  >= calibration["reference_accuracy"] - 0.01)
-    with pytest.raises(MdakitError, match="non-negative"):
-        disassemble(tiny_lenet_dir, "mnist", "1", samples=5, calibrate=-1, data_dir=data_dir)
