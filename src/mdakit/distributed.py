@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mdakit.component_masks import PARTS, ComponentMasks, LayerMask
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OutputExistsError
 
 T = TypeVar("T")
 DEFAULT_CHUNK = 16
@@ -326,7 +326,7 @@ def run_per_class(classes: Sequence[int], compute: Callable[[list[int]], Compone
 
     def prepare() -> list[int]:
         if out.exists() and not force:
-            raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+            raise OutputExistsError(out)
         return work.prepare(fingerprint or {}, force)
 
     done = set(world.on_rank0(prepare, "preparing the work directory"))

@@ -25,7 +25,7 @@ from torch import nn
 
 from mdakit.artifacts import ModelCard, load_with_card
 from mdakit.assembly import AssemblyCard, is_assembled, load_assembled
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OutputExistsError
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -164,7 +164,7 @@ def export_model(item: Exportable, out: str | Path, fmt: str = "onnx", force: bo
         raise MdakitError(f"unknown export format {fmt!r}; available: {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+        raise OutputExistsError(out)
     if out.is_dir():
         raise MdakitError(f"{out} is a directory; --out names the file to write")
     module = item.module.eval().cpu()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mdakit.errors import MdakitError
+from mdakit.errors import OutputExistsError
 
 
 def write_directory(path: str | Path, force: bool, write: Callable[[Path], Any]) -> Path:
@@ -28,7 +28,7 @@ def write_directory(path: str | Path, force: bool, write: Callable[[Path], Any])
     """
     path = Path(path)
     if path.exists() and not force:
-        raise MdakitError(f"{path} already exists; choose another --out or pass --force")
+        raise OutputExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

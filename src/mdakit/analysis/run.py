@@ -29,7 +29,7 @@ from mdakit.analysis.subarch import check_masks
 from mdakit.component_masks import MASKS_JSON, ComponentMasks
 from mdakit.data import parse_classes
 from mdakit.disassembly import compute_masks
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OutputExistsError
 from mdakit.files import finite, write_directory, write_json
 from mdakit.graph import ChannelGraph, trace
 from mdakit.workspace import Workspace
@@ -182,7 +182,7 @@ def analyze(path: str | Path, out: str | Path, dataset: str | None = None,
     True
     """
     if Path(out).exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+        raise OutputExistsError(out)
     target = load_target(path, dataset, classes, method, samples, seed, data_dir, device, show_progress)
     results = run_analyses(target, per_class, mosaics, seed=seed, device=device, show_progress=show_progress)
     write_analyses(results, out, target.masks if target.computed else None, force=force)

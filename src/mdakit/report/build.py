@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OutputExistsError
 from mdakit.report.context import Context, ReportOptions
 from mdakit.report.file_sections import analysis_body, assembly_body, results_body
 from mdakit.report.items import Item, collect
@@ -73,7 +73,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, options: ReportOp
     """
     out = Path(out)
     if out.exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+        raise OutputExistsError(out)
     if out.is_dir():
         raise MdakitError(f"{out} is a directory; --out names the HTML file to write")
     text, ids = build_report(paths, options)

@@ -40,7 +40,7 @@ from mdakit.decoupling.analysis.detectors import (
 )
 from mdakit.decoupling.finetune import load_decoupled
 from mdakit.decoupling.gates import DecoupledNet
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OutputExistsError
 from mdakit.figures import new_figure
 from mdakit.files import write_directory, write_json
 from mdakit.workspace import logit_rows, model_datasets
@@ -196,7 +196,7 @@ def detection_report(model_path: str | Path, out: str | Path, dataset: str | Non
     settings.validate()
     out = Path(out)
     if out.exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+        raise OutputExistsError(out)
     net, card = load_decoupled(model_path, device)
     source = _original_of(card, original_path)
     original, original_card = load_with_card(source, device=device)

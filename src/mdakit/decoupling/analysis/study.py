@@ -44,7 +44,7 @@ from mdakit.decoupling.finetune import load_decoupled
 from mdakit.decoupling.gates import DecoupledNet
 from mdakit.decoupling.paths import Paths, collect_paths
 from mdakit.decoupling.ungated import ungated
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OutputExistsError
 from mdakit.files import write_directory, write_json
 from mdakit.graph import trace
 from mdakit.workspace import logit_rows, model_split
@@ -89,7 +89,7 @@ def paths_report(model_path: str | Path, out: str | Path, dataset: str | None = 
     settings.validate()
     out = Path(out)
     if out.exists() and not force:
-        raise MdakitError(f"{out} already exists; choose another --out or pass --force")
+        raise OutputExistsError(out)
     net, card = load_decoupled(model_path, device)
     test, info = model_split(card, "test", dataset, data_dir)
     present = set(labels_of(test).unique().tolist())

@@ -1,0 +1,157 @@
+"""Commands on whole models: ``train``, ``eval``, ``info`` and ``import``."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from torch import nn
+
+from mdakit import __version__
+from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
+from mdakit.cli import tables
+from mdakit.cli.options import DataDirOpt, DeviceOpt, ForceOpt, JsonOpt, ModelArg, OutModelOpt, SeedOpt
+from mdakit.cli.output import emit, refuse_existing
+from mdakit.data import DatasetInfo, dataset_info, load_dataset, parse_classes
+from mdakit.errors import MdakitError
+from mdakit.evaluate import evaluate
+from mdakit.metrics import model_size
+from mdakit.seeding import resolve_device
+from mdakit.train import TrainConfig
+from mdakit.train import train as train_model
+from mdakit.zoo import build_model
+
+
+def _environment() -> dict[str, Any]:
+    return {"mdakit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+def _trained_card(arch: str, info: DatasetInfo, config: TrainConfig, result: Any, evaluation: Any,
+                  size: dict[str, int], device: torch.device) -> ModelCard:
+    """The card of a freshly trained model: how it was trained (and where) and what it reached."""
+    card = ModelCard.for_dataset(arch, info)
+    card.training = {"config": vars(config), "result": result.to_dict(), "device": str(device),
+                     "command": " ".join(["mdakit", *sys.argv[1:]]) if sys.argv else "", **_environment()}
+    card.metrics = {"test_accuracy": evaluation.accuracy, "val_accuracy": result.best_val_accuracy,
+                    "per_class_test_accuracy": evaluation.per_class_accuracy, **size}
+    return card
+
+
+def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchvision:<name>.")],
+              dataset: Annotated[str, typer.Option(help="Dataset name or imagefolder:PATH.")],
+              out: OutModelOpt,
+              epochs: int = 5, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+              batch_size: int = 128, val_fraction: float = 0.1, seed: SeedOpt = 0,
+              train_subset: Annotated[int | None, typer.Option(help="Train on N images (stratified).")] = None,
+              device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+              as_json: JsonOpt = False) -> None:
+    """Train a zoo model on a dataset, evaluate it on the test split and save it."""
+    refuse_existing(out, force)
+    dev = resolve_device(device)
+    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         batch_size=batch_size, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
+    config.validate()
+    train_data, info = load_dataset(dataset, "train", data_dir)
+    test_data, _ = load_dataset(dataset, "test", data_dir)
+    torch.manual_seed(seed)
+    model = build_model(arch, info.input_shape, info.num_classes, info.mean, info.std)
+    result = train_model(model, train_data, config, device=dev)
+    evaluation = evaluate(model, test_data, list(range(info.num_classes)), device=dev, show_progress=True)
+    size = model_size(model.cpu(), info.input_shape)
+    card = _trained_card(arch, info, config, result, evaluation, size, dev)
+    save(model, out, card, force=force)
+    emit(as_json, {"out": str(out), "metrics": card.metrics, "training": card.training},
+         tables.training_table(f"{arch} on {info.name}", evaluation.accuracy, result, size))
+
+
+def _eval_assembled(model_path: Path, device: torch.device, data_dir: Path | None, as_json: bool) -> None:
+    """``mdakit eval`` on an assembled model: on its parts' own test sets."""
+    from mdakit.assembly import evaluate_assembled, load_assembled
+
+    assembled, assembly = load_assembled(model_path, device=device)
+    report = evaluate_assembled(assembled, assembly, data_dir=data_dir, device=device)
+    names = [f"part-{i}" for i in range(len(assembly.part_cards))]
+    emit(as_json, {"model": str(model_path), **report}, tables.assembly_table(report, names, f"{model_path}"))
+
+
+def eval_cmd(model_path: ModelArg,
+             dataset: Annotated[str | None, typer.Option(help="Default: the model's own dataset.")] = None,
+             classes: Annotated[str | None, typer.Option(help="e.g. 0-2 or 0,3,5 or class names.")] = None,
+             restrict_logits: Annotated[bool, typer.Option(help="Argmax over the chosen classes' logits only.")]
+             = False,
+             device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Accuracy (overall, per class), confusion matrix, parameters and MACs of a model."""
+    from mdakit.assembly import is_assembled
+    from mdakit.workspace import check_fits
+
+    dev = resolve_device(device)
+    if is_assembled(model_path):
+        if dataset or classes or restrict_logits:
+            raise MdakitError("an assembled model is evaluated on its parts' own test sets: drop --dataset, "
+                              "--classes and --restrict-logits")
+        _eval_assembled(model_path, dev, data_dir, as_json)
+        return
+    model, card = load_with_card(model_path, device=dev)
+    name = dataset or card.dataset
+    if name is None:
+        raise MdakitError("the model card names no dataset: pass --dataset")
+    test_data, info = load_dataset(name, "test", data_dir)
+    check_fits(card, info)
+    chosen = parse_classes(classes, info.class_names) if classes else None
+    evaluation = evaluate(model, test_data, card.logit_classes, chosen, restrict_logits, device=dev, show_progress=True)
+    size = model_size(model.cpu(), card.input_shape)
+    title = f"{model_path} on {info.name} test" + (" (restricted logits)" if restrict_logits else "")
+    emit(as_json, {"model": str(model_path), "dataset": info.name, **evaluation.to_dict(), **size},
+         tables.evaluation_table(title, evaluation, info.class_names, size))
+
+
+def _leaf_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """Name, type, parameter count and settings of every leaf module."""
+    return [{"name": name, "type": type(module).__name__,
+             "params": sum(p.numel() for p in module.parameters(recurse=False)), "detail": module.extra_repr()}
+            for name, module in model.named_modules() if next(module.children(), None) is None and name]
+
+
+def _info_assembled(model_path: Path, as_json: bool) -> None:
+    """``mdakit info`` on an assembled model: where each logit comes from."""
+    from mdakit.assembly import load_assembled
+
+    assembled, assembly = load_assembled(model_path)
+    size = model_size(assembled, assembly.input_shape)
+    title = f"{model_path}: {len(assembly.part_cards)} parts, {len(assembly.logits)} logits"
+    emit(as_json, {"assembly": assembly.to_dict(), **size},
+         tables.logits_table(title, assembly.logits, tables.size_caption(size)))
+
+
+def info_cmd(model_path: ModelArg, as_json: JsonOpt = False) -> None:
+    """The card, a layer table, parameters and MACs of a model."""
+    from mdakit.assembly import is_assembled
+
+    if is_assembled(model_path):
+        _info_assembled(model_path, as_json)
+        return
+    model, card = load_with_card(model_path)
+    layers = _leaf_layers(model)
+    size = model_size(model, card.input_shape)
+    title = f"{model_path}: {card.arch} for {card.dataset}, {len(card.logit_classes)} logits"
+    caption = f"{tables.size_caption(size)} per {'x'.join(map(str, card.input_shape))} input"
+    emit(as_json, {"card": card.to_dict(), "layers": layers, **size}, tables.layers_table(title, layers, caption))
+
+
+def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help=".pt/.pth/.safetensors file")],
+               arch: Annotated[str, typer.Option(help="Zoo architecture the weights belong to.")],
+               dataset: Annotated[str, typer.Option(help="Dataset the model classifies.")],
+               out: OutModelOpt,
+               data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Turn a foreign state_dict checkpoint into an mdakit model file (never unpickles code)."""
+    refuse_existing(out, force)
+    info = dataset_info(dataset, data_dir)
+    card = ModelCard.for_dataset(arch, info, provenance={"imported_from": str(checkpoint)})
+    model = import_checkpoint(checkpoint, card)
+    save(model, out, card, force=force)
+    emit(as_json, {"out": str(out), "card": card.to_dict()}, f"imported {checkpoint} into {out}")

@@ -1,0 +1,74 @@
+"""Options that several commands share, declared once, and the attribution settings they build.
+
+Each alias is an ``Annotated`` type typer reads the flag and its help from; a command still names
+the parameter (typer needs it in the signature) and gives its default, e.g. ``seed: SeedOpt = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mdakit.attribution.contribution import ContributionSettings
+from mdakit.attribution.nad import NADSettings, parse_beta
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder (default $MDAKIT_DATA "
+                                                 "or ~/.cache/mdakit/data).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+SeedOpt = Annotated[int, typer.Option()]
+SamplesOpt = Annotated[int, typer.Option(help="Training samples per class.")]
+
+ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory.")]
+DecoupledModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Decoupled model directory.")]
+DatasetOpt = Annotated[str | None, typer.Option(help="Default: the model's dataset.")]
+OutModelOpt = Annotated[Path, typer.Option(help="Output model directory.")]
+ClassesOpt = Annotated[str, typer.Option(help="Classes, e.g. 0-2, 0,3,5 or class names; order sets the logits.")]
+
+MethodOpt = Annotated[str, typer.Option(help="Attribution method: contribution, gradient or nad.")]
+AlphaConv = Annotated[float, typer.Option(help="α for conv layers (Eq. 7), in (0, 1].")]
+BetaConv = Annotated[float, typer.Option(help="β for conv layers (Eq. 9), in (0, 1].")]
+AlphaLinear = Annotated[float, typer.Option(help="α for linear layers, in (0, 1].")]
+BetaLinear = Annotated[float, typer.Option(help="β for linear layers, in (0, 1].")]
+LayersOpt = Annotated[int | None, typer.Option("--layers", help="Attribute only the last L layers.")]
+CalibrateOpt = Annotated[float | None, typer.Option(
+    help="Relax the thresholds until the part is within this many accuracy points of the original on "
+         "held-out training images (default: use the thresholds as given).")]
+NadBetaOpt = Annotated[str | None, typer.Option(
+    "--beta", help="NAD: β (a positive number or 'auto' for the elbow method; default: per architecture).")]
+NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code) or paper (Eq. 12–14).")]
+NadLinearOpt = Annotated[bool, typer.Option(
+    help="NAD: also mask the outputs of hidden fully connected blocks (default: conv blocks only).")]
+
+THRESHOLDS = ContributionSettings()
+"""The thresholds' defaults (the contribution paper's §6), the defaults of the threshold options; read only."""
+
+
+@dataclass(frozen=True)
+class NadOptions:
+    """The NAD options as typed: ``--beta``, ``--nad-loss``, ``--nad-linear``."""
+
+    beta: str | None = None
+    loss: str = "code"
+    linear: bool = False
+
+
+def attribution_settings(method: str, thresholds: ContributionSettings,
+                         nad: NadOptions = NadOptions()) -> ContributionSettings | NADSettings:
+    """The validated settings of ``method``: NAD's from ``nad``, the thresholds for the others.
+
+    >>> attribution_settings("gradient", ContributionSettings(alpha_conv=0.5)).alpha_conv
+    0.5
+    >>> attribution_settings("nad", THRESHOLDS, NadOptions(beta="auto")).beta
+    'auto'
+    """
+    if method == "nad":
+        settings = NADSettings(beta=parse_beta(nad.beta), loss=nad.loss, linear=nad.linear)
+    else:
+        settings = thresholds
+    settings.validate()
+    return settings

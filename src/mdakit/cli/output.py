@@ -1,0 +1,81 @@
+"""What the command line prints: one JSON document or a human rendering on stdout, one line per user error.
+
+Progress and logs go to stderr (``err_console``), so ``--json`` output stays one parseable document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from mdakit.errors import MdakitError, OutputExistsError
+
+out_console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+_state = {"debug": False}
+
+
+def show_tracebacks(debug: bool) -> None:
+    """Whether a user error also prints its traceback (``mdakit --debug``)."""
+    _state["debug"] = debug
+
+
+def emit(as_json: bool, payload: dict[str, Any], human: Any = None) -> None:
+    """Print ``payload`` as one JSON document under ``--json``, else ``human`` (a table or a line), if any.
+
+    >>> emit(True, {"out": Path("runs/x")})
+    {
+      "out": "runs/x"
+    }
+    """
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    elif human is not None:
+        out_console.print(human)
+
+
+def pct(x: float) -> str:
+    """A share as a percentage with two decimals.
+
+    >>> pct(0.98765)
+    '98.77%'
+    """
+    return f"{100 * x:.2f}%"
+
+
+def refuse_existing(out: str | Path, force: bool) -> None:
+    """Refuse an existing output before any work starts (the library checks again when it writes)."""
+    if Path(out).exists() and not force:
+        raise OutputExistsError(out)
+
+
+def error_line(exc: MdakitError) -> str:
+    """The one line a user error prints, worded for the command line.
+
+    >>> error_line(OutputExistsError("runs/part"))
+    'mdakit: error: runs/part already exists; choose another --out or pass --force'
+    """
+    if isinstance(exc, OutputExistsError):
+        return f"mdakit: error: {exc.path} already exists; choose another --out or pass --force"
+    return f"mdakit: error: {exc}"
+
+
+def run_app(app: typer.Typer, argv: list[str]) -> int:
+    """Run ``app`` on ``argv`` and return the exit code: 0 ok, 2 user error (one line on stderr)."""
+    _state["debug"] = "--debug" in argv
+    try:
+        app(args=argv, prog_name="mdakit")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except MdakitError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        print(error_line(exc), file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,177 @@
+"""Commands that cut models by class and join the parts: ``disassemble``, ``masks``, ``assemble``,
+``compress`` and ``export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mdakit.attribution.contribution import ContributionSettings
+from mdakit.cli import tables
+from mdakit.cli.options import (
+    THRESHOLDS,
+    AlphaConv,
+    AlphaLinear,
+    BetaConv,
+    BetaLinear,
+    CalibrateOpt,
+    ClassesOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    LayersOpt,
+    MethodOpt,
+    ModelArg,
+    NadBetaOpt,
+    NadLinearOpt,
+    NadLossOpt,
+    NadOptions,
+    OutModelOpt,
+    SamplesOpt,
+    SeedOpt,
+    attribution_settings,
+)
+from mdakit.cli.output import emit, refuse_existing
+from mdakit.distributed import DEFAULT_TIMEOUT
+from mdakit.seeding import resolve_device
+
+
+def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
+                    out: Annotated[Path, typer.Option(help="Output part directory.")],
+                    method: MethodOpt = "contribution", samples: SamplesOpt = 50,
+                    alpha_conv: AlphaConv = THRESHOLDS.alpha_conv, beta_conv: BetaConv = THRESHOLDS.beta_conv,
+                    alpha_linear: AlphaLinear = THRESHOLDS.alpha_linear,
+                    beta_linear: BetaLinear = THRESHOLDS.beta_linear, layers: LayersOpt = None,
+                    beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
+                    kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
+                    calibrate: CalibrateOpt = None, dataset: DatasetOpt = None, seed: SeedOpt = 0,
+                    device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+                    as_json: JsonOpt = False) -> None:
+    """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
+    from mdakit.disassembly import disassemble
+
+    refuse_existing(out, force)
+    dev = resolve_device(device)
+    thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
+    part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
+                       kernel_masks=kernel_masks, calibrate=calibrate, seed=seed, device=dev, data_dir=data_dir,
+                       show_progress=True)
+    part.save(out, force=force)
+    title = f"part of {model_path} for classes {part.report['classes']} ({method})"
+    emit(as_json, {"out": str(out), **part.report}, tables.part_table(title, part.report, out))
+
+
+def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
+              out: Annotated[Path, typer.Option(help="Output masks directory.")],
+              method: MethodOpt = "contribution", samples: SamplesOpt = 50,
+              alpha_conv: AlphaConv = THRESHOLDS.alpha_conv, beta_conv: BetaConv = THRESHOLDS.beta_conv,
+              alpha_linear: AlphaLinear = THRESHOLDS.alpha_linear, beta_linear: BetaLinear = THRESHOLDS.beta_linear,
+              layers: LayersOpt = None, calibrate: CalibrateOpt = None,
+              beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
+              dataset: DatasetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
+              force: ForceOpt = False,
+              class_chunk: Annotated[int | None, typer.Option(
+                  help="Classes per chunk: masks are written as chunks finish (resumable), so memory is set by "
+                       "the chunk, not the class count. Implied (16) under torchrun.")] = None,
+              work_dir: Annotated[Path | None, typer.Option(
+                  help="Where finished classes wait to be gathered (default: OUT.work); a rerun resumes there.")]
+              = None,
+              timeout: Annotated[float, typer.Option(
+                  help="Seconds a process waits for the others (torchrun) before failing.")] = DEFAULT_TIMEOUT,
+              as_json: JsonOpt = False) -> None:
+    """Compute and save per-class component masks without extracting a part.
+
+    Under ``torchrun --nproc-per-node N -m mdakit masks ...`` the classes are split across the processes
+    and rank 0 gathers the masks into OUT; the result equals a single-process run.
+    """
+    from mdakit.disassembly import compute_masks
+    from mdakit.distributed import joined
+    from mdakit.workspace import Workspace
+
+    refuse_existing(out, force)
+    dev = resolve_device(device)
+    thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
+    source = Workspace.open(model_path, dataset, None, None, data_dir)
+    class_list = source.classes(classes)
+    with joined(dev, timeout) as world:
+        chunked = class_chunk is not None or world.size > 1
+        masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed,
+                                           world.device(dev), calibrate=calibrate,
+                                           show_progress=world.rank == 0, class_chunk=class_chunk,
+                                           out=out if chunked else None, world=world, work_dir=work_dir, force=force)
+    if not chunked:
+        masks.save(out, force=force)
+    if world.rank != 0:
+        return
+    kept = {str(c): {name: int(m.outputs.sum()) for name, m in per_layer.items()}
+            for c, per_layer in masks.per_class.items()}
+    emit(as_json, {"out": str(out), "classes": masks.classes, "kept_filters": kept, "steps": cost},
+         tables.masks_table(f"kept filters per layer ({method})", kept, masks.classes, graph.layers, out))
+
+
+def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
+                                                             help="Part (or model) directories, in logit order.")],
+                 out: Annotated[Path, typer.Option(help="Output directory of the assembled model.")],
+                 layout: Annotated[str, typer.Option(help="parallel (parts side by side) or padded (one merged "
+                                                           "network with zero kernels across parts).")] = "parallel",
+                 rescale: Annotated[str, typer.Option(help="none, paper (Eq. 11), calibrated (scale and "
+                                                           "offset per logit) or calibrated-part (per part); "
+                                                           "fitted on training images only.")] = "none",
+                 samples: SamplesOpt = 50, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
+                 force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Join parts of models (same architecture and input shape) into one classifier over all their classes."""
+    from mdakit.assembly import assemble, evaluate_assembled, save_assembled
+
+    refuse_existing(out, force)
+    dev = resolve_device(device)
+    model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev)
+    report = evaluate_assembled(model, card, data_dir=data_dir, device=dev)
+    card.metrics = report
+    save_assembled(model, out, card, force=force)
+    table = tables.assembly_table(report, [path.name or str(path) for path in parts],
+                                  f"{len(parts)} parts assembled ({layout} layout, rescale {rescale})")
+    table.caption = f"saved to {out}; " + table.caption
+    fit = {k: v for k, v in card.fit.items() if k != "samples"}
+    emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "logits": card.logits, "fit": fit,
+                   **report}, table)
+
+
+def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = None,
+                 method: MethodOpt = "contribution", samples: SamplesOpt = 50,
+                 alpha_conv: AlphaConv = THRESHOLDS.alpha_conv, beta_conv: BetaConv = THRESHOLDS.beta_conv,
+                 alpha_linear: AlphaLinear = THRESHOLDS.alpha_linear,
+                 beta_linear: BetaLinear = THRESHOLDS.beta_linear, layers: LayersOpt = None,
+                 beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
+                 calibrate: CalibrateOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu",
+                 data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
+    from mdakit.compression import compress
+
+    refuse_existing(out, force)
+    dev = resolve_device(device)
+    thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
+    small = compress(model_path, dataset, method, samples=samples, settings=settings, calibrate=calibrate,
+                     seed=seed, device=dev, data_dir=data_dir, show_progress=True)
+    small.save(out, force=force)
+    title = f"{model_path} compressed ({method}, all {len(small.report['classes'])} logits kept)"
+    emit(as_json, {"out": str(out), **small.report}, tables.compressed_table(title, small.report, out))
+
+
+def export_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model, part, compressed or "
+                                                                             "assembled model directory.")],
+               out: Annotated[Path, typer.Option(help="Output file (.onnx or .pt).")],
+               fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+               force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Export a model for deployment (raw [0, 1] images in, logits out), checked against PyTorch."""
+    from mdakit.exporting import export
+
+    result = export(model_path, out, fmt, force=force)
+    emit(as_json, result, f"exported {model_path} to {out} ({fmt}, {result['bytes']:,} bytes); largest "
+                          f"difference from the PyTorch model on random images: {result['max_abs_diff']:.2g}")

@@ -1,0 +1,196 @@
+"""The tables commands print without ``--json``: each built from the result the command emits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from mdakit.cli.output import pct
+
+
+def table(title: str, *columns: str, right: Sequence[str] = (), caption: str | None = None) -> Table:
+    """A table with ``columns`` (those in ``right`` right-aligned) and an optional caption.
+
+    >>> [c.header for c in table("t", "layer", "value", right=["value"]).columns]
+    ['layer', 'value']
+    """
+    built = Table(title=title, caption=caption)
+    for column in columns:
+        built.add_column(column, justify="right" if column in right else "left")
+    return built
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def size_caption(size: Mapping[str, int]) -> str:
+    """Parameters (non-zero ones too) and MACs, as a caption.
+
+    >>> size_caption({"params": 1200, "nonzero_params": 1000, "macs": 45000})
+    '1,200 params (1,000 non-zero), 45,000 MACs'
+    """
+    return f"{size['params']:,} params ({size['nonzero_params']:,} non-zero), {size['macs']:,} MACs"
+
+
+def training_table(title: str, test_accuracy: float, result: Any, size: Mapping[str, int]) -> Table:
+    """``mdakit train``: test and validation accuracy, best epoch, size and time of a trained model."""
+    built = table(title, "test acc", "val acc", "best epoch", "params", "MACs", "train time")
+    built.add_row(pct(test_accuracy), pct(result.best_val_accuracy), str(result.best_epoch),
+                  _count(size["params"]), _count(size["macs"]), f"{result.seconds:.0f} s")
+    return built
+
+
+def evaluation_table(title: str, evaluation: Any, class_names: Sequence[str], size: Mapping[str, int]) -> Table:
+    """``mdakit eval``: accuracy per class and overall."""
+    built = table(title, "class", "accuracy", right=["accuracy"],
+                  caption=f"{evaluation.num_samples} images; {size['params']:,} params, {size['macs']:,} MACs")
+    for c, acc in evaluation.per_class_accuracy.items():
+        built.add_row(f"{c} {class_names[int(c)]}", pct(acc))
+    built.add_row("all", pct(evaluation.accuracy))
+    return built
+
+
+def layers_table(title: str, layers: Sequence[Mapping[str, Any]], caption: str) -> Table:
+    """``mdakit info`` on a model: one row per leaf module."""
+    built = table(title, "layer", "type", "params", "settings", caption=caption)
+    for layer in layers:
+        built.add_row(layer["name"], layer["type"], _count(layer["params"]), layer["detail"])
+    return built
+
+
+def logits_table(title: str, logits: Sequence[Mapping[str, Any]], caption: str) -> Table:
+    """``mdakit info`` on an assembled model: where each logit comes from."""
+    built = table(title, "logit", "part", "dataset", "label", "class", caption=caption)
+    for i, logit in enumerate(logits):
+        built.add_row(str(i), *(str(logit.get(k, "")) for k in ("part", "dataset", "label", "name")))
+    return built
+
+
+def part_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
+    """``mdakit disassemble``: the original (all and restricted logits) against the part, and each step's cost."""
+    osz, psz = report["original_size"], report["part_size"]
+    steps = ", ".join(f"{k} {v['seconds']:.2f} s" + (f" / {v['peak_rss_mb']:.0f} MB" if v["peak_rss_mb"] else "")
+                      for k, v in report["steps"].items())
+    built = table(title, "model", "accuracy", "params", "non-zero", "MACs",
+                  caption=f"saved to {out}; time / peak RSS: {steps}")
+    built.add_row("original, all logits", pct(report["original_accuracy"]), _count(osz["params"]),
+                  _count(osz["nonzero_params"]), _count(osz["macs"]))
+    built.add_row("original, restricted logits", pct(report["original_restricted_accuracy"]), "", "", "")
+    built.add_row("part", pct(report["part_accuracy"]), f"{psz['params']:,} ({psz['params'] / osz['params']:.1%})",
+                  _count(psz["nonzero_params"]), f"{psz['macs']:,} ({psz['macs'] / osz['macs']:.1%})")
+    return built
+
+
+def masks_table(title: str, kept: Mapping[str, Mapping[str, int]], classes: Sequence[int], layers: Sequence[Any],
+                out: Path, shown: int = 12) -> Table:
+    """``mdakit masks``: kept filters per layer of the first ``shown`` classes (``--json`` lists all)."""
+    first = classes[:shown]
+    built = table(title, "layer", *(f"class {c}" for c in first), right=[f"class {c}" for c in first])
+    for layer in layers:
+        built.add_row(layer.name, *(f"{kept[str(c)][layer.name]}/{layer.out_size}" for c in first))
+    if len(first) < len(classes):
+        built.caption = f"{len(classes) - len(first)} more classes in {out} (--json lists all)"
+    return built
+
+
+def assembly_table(report: Mapping[str, Any], names: Sequence[str], title: str) -> Table:
+    """``mdakit assemble`` and ``mdakit eval`` on an assembled model: each part, then the whole."""
+    caption = (f"{report['num_images']} test images, argmax over all logits; orig. = the original models on "
+               "the parts' classes; -> j = share of images classified into part j")
+    for p in report["originals_missing"]:
+        caption += f"; part {p}: {report['parts'][p]['original']}"
+    built = table(title, "part", "dataset", "classes", "accuracy", "orig.", *(f"-> {j}" for j in range(len(names))),
+                  "MACs", caption=caption)
+    for entry in report["parts"]:
+        orig = entry["original_accuracy"]
+        built.add_row(names[entry["part"]], str(entry["dataset"]), ",".join(map(str, entry["classes"])),
+                      pct(entry["accuracy"]), "n/a" if orig is None else pct(orig),
+                      *(pct(share) for share in entry["into_parts"]), _count(entry["size"]["macs"]))
+    orig = report["original_accuracy"]
+    built.add_row("assembled", "", "", pct(report["accuracy"]), "n/a" if orig is None else pct(orig),
+                  *("" for _ in names), _count(report["size"]["macs"]))
+    return built
+
+
+def compressed_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
+    """``mdakit compress``: the original against the compressed model."""
+    osz, csz = report["original_size"], report["compressed_size"]
+    built = table(title, "model", "accuracy", "params", "MACs", caption=f"saved to {out}")
+    built.add_row("original", pct(report["original_accuracy"]) if "original_accuracy" in report else "n/a",
+                  _count(osz["params"]), _count(osz["macs"]))
+    built.add_row("compressed", pct(report["accuracy"]) if "accuracy" in report else "n/a",
+                  f"{csz['params']:,} ({report['params_ratio']:.1%})", f"{csz['macs']:,} ({report['macs_ratio']:.1%})")
+    return built
+
+
+def measures_table(title: str, rows: Mapping[str, str], caption: str | None = None) -> Table:
+    """Two columns, a measure and its value (``mdakit analyze``, ``mdakit paths``)."""
+    built = table(title, "measure", "value", right=["value"], caption=caption)
+    for measure, value in rows.items():
+        built.add_row(measure, value)
+    return built
+
+
+def analysis_rows(summary: Mapping[str, Any]) -> dict[str, str]:
+    """``mdakit analyze``: the sub-architecture analyses' headline numbers."""
+    mis = summary["misclassification"]
+    rows = {"accuracy, original (mean over classes)": pct(summary["accuracy_original_mean"]),
+            "accuracy, sub-architectures": pct(summary["accuracy_sub_architecture_mean"]),
+            "similarity (mean over layers)": f"{summary['similarity_mean']:.3f}"}
+    scores = {"hit rate, last conv layer (chance 0.25)": summary["hit_rate_last_layer"],
+              **{f"misclassification: {key}": mis[key] for key in ("mistaken", "other", "difference")}}
+    return rows | {label: "n/a" if value is None else f"{value:.4f}" for label, value in scores.items()}
+
+
+def paths_rows(summary: Mapping[str, Any]) -> dict[str, str]:
+    """``mdakit paths``: accuracy, gate density, filter states and how well the paths separate classes."""
+    states, tsne = summary["filter_states"], summary["tsne"]
+    silhouette = tsne["silhouette_2d"]
+    silhouette_text = "undefined" if silhouette is None or math.isnan(silhouette) else f"{silhouette:.3f}"
+    return {"accuracy": pct(summary["accuracy"]), "gate density": pct(summary["gate_density"]),
+            "energetic / dynamic / silent filters": f"{states['energetic']} / {states['dynamic']} / {states['silent']}",
+            "t-SNE silhouette / 10-NN same class": f"{silhouette_text} / {tsne['neighbour_agreement']:.3f}"}
+
+
+def decoupled_table(title: str, report: Mapping[str, Any], caption: str) -> Table:
+    """``mdakit decouple``: the original against the decoupled model, its gate density and filter states."""
+    states = [sum(s[k] for s in report["test_filter_states"].values()) for k in ("silent", "energetic", "dynamic")]
+    built = table(title, "model", "test acc", "gate density", "silent / energetic / dynamic filters", caption=caption)
+    built.add_row("original", pct(report["original_test_accuracy"]), "", "")
+    built.add_row("decoupled", pct(report["test_accuracy"]), pct(report["test_gate_density"]["all"]),
+                  " / ".join(map(str, states)))
+    return built
+
+
+def settled_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
+    """``mdakit settle``: test accuracy before and after, and the gate density."""
+    before = report["test_accuracy_before"]
+    built = table(title, "model", "test acc", "gate density", caption=f"saved to {out}")
+    built.add_row("before", pct(before) if before is not None else "?", "")
+    built.add_row("settled", pct(report["test_accuracy"]), pct(report["test_gate_density"]["all"]))
+    return built
+
+
+def detection_table(title: str, attacks: Mapping[str, Mapping[str, Any]], size: str, out: Path) -> Table:
+    """``mdakit detect``: ROC AUC (mean ± std over runs) per attack, classifier and feature set."""
+    features = list(next(iter(attacks.values())))
+    built = table(title, "attack", "classifier", *features, right=features, caption=f"written to {out}")
+    for method, entry in attacks.items():
+        for clf in next(iter(entry.values()))["auc"]:
+            built.add_row(method, clf, *(f"{e['auc'][clf][size]['mean']:.3f} ± {e['auc'][clf][size]['std']:.3f}"
+                                         for e in entry.values()))
+    return built
+
+
+def patterns_table(title: str, layers: Sequence[Mapping[str, Any]]) -> Table:
+    """``mdakit patterns``: per layer, the drawn unit and how alike its patterns are within and between classes."""
+    built = table(title, "layer", "unit", "cosine within class", "cosine between classes")
+    for e in layers:
+        built.add_row(e["layer"], str(e["unit"]), *("n/a" if v is None else f"{v:.3f}" for v in (
+            e["total_cosine_within_class"], e["total_cosine_between_classes"])))
+    return built
