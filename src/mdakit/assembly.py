@@ -7,7 +7,7 @@ concatenated, and the MACs are the sum of theirs. The **padded** layout (the pap
 :mod:`mdakit.padding`) is one network of the parts' architecture whose layers hold every part's filters
 side by side with zero kernels across parts; its logits equal the parts' logits concatenated too.
 
-Logit rescaling is fitted on training images only, never on the test split (DESIGN §5):
+Logit rescaling is fitted on training images only, never on the test split (docs/methods.md#logit-rescaling):
 
 - ``none``: the parts' logits as they are;
 - ``paper`` (Eq. 11 of the contribution paper): logit c is multiplied by e / e_c, where e_c is the mean
@@ -488,7 +488,7 @@ def _evaluate_part(model: AssembledModel, card: AssemblyCard, p: int, test: Data
 
 def evaluate_assembled(model: AssembledModel, card: AssemblyCard, test_data: DataSpec = None,
                        data_dir: str | Path | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Accuracy of an assembled model by DESIGN §3, with the originals' and the cross-part confusion.
+    """Accuracy of an assembly, its originals' and the cross-part confusion (docs/methods.md#evaluation-protocol).
 
     The test set is the union of each part's classes' test images (``test_data``: part index -> dataset
     or name; by default the test split of the part's own dataset), labelled by the part's offset plus

@@ -242,7 +242,7 @@ NadBetaOpt = Annotated[str | None, typer.Option(
     "--beta", help="NAD: β (a positive number or 'auto' for the elbow method; default: per architecture).")]
 NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code) or paper (Eq. 12–14).")]
 NadLinearOpt = Annotated[bool, typer.Option(
-    help="NAD: also mask the outputs of hidden fully connected blocks (default: conv blocks only, DESIGN §2.3).")]
+    help="NAD: also mask the outputs of hidden fully connected blocks (default: conv blocks only).")]
 SamplesOpt = Annotated[int, typer.Option(help="Training samples per class.")]
 CalibrateOpt = Annotated[float | None, typer.Option(
     help="Relax the thresholds until the part is within this many accuracy points of the original on "

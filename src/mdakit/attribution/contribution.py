@@ -1,4 +1,4 @@
-"""Relative contribution attribution (the primary method; DESIGN §2.1, paper Eq. 4, 7–10, 13).
+"""Relative contribution attribution (primary method; Eq. 4, 7–10, 13; docs/methods.md#contribution-attribution).
 
 For every prunable layer and class, the positive parts of the per-sample hidden contributions
 ``h[b, k, n]`` are summed over the class's selected samples (one forward pass, hooks, running sums),

@@ -1,4 +1,4 @@
-"""Gradient attribution ("Grad."), the baseline contribution attribution is compared with (DESIGN §2.2).
+"""Gradient attribution ("Grad."), the baseline for contribution attribution (docs/methods.md#gradient-baseline).
 
 For each class, on the same selected samples: the gradient of the class's logit with respect to each
 conv layer's output, ReLU, summed over positions and samples, min–max normalised over channels; a

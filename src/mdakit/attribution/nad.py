@@ -1,4 +1,4 @@
-"""Neural architecture disentanglement (NAD; DESIGN §2.3, paper §3–4): learned per-class channel masks.
+"""Neural architecture disentanglement (NAD; paper §3–4; docs/methods.md#nad): learned per-class channel masks.
 
 The model stays frozen. For one class ``c``, a sigmoid-gated mask ``σ(θ)`` multiplies the channels of
 every *block output* (:func:`mask_points`); ``θ`` is trained on class-``c`` images with the loss of
@@ -55,9 +55,10 @@ class NADSettings:
 
     ``iterations`` steps of ``batch_size`` class images each; ``epochs`` (when set) replaces them
     by that many passes over the class's images, as the authors' code does. ``linear`` also masks
-    the outputs of hidden fully connected blocks (DESIGN §2.3 places masks after conv blocks only,
-    the default): a narrow conv body such as LeNet-5's 6- and 16-channel blocks leaves a class too
-    little to drop, while its 120- and 84-unit hidden layers carry the per-class features.
+    the outputs of hidden fully connected blocks (by default masks sit after conv blocks only,
+    docs/methods.md#nad-mask-points): a narrow conv body such as LeNet-5's 6- and 16-channel blocks
+    leaves a class too little to drop, while its 120- and 84-unit hidden layers carry the per-class
+    features.
     """
 
     beta: float | str | None = None

@@ -1,1 +1,1 @@
-"""Architecture decoupling: gated fine-tuning, calculation paths and dynamic inference (DESIGN §2.4)."""
+"""Architecture decoupling: gated fine-tuning, calculation paths and dynamic inference (docs/methods.md#decoupling)."""

@@ -1,4 +1,4 @@
-"""Dynamic inference: each gated conv computes only the filters its gate selects (DESIGN §2.4).
+"""Dynamic inference: each gated conv computes only the filters its gate selects (docs/methods.md#dynamic-inference).
 
 :class:`DynamicNet` rewrites a :class:`~mdakit.decoupling.gates.DecoupledNet`'s graph. Each gated
 segment (conv → BN → activation → mask) becomes one :class:`DynamicGatedConv` that, before running

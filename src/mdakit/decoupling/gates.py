@@ -1,4 +1,4 @@
-"""Controlling modules, improved SemHash, and the gated ("decoupled") model (DESIGN §2.4).
+"""Controlling modules, improved SemHash, and the gated ("decoupled") model (docs/methods.md#decoupling).
 
 A controlling module reads a conv layer's *input* (global average pool → FC(C→C/4) → ReLU →
 FC(→N) = g) and decides which of the layer's N filters run. Its binary vector z masks the layer's
