@@ -6,7 +6,7 @@ For each architecture and pair of class sets, one part is cut from the MNIST mod
 Fashion-MNIST model (runs/zoo/) by each attribution method — contribution with the paper's thresholds,
 contribution with thresholds calibrated within 0.25 points on the models' validation splits, and the
 gradient baseline — then assembled with every rescaling option. Accuracy is on the union of the parts'
-test images, argmax over all logits (DESIGN §3); *orig.* is the mean of the original models'
+test images, argmax over all logits (docs/methods.md#evaluation-protocol); *orig.* is the mean of the original models'
 accuracies on their own classes. Logits are computed once per part; each rescaling is the affine map
 its fit produced (fitted on training images only). *ep.+1* (Table 5's reference) fine-tunes the
 paper-rescaled assembly of the calibrated contribution parts for one epoch on the union of the parts'

@@ -298,11 +298,12 @@ def _accuracy_report(rows: list[dict], tolerance: float) -> str:
              "models are trained once). *paper*: contribution attribution with the paper's thresholds (conv α/β "
              f"0.3/0.2, linear 0.4/0.3). *calibrated*: thresholds relaxed together until the part is within "
              f"{tolerance} points of the original on 300 held-out images per class from the model's own validation "
-             "split (training data, never test). *grad.*: the gradient baseline (DESIGN §2.2: gradient of the class "
-             "logit w.r.t. each conv output, ReLU, summed, min–max, keep > 0.2; same samples). Accuracy (%) on the "
-             "test images of the classes; *orig.* uses all logits, *restricted* only the classes' logits (DESIGN "
-             "§3). Target: part ≥ restricted − 0.5 points with fewer parameters. *published* = the seed's Table 1 "
-             "orig. / Ours / Grad. (other hardware, other model variants).", "",
+             "split (training data, never test). *grad.*: the gradient baseline (docs/methods.md#gradient-baseline: "
+             "gradient of the class logit w.r.t. each conv output, ReLU, summed, min–max, keep > 0.2; same samples). "
+             "Accuracy (%) on the test images of the classes; *orig.* uses all logits, *restricted* only the "
+             "classes' logits (docs/methods.md#evaluation-protocol). Target: part ≥ restricted − 0.5 points with "
+             "fewer parameters. *published* = the seed's Table 1 orig. / Ours / Grad. (other hardware, other model "
+             "variants).", "",
              "### Table 1: disassembly accuracy", "",
              "| model | dataset | classes | seeds | orig. | restricted | paper: part | params | MACs | calibrated: "
              "part | params | MACs | grad.: part | params | MACs | published | target (paper / calibrated) |",

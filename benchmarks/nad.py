@@ -111,8 +111,9 @@ def _report(cells: list[dict]) -> str:
              "class on VGG-16 (2 CPU cores) and sub ≥ orig. for ≥ 90% of classes. Wall seconds depend on what "
              "else the machine runs (the reference step column is one unmasked forward+backward at the same "
              "batch, measured in the same run); CPU seconds with `--threads 1` do not, and bound the wall "
-             "time of an idle 2-core machine. *Masks*: conv = after each conv block (DESIGN §2.3, the default); "
-             "conv + FC = also after each hidden fully connected block (`--nad-linear`).", "",
+             "time of an idle 2-core machine. *Masks*: conv = after each conv block (the default; "
+             "docs/methods.md#nad-mask-points); conv + FC = also after each hidden fully connected block "
+             "(`--nad-linear`).", "",
              "| model | masks | loss | steps | start σ | β | s/class median (max) | CPU s/class | ref. step s | "
              "sub ≥ orig. | orig. acc | sub acc | params kept | filters kept |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

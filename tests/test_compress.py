@@ -1,5 +1,5 @@
 """Compression (union of all classes, every logit kept) and the FPGM baseline through Torch-Pruning, whose
-pruned models must equal our masked original (DESIGN §5) before any benchmark uses them."""
+pruned models must equal our masked original (docs/methods.md#compression) before any benchmark uses them."""
 
 import json
 
@@ -95,8 +95,9 @@ def test_concat_pool_flatten_linear_offsets(images):
 
 @pytest.mark.parametrize("net", [BranchNet(2), ConcatPoolNet()], ids=["stem", "input"])
 def test_concat_pool_2x2_flatten_linear_is_never_silently_wrong(net, images):
-    """DESIGN §5: Torch-Pruning 1.6.1 mis-maps the flattened features of a concat pooled to 2×2 (it indexes
-    past a branch's filters). Its result must pass the masked-original check or be refused, never used."""
+    """Torch-Pruning 1.6.1 mis-maps the flattened features of a concat pooled to 2×2 (it indexes past a
+    branch's filters; docs/methods.md#compression). Its result must pass the masked-original check or be
+    refused, never used."""
     torch.manual_seed(0)
     try:
         pruned = _check_pruned(net, SHAPE, images, 0.5)

@@ -1,4 +1,4 @@
-"""Accuracy, per-class accuracy and confusion matrices, with the logit restriction of DESIGN §3.
+"""Accuracy, per-class accuracy and confusion matrices, with restricted logits (docs/methods.md#evaluation-protocol).
 
 A model's logit ``i`` stands for the dataset label ``logit_classes[i]``. A full model has
 ``logit_classes = range(num_classes)``; a part cut for classes S has ``logit_classes = S``.
