@@ -6,14 +6,14 @@ the parameter (typer needs it in the signature) and gives its default, e.g. ``se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mdakit.attribution.base import MethodSettings, get_method
 from mdakit.attribution.contribution import ContributionSettings
-from mdakit.attribution.nad import NADSettings, parse_beta
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder (default $MDAKIT_DATA "
@@ -58,17 +58,13 @@ class NadOptions:
 
 
 def attribution_settings(method: str, thresholds: ContributionSettings,
-                         nad: NadOptions = NadOptions()) -> ContributionSettings | NADSettings:
-    """The validated settings of ``method``: NAD's from ``nad``, the thresholds for the others.
+                         nad: NadOptions = NadOptions()) -> MethodSettings:
+    """The validated settings of ``method`` (by the attribution registry) from the threshold and NAD options.
 
     >>> attribution_settings("gradient", ContributionSettings(alpha_conv=0.5)).alpha_conv
     0.5
     >>> attribution_settings("nad", THRESHOLDS, NadOptions(beta="auto")).beta
     'auto'
     """
-    if method == "nad":
-        settings = NADSettings(beta=parse_beta(nad.beta), loss=nad.loss, linear=nad.linear)
-    else:
-        settings = thresholds
-    settings.validate()
-    return settings
+    options = {**asdict(thresholds), "beta": nad.beta, "nad_loss": nad.loss, "nad_linear": nad.linear}
+    return get_method(method).settings_from_options(options)
