@@ -77,8 +77,8 @@ def test_loss_terms_by_hand():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lambda_k": -0.1}, "lambda-k"), ({"lambda_s": float("nan")}, "lambda-s"), ({"target_ratio": 1.0}, "target-ratio"),
-    ({"target_ratio": -0.2}, "target-ratio"), ({"kl_direction": "z|y"}, "KL direction"),
+    ({"lambda_k": -0.1}, "lambda_k"), ({"lambda_s": float("nan")}, "lambda_s"), ({"target_ratio": 1.0}, "target_ratio"),
+    ({"target_ratio": -0.2}, "target_ratio"), ({"kl_direction": "z|y"}, "KL direction"),
 ])
 def test_bad_loss_weights(kwargs, message):
     with pytest.raises(MdakitError, match=message):

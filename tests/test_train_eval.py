@@ -34,7 +34,7 @@ def test_bad_training_settings(mnist_train):
     model = nn.Linear(1, 1)
     with pytest.raises(MdakitError, match="epochs"):
         train(model, train_data, TrainConfig(epochs=0), show_progress=False)
-    with pytest.raises(MdakitError, match="train-subset"):
+    with pytest.raises(MdakitError, match="train_subset"):
         train(model, train_data, TrainConfig(train_subset=-5), show_progress=False)
 
 

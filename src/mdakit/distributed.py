@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mdakit.component_masks import PARTS, ComponentMasks, LayerMask
-from mdakit.errors import MdakitError, OutputExistsError
+from mdakit.errors import MdakitError, OptionError, OutputExistsError
 
 T = TypeVar("T")
 DEFAULT_CHUNK = 16
@@ -194,12 +194,12 @@ class WorkDir:
             try:
                 found = json.loads(manifest.read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise MdakitError(f"{self.path} exists but is not a work directory of mdakit masks; remove it "
-                                  "or choose another --work-dir") from exc
+                raise OptionError(f"{self.path} exists but is not a work directory of mdakit masks; remove it "
+                                  "or choose another {0}", "work_dir") from exc
             if found != expected:
                 differ = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-                raise MdakitError(f"{self.path} holds classes of another run (different {', '.join(differ)}); "
-                                  "remove it, pass --force to start over, or choose another --work-dir")
+                raise OptionError(f"{self.path} holds classes of another run (different {', '.join(differ)}); "
+                                  "remove it, start over with {0}, or choose another {1}", "force", "work_dir")
             for leftover in self.path.glob(".*.tmp*"):
                 leftover.unlink()
         else:

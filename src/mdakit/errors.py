@@ -4,6 +4,7 @@ The CLI turns it into one line on stderr and exit code 2 (a typed case lets it w
 command line); anything else is a bug and keeps its traceback.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -29,3 +30,31 @@ class OutputExistsError(MdakitError):
 
     def __str__(self) -> str:
         return f"{self.path} already exists (force=True replaces it)"
+
+
+class OptionError(MdakitError):
+    """A bad or missing setting, worded around the settings it names; ``options`` are parameter names.
+
+    ``template`` holds ``{0}``, ``{1}``, ... where the names go, so the library says ``per_class`` and
+    the command line ``--per-class`` (:meth:`worded`).
+
+    >>> err = OptionError("{0} must be at least 2, got 1", "per_class")
+    >>> str(err), err.worded(lambda name: "--" + name.replace("_", "-"))
+    ('per_class must be at least 2, got 1', '--per-class must be at least 2, got 1')
+    """
+
+    def __init__(self, template: str, *options: str) -> None:
+        super().__init__(template, *options)
+        self.template = template
+        self.options = options
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        """The message with each option named by ``name(option)`` (plain replacement: the rest of the
+        message may hold any text, braces included)."""
+        text = self.template
+        for i, option in enumerate(self.options):
+            text = text.replace(f"{{{i}}}", name(option))
+        return text
+
+    def __str__(self) -> str:
+        return self.worded(str)

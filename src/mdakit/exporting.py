@@ -25,7 +25,7 @@ from torch import nn
 
 from mdakit.artifacts import ModelCard, load_with_card
 from mdakit.assembly import AssemblyCard, is_assembled, load_assembled
-from mdakit.errors import MdakitError, OutputExistsError
+from mdakit.errors import MdakitError, OptionError, OutputExistsError
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -166,7 +166,7 @@ def export_model(item: Exportable, out: str | Path, fmt: str = "onnx", force: bo
     if out.exists() and not force:
         raise OutputExistsError(out)
     if out.is_dir():
-        raise MdakitError(f"{out} is a directory; --out names the file to write")
+        raise OptionError(f"{out} is a directory; {{0}} names the file to write", "out")
     module = item.module.eval().cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

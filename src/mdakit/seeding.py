@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OptionError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -36,7 +36,7 @@ def resolve_device(name: str = "cpu") -> torch.device:
     except RuntimeError as exc:
         raise MdakitError(f"unknown device {name!r}: use cpu or cuda") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MdakitError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise OptionError("{0} cuda was asked for but no CUDA device is available; use cpu", "device")
     if device.type not in ("cpu", "cuda"):
         raise MdakitError(f"unsupported device {name!r}: use cpu or cuda")
     return device

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mdakit.data import labels_of, make_loader, per_class_subset, stratified_split
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OptionError
 from mdakit.progress import progress as progress_bar
 from mdakit.seeding import seed_everything
 
@@ -37,7 +37,7 @@ class TrainConfig:
         if self.lr <= 0 or self.batch_size < 1:
             raise MdakitError("lr must be positive and batch size at least 1")
         if self.train_subset is not None and self.train_subset < 1:
-            raise MdakitError(f"--train-subset must be positive, got {self.train_subset}")
+            raise OptionError(f"{{0}} must be positive, got {self.train_subset}", "train_subset")
 
 
 @dataclass

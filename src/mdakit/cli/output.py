@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from mdakit.errors import MdakitError, OutputExistsError
+from mdakit.errors import MdakitError, OptionError, OutputExistsError
 
 out_console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -63,7 +63,18 @@ def error_line(exc: MdakitError) -> str:
     """
     if isinstance(exc, OutputExistsError):
         return f"mdakit: error: {exc.path} already exists; choose another --out or pass --force"
+    if isinstance(exc, OptionError):
+        return f"mdakit: error: {exc.worded(flag)}"
     return f"mdakit: error: {exc}"
+
+
+def flag(option: str) -> str:
+    """The command-line flag of a library parameter name.
+
+    >>> flag("per_class")
+    '--per-class'
+    """
+    return "--" + option.replace("_", "-")
 
 
 def run_app(app: typer.Typer, argv: list[str]) -> int:

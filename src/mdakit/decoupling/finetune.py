@@ -27,7 +27,7 @@ from mdakit.decoupling.calibration import HEAD_START_BATCHES, recalibrate_batchn
 from mdakit.decoupling.gates import DecoupledNet, Gated
 from mdakit.decoupling.losses import LossWeights, decoupling_loss
 from mdakit.decoupling.paths import collect_paths
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OptionError
 from mdakit.evaluate import evaluate
 from mdakit.progress import progress as progress_bar
 from mdakit.seeding import seed_everything
@@ -89,11 +89,11 @@ class DecoupleConfig:
         if not all(v > 0 and math.isfinite(v) for v in (self.lr, self.gate_lr or self.lr)) or self.batch_size < 1:
             raise MdakitError("learning rates must be positive and batch size at least 1")
         if not (self.head_start >= 0 and math.isfinite(self.head_start)):
-            raise MdakitError(f"head_start (--head-start) must be >= 0, got {self.head_start}")
+            raise OptionError(f"{{0}} must be >= 0, got {self.head_start}", "head_start")
         if self.recalibrate_batches < 0:
             raise MdakitError(f"recalibrate_batches must be >= 0, got {self.recalibrate_batches}")
         if self.train_subset is not None and self.train_subset < 1:
-            raise MdakitError(f"--train-subset must be positive, got {self.train_subset}")
+            raise OptionError(f"{{0}} must be positive, got {self.train_subset}", "train_subset")
         self.weights.validate()
 
     def to_dict(self) -> dict[str, Any]:

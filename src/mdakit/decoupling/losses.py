@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OptionError
 
 KL_DIRECTIONS = ("z||y", "y||z")
 
@@ -45,15 +45,15 @@ class LossWeights:
         >>> LossWeights(lambda_m=-1).validate()
         Traceback (most recent call last):
         ...
-        mdakit.errors.MdakitError: --lambda-m must be a finite number >= 0, got -1
+        mdakit.errors.OptionError: lambda_m must be a finite number >= 0, got -1
         """
         for name in ("lambda_m", "lambda_k", "lambda_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise MdakitError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value:g}")
+                raise OptionError(f"{{0}} must be a finite number >= 0, got {value:g}", name)
         if not 0.0 <= self.target_ratio < 1.0:
-            raise MdakitError(f"--target-ratio must be in [0, 1) (the share of filters each input keeps; "
-                              f"0 = plain ℓ1), got {self.target_ratio:g}")
+            raise OptionError(f"{{0}} must be in [0, 1) (the share of filters each input keeps; "
+                              f"0 = plain ℓ1), got {self.target_ratio:g}", "target_ratio")
         if self.kl_direction not in KL_DIRECTIONS:
             raise MdakitError(f"unknown KL direction {self.kl_direction!r}; use one of {', '.join(KL_DIRECTIONS)}")
         if not self.eps > 0:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mdakit.errors import MdakitError, OutputExistsError
+from mdakit.errors import OptionError, OutputExistsError
 from mdakit.report.context import Context, ReportOptions
 from mdakit.report.file_sections import analysis_body, assembly_body, results_body
 from mdakit.report.items import Item, collect
@@ -75,7 +75,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, options: ReportOp
     if out.exists() and not force:
         raise OutputExistsError(out)
     if out.is_dir():
-        raise MdakitError(f"{out} is a directory; --out names the HTML file to write")
+        raise OptionError(f"{out} is a directory; {{0}} names the HTML file to write", "out")
     text, ids = build_report(paths, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mdakit.attribution.base import MethodSettings, get_method
-from mdakit.errors import MdakitError
+from mdakit.errors import OptionError
 from mdakit.report.contrib import ClassAttribution, attribute
 from mdakit.workspace import Workspace
 
@@ -33,11 +33,11 @@ class ReportOptions:
 
         >>> ReportOptions(samples=0).validate()
         Traceback (most recent call last):
-        mdakit.errors.MdakitError: --samples must be at least 1, got 0
+        mdakit.errors.OptionError: samples must be at least 1, got 0
         """
         for name in ("samples", "max_classes", "route_classes", "top"):
             if getattr(self, name) < 1:
-                raise MdakitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise OptionError(f"{{0}} must be at least 1, got {getattr(self, name)}", name)
 
 
 @dataclass

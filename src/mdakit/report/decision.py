@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from mdakit.data import labels_of
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, OptionError
 from mdakit.evaluate import predict_logits
 from mdakit.figures import save_figure
 from mdakit.files import write_directory
@@ -59,7 +59,7 @@ def route_map(att: ClassAttribution, classes: Sequence[int] | None = None, top: 
     if unknown:
         raise MdakitError(f"class {unknown[0]} was not attributed (attributed: {att.classes})")
     if top < 1:
-        raise MdakitError(f"--top must be at least 1, got {top}")
+        raise OptionError(f"{{0}} must be at least 1, got {top}", "top")
     cols = columns(att.graph)
     routes = [route_from_masks(att.graph, att.masks.per_class[c], f"class {c} ({att.class_name(c)})") for c in chosen]
     shown = shown_channels(routes, cols, channel_scores(att.graph, [att.sums[c] for c in chosen]), top)
@@ -86,7 +86,7 @@ def route_map(att: ClassAttribution, classes: Sequence[int] | None = None, top: 
 def probe_image(test: Dataset, index: int) -> tuple[torch.Tensor, int, str]:
     """``(image, class, label)`` of test image ``index`` (a probe for :func:`route_map`)."""
     if not 0 <= index < len(test):
-        raise MdakitError(f"--image-index {index} is out of range: the test split has {len(test)} images")
+        raise OptionError(f"{{0}} {index} is out of range: the test split has {len(test)} images", "image_index")
     image, target = test[index]
     return image, int(target), f"test image {index}"
 

@@ -40,7 +40,7 @@ from mdakit.decoupling.analysis.detectors import (
 )
 from mdakit.decoupling.finetune import load_decoupled
 from mdakit.decoupling.gates import DecoupledNet
-from mdakit.errors import MdakitError, OutputExistsError
+from mdakit.errors import MdakitError, OptionError, OutputExistsError
 from mdakit.figures import new_figure
 from mdakit.files import write_directory, write_json
 from mdakit.workspace import logit_rows, model_datasets
@@ -66,19 +66,19 @@ class DetectionSettings:
 
     def validate(self) -> None:
         if not self.attacks or len(set(self.attacks)) != len(self.attacks):
-            raise MdakitError(f"--attacks must name fgsm and/or pgd once each, got {','.join(self.attacks)!r}")
+            raise OptionError(f"{{0}} must name fgsm and/or pgd once each, got {','.join(self.attacks)!r}", "attacks")
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise MdakitError(f"unknown attack {unknown[0]!r}; use fgsm and/or pgd")
         if not 0.0 < self.epsilon <= 1.0:
-            raise MdakitError(f"--epsilon must be in (0, 1] (images are in [0, 1]), got {self.epsilon}")
+            raise OptionError(f"{{0}} must be in (0, 1] (images are in [0, 1]), got {self.epsilon}", "epsilon")
         if self.pgd_steps < 1 or self.runs < 1 or self.test_per_class < 1:
-            raise MdakitError("--pgd-steps, --runs and --test-per-class must be at least 1")
+            raise OptionError("{0}, {1} and {2} must be at least 1", "pgd_steps", "runs", "test_per_class")
         if not self.sizes or min(self.sizes) < 1:
             raise MdakitError("the detectors' training sizes must be positive")
         if self.pool_per_class < max(self.sizes):
-            raise MdakitError(f"--pool-per-class ({self.pool_per_class}) must be at least the largest training "
-                              f"size ({max(self.sizes)})")
+            raise OptionError(f"{{0}} ({self.pool_per_class}) must be at least the largest training "
+                              f"size ({max(self.sizes)})", "pool_per_class")
 
 
 def _images(dataset: Dataset, per_class: int, seed: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,9 +178,9 @@ def _original_of(card: Any, original_path: str | Path | None) -> Path:
         return Path(original_path)
     recorded = card.provenance.get("decoupled_from")
     if recorded is None:
-        raise MdakitError("the model card does not say which model was decoupled: pass --original")
+        raise OptionError("the model card does not say which model was decoupled: name it with {0}", "original")
     if not (Path(recorded) / "card.json").is_file():
-        raise MdakitError(f"the original model {recorded} (from the card) is not there: pass --original")
+        raise OptionError(f"the original model {recorded} (from the card) is not there: name it with {{0}}", "original")
     return Path(recorded)
 
 

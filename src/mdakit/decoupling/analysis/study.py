@@ -44,7 +44,7 @@ from mdakit.decoupling.finetune import load_decoupled
 from mdakit.decoupling.gates import DecoupledNet
 from mdakit.decoupling.paths import Paths, collect_paths
 from mdakit.decoupling.ungated import ungated
-from mdakit.errors import MdakitError, OutputExistsError
+from mdakit.errors import MdakitError, OptionError, OutputExistsError
 from mdakit.files import write_directory, write_json
 from mdakit.graph import trace
 from mdakit.workspace import logit_rows, model_split
@@ -69,9 +69,9 @@ class PathsSettings:
 
     def validate(self) -> None:
         if self.per_class < 2:
-            raise MdakitError(f"--per-class must be at least 2, got {self.per_class}")
+            raise OptionError(f"{{0}} must be at least 2, got {self.per_class}", "per_class")
         if not 0.0 < self.share <= 1.0:
-            raise MdakitError(f"--share must be in (0, 1], got {self.share}")
+            raise OptionError(f"{{0}} must be in (0, 1], got {self.share}", "share")
         if not 0.0 < self.tree_threshold < 1.0:
             raise MdakitError(f"the tree's Hopkins threshold must be in (0, 1), got {self.tree_threshold}")
         if self.top_k < 1 or self.occlusion_images < 0 or self.tree_min_size < 3:
