@@ -25,12 +25,13 @@ from typing import Any
 
 VOLATILE = {"seconds", "peak_rss_mb", "peak_is_step", "steps", "environment", "out", "path", "work_dir",
             "source", "disassembled_from", "compressed_from", "sources", "bytes"}
+ARCHS = ("lenet5", "resnet20")
 
 
-def commands(work: Path) -> list[list[str]]:
+def commands(work: Path, archs: tuple[str, ...] = ARCHS) -> list[list[str]]:
     """The CLI commands whose outputs are digested, in order (later ones read earlier outputs)."""
     runs: list[list[str]] = []
-    for arch in ("lenet5", "resnet20"):
+    for arch in archs:
         for dataset in ("mnist", "fashion-mnist"):
             model = str(work / f"{arch}-{dataset}")
             runs += [
@@ -51,11 +52,14 @@ def commands(work: Path) -> list[list[str]]:
     return runs
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: Any, work: Path) -> Any:
+    """``value`` without timings and output paths, and with paths inside ``work`` made relative."""
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE}
+        return {k: _scrub(v, work) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
-        return [_scrub(v) for v in value]
+        return [_scrub(v, work) for v in value]
+    if isinstance(value, str):
+        return value.replace(f"{work}/", "")
     return value
 
 
@@ -65,20 +69,22 @@ def _tensor_digests(work: Path, out_dir: str) -> dict[str, str]:
             for f in sorted(root.rglob("*.safetensors"))}
 
 
-def run(work: Path) -> dict[str, Any]:
-    """Run every command into ``work`` and return their digests."""
+def run(work: Path, archs: tuple[str, ...] = ARCHS, out: Path | None = None) -> dict[str, Any]:
+    """Run every command into ``work`` and return their digests (written to ``out`` after each command)."""
     work.mkdir(parents=True, exist_ok=True)
     digest: dict[str, Any] = {}
-    for command in commands(work):
-        out = command[command.index("--out") + 1]
+    for command in commands(work, archs):
+        target = command[command.index("--out") + 1]
         key = " ".join(command).replace(str(work) + "/", "")
         print(f"== {key}", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, "-m", "mdakit", *command, "--json", "--force"],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             digest[key] = {"exit_code": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:]}
-            continue
-        digest[key] = {"json": _scrub(json.loads(proc.stdout)), "tensors": _tensor_digests(work, out)}
+        else:
+            digest[key] = {"json": _scrub(json.loads(proc.stdout), work), "tensors": _tensor_digests(work, target)}
+        if out is not None:
+            out.write_text(json.dumps(digest, indent=2, sort_keys=True) + "\n")
     return digest
 
 
@@ -91,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/digest"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
     args = parser.parse_args()
     if args.compare:
@@ -98,12 +105,9 @@ def main() -> None:
         differing = compare(old, new)
         print(json.dumps({"commands": len(set(old) | set(new)), "differing": differing}, indent=2))
         sys.exit(1 if differing else 0)
-    digest = run(args.work)
-    text = json.dumps(digest, indent=2, sort_keys=True) + "\n"
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    digest = run(args.work, tuple(args.archs), args.out)
+    if args.out is None:
+        print(json.dumps(digest, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
