@@ -9,6 +9,8 @@ import torch
 
 from mdakit.artifacts import load_with_card
 from mdakit.cli import run
+from mdakit.errors import OutputExistsError
+from mdakit.files import write_directory
 
 
 def _json(capsys, argv):
@@ -97,3 +99,22 @@ def test_data_fetch_command_json(capsys, data_dir):
     result = _json(capsys, ["data", "fetch", "mnist", "fashion-mnist", "--data-dir", str(data_dir), "--json"])
     assert set(result["fetched"]) == {"mnist", "fashion-mnist"}
     assert Path(result["fetched"]["mnist"]) == data_dir
+
+
+@pytest.mark.parametrize("command", [
+    ["import", "{tmp}/ckpt.pth", "--arch", "lenet5", "--dataset", "mnist"],  # refused by the CLI before any work
+    ["export", "{model}", "--format", "torchscript"],  # refused by the library when it writes
+])
+def test_existing_output_is_worded_for_the_command_line(command, tmp_path, capsys, tiny_lenet_dir):
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    argv = [a.format(tmp=tmp_path, model=tiny_lenet_dir) for a in command] + ["--out", str(existing)]
+    assert run(argv) == 2
+    assert capsys.readouterr().err.strip() == (f"mdakit: error: {existing} already exists; "
+                                               "choose another --out or pass --force")
+
+
+def test_library_says_an_output_exists_without_naming_flags(tmp_path):
+    with pytest.raises(OutputExistsError, match=r"already exists \(force=True replaces it\)$") as caught:
+        write_directory(tmp_path, False, lambda tmp: None)
+    assert caught.value.path == tmp_path

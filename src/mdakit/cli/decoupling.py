@@ -9,7 +9,16 @@ import typer
 
 from mdakit.artifacts import save
 from mdakit.cli import tables
-from mdakit.cli.options import DataDirOpt, DatasetOpt, DecoupledModelArg, DeviceOpt, ForceOpt, JsonOpt, SeedOpt
+from mdakit.cli.options import (
+    DataDirOpt,
+    DatasetOpt,
+    DecoupledModelArg,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    OutModelOpt,
+    SeedOpt,
+)
 from mdakit.cli.output import emit, err_console, refuse_existing
 from mdakit.errors import MdakitError
 from mdakit.seeding import resolve_device
@@ -65,7 +74,7 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
     emit(as_json, {"out": str(out), **r}, tables.decoupled_table(title, r, caption))
 
 
-def settle_cmd(model_path: DecoupledModelArg, out: Annotated[Path, typer.Option(help="Output model directory.")],
+def settle_cmd(model_path: DecoupledModelArg, out: OutModelOpt,
                epochs: Annotated[int, typer.Option(help="Epochs of body fine-tuning under frozen binary gates.")] = 1,
                lr: Annotated[float | None, typer.Option(help="Body learning rate (default: the decoupling's).")] = None,
                dataset: DatasetOpt = None, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,

@@ -137,7 +137,14 @@ def measures_table(title: str, rows: Mapping[str, str], caption: str | None = No
 
 
 def analysis_rows(summary: Mapping[str, Any]) -> dict[str, str]:
-    """``mdakit analyze``: the sub-architecture analyses' headline numbers."""
+    """``mdakit analyze``: the sub-architecture analyses' headline numbers.
+
+    >>> rows = analysis_rows({"accuracy_original_mean": 0.9, "accuracy_sub_architecture_mean": 0.8,
+    ...                       "similarity_mean": 0.5, "hit_rate_last_layer": None,
+    ...                       "misclassification": {"mistaken": 0.1, "other": 0.05, "difference": 0.05}})
+    >>> rows["accuracy, sub-architectures"], rows["hit rate, last conv layer (chance 0.25)"]
+    ('80.00%', 'n/a')
+    """
     mis = summary["misclassification"]
     rows = {"accuracy, original (mean over classes)": pct(summary["accuracy_original_mean"]),
             "accuracy, sub-architectures": pct(summary["accuracy_sub_architecture_mean"]),
@@ -148,7 +155,14 @@ def analysis_rows(summary: Mapping[str, Any]) -> dict[str, str]:
 
 
 def paths_rows(summary: Mapping[str, Any]) -> dict[str, str]:
-    """``mdakit paths``: accuracy, gate density, filter states and how well the paths separate classes."""
+    """``mdakit paths``: accuracy, gate density, filter states and how well the paths separate classes.
+
+    >>> rows = paths_rows({"accuracy": 0.9, "gate_density": 0.25,
+    ...                    "filter_states": {"energetic": 1, "dynamic": 2, "silent": 3},
+    ...                    "tsne": {"silhouette_2d": float("nan"), "neighbour_agreement": 0.5}})
+    >>> rows["energetic / dynamic / silent filters"], rows["t-SNE silhouette / 10-NN same class"]
+    ('1 / 2 / 3', 'undefined / 0.500')
+    """
     states, tsne = summary["filter_states"], summary["tsne"]
     silhouette = tsne["silhouette_2d"]
     silhouette_text = "undefined" if silhouette is None or math.isnan(silhouette) else f"{silhouette:.3f}"
