@@ -10,7 +10,7 @@ paper-threshold parts, compression, assemblies in both layouts) through ``python
 whatever checkout ``PYTHONPATH`` selects, and records the SHA-256 of every safetensors file written
 and each command's JSON output without its timings. Two digests are equal when the code computes the
 same models, masks and numbers. The models are small (LeNet-5 and ResNet-20 on 3,000 training images,
-one epoch), so a run takes minutes.
+two epochs), so a run takes minutes.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def commands(work: Path, archs: tuple[str, ...] = ARCHS) -> list[list[str]]:
         for dataset in ("mnist", "fashion-mnist"):
             model = str(work / f"{arch}-{dataset}")
             runs += [
-                ["train", "--arch", arch, "--dataset", dataset, "--epochs", "1", "--train-subset", "3000",
-                 "--batch-size", "64", "--out", model],
+                ["train", "--arch", arch, "--dataset", dataset, "--epochs", "2", "--train-subset", "3000",
+                 "--batch-size", "32", "--lr", "0.05", "--out", model],
                 ["masks", model, "--classes", "0-9", "--out", f"{model}-masks"],
                 ["masks", model, "--classes", "0-9", "--method", "gradient", "--out", f"{model}-grad"],
                 ["masks", model, "--classes", "0-9", "--class-chunk", "4", "--out", f"{model}-chunked"],
