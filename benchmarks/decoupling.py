@@ -160,7 +160,7 @@ def _report(rows: list[dict]) -> str:
         "direction in the table. The loss weights are stronger than Table 5 (which is tuned for 200-epoch CIFAR "
         "runs and barely moves the gates in a few epochs): see the λ columns. Accuracy is on the full 10,000-image "
         "test split. *Heads*: W_cla started at random, or as class readouts of the filters at the given scale "
-        "(`--head-start`, `mdakit.decoupling.finetune.warm_start_heads`; readout runs without a recorded "
+        "(`--head-start`, `mdakit.decoupling.calibration.warm_start_heads`; readout runs without a recorded "
         "`head_sample` took the class means from the first 5,120 fine-tuning images in dataset order, the code "
         "before the seeded shuffle; Fashion-MNIST's order mixes the classes, but a rerun now makes a slightly "
         "different model). *Settling* (`--settle-epochs`, runs named `-settle<N>`; not in the seeds): after "

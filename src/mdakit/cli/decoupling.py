@@ -52,7 +52,7 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                  train_subset: Annotated[int | None, typer.Option(help="Fine-tune on N images (stratified).")] = None,
                  head_start: Annotated[float, typer.Option(
                      help="Start the W_cla heads as class readouts of the filters, at this scale (0: random; "
-                          "see mdakit.decoupling.finetune.warm_start_heads).")] = 0.0,
+                          "see mdakit.decoupling.calibration.warm_start_heads).")] = 0.0,
                  seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:
     """Fine-tune MODEL with a controlling module on its conv layers, so each input uses a thin path."""
