@@ -105,8 +105,8 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     with measure() as step:
         graph = graph or trace(source.model, source.card.input_shape)
     cost["trace"] = step.to_dict()
-    run = AttributionRun(attribution, settings, source.model, graph, source.train, class_list, rows, samples, seed,
-                         world.device(device), show_progress, cost)
+    run = AttributionRun(attribution, settings, source.model, graph, source.train, class_list, rows, samples=samples,
+                         seed=seed, device=world.device(device), show_progress=show_progress, cost=cost)
     if calibrate is None:
         masks = attribute_in_chunks(run, class_chunk, out=out, world=world, work_dir=work_dir, source=source.label,
                                     finish=partial(_describe, source, run), force=force)

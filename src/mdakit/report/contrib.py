@@ -74,7 +74,8 @@ def attribute(source: Workspace, classes: Sequence[int | str], settings: Contrib
     class_list = parse_classes(list(classes), source.card.class_names)
     rows = source.rows(class_list)
     graph = trace(source.model, source.card.input_shape)
-    run = AttributionRun(summing, settings, source.model, graph, source.train, class_list, rows, samples, seed, device)
+    run = AttributionRun(summing, settings, source.model, graph, source.train, class_list, rows, samples=samples,
+                         seed=seed, device=device)
     chosen, sums = run.sums()
     masks = summing.masks_from_sums(graph, sums, rows, settings)
     masks.class_names = {c: source.card.class_names[c] for c in class_list if c < len(source.card.class_names)}
