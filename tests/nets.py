@@ -120,6 +120,8 @@ def input_dependent_gates(net: nn.Module, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def zoo_params(slow: Collection[str] = ()) -> list:
-    """Every architecture of the zoo registry as a pytest parameter, those in ``slow`` marked slow."""
-    return [pytest.param(arch, marks=pytest.mark.slow) if arch in slow else arch for arch in available()]
+def zoo_params(slow: Collection[str] = (), exclude: Collection[str] = ()) -> list:
+    """Every architecture of the zoo registry but ``exclude`` as a pytest parameter, those in ``slow``
+    marked slow."""
+    return [pytest.param(arch, marks=pytest.mark.slow) if arch in slow else arch
+            for arch in available() if arch not in exclude]
