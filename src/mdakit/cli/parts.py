@@ -125,7 +125,7 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                                                            "fitted on training images only.")] = "none",
                  samples: SamplesOpt = 50, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
                  force: ForceOpt = False, as_json: JsonOpt = False) -> None:
-    """Join parts of models (same architecture and input shape) into one classifier over all their classes."""
+    """Join parts of models (one input shape; padded: one architecture) into one classifier over all their classes."""
     from mdakit.assembly import assemble, evaluate_assembled, save_assembled
 
     refuse_existing(out, force)
