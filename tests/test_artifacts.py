@@ -60,7 +60,7 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(art, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(MdakitError, match="cannot write .*: disk full"):
         save(_model(), tmp_path / "m", ModelCard.for_dataset("lenet5", INFO))
     assert list(tmp_path.iterdir()) == []
 

@@ -19,8 +19,8 @@ import torch
 __version__ = "0.1.0"
 
 from mdakit import examples  # noqa: E402
-from mdakit.api import assemble, compress, decouple, disassemble, export, masks  # noqa: E402
-from mdakit.artifacts import ModelCard, load, load_with_card, save  # noqa: E402
+from mdakit.api import assemble, compress, decouple, disassemble, export, load, masks  # noqa: E402
+from mdakit.artifacts import ModelCard, load_with_card, save  # noqa: E402
 from mdakit.data import load_dataset, parse_classes  # noqa: E402
 from mdakit.edits import register_edit  # noqa: E402
 from mdakit.errors import MdakitError  # noqa: E402

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from mdakit.errors import MdakitError
 from mdakit.workspace import DataSpec, Workspace
 
 if TYPE_CHECKING:
@@ -150,3 +151,25 @@ def export(model: ModelSpec | Part | tuple[nn.Module, Any], out: str | Path, for
 
     return export_model(as_exportable(model, input_shape), out, format, force)
 
+
+
+def load(path: str | Path, into: nn.Module | None = None, device: str = "cpu") -> nn.Module:
+    """The module stored at ``path``, in eval mode: any directory mdakit writes (a model, part, compressed or
+    decoupled model, or an assembly in either layout).
+
+    ``into`` is the module to fill for models saved from a user-built ``nn.Module`` (see
+    :func:`mdakit.artifacts.load_with_card`); an assembly's card is read with
+    :func:`mdakit.assembly.load_assembled`.
+
+    >>> mdakit.load("runs/demo/assembled")(torch.rand(2, 1, 28, 28)).shape  # doctest: +SKIP
+    torch.Size([2, 6])
+    """
+    from mdakit.assembly import is_assembled, load_assembled
+
+    if is_assembled(path) and not (Path(path) / "card.json").is_file():
+        if into is not None:
+            raise MdakitError("an assembly's parts are rebuilt from their own cards: leave out into=")
+        return load_assembled(path, device=device)[0]
+    from mdakit.artifacts import load_with_card
+
+    return load_with_card(path, into=into, device=device)[0]

@@ -24,11 +24,13 @@ from mdakit.edits import apply_edits
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
 
-__all__ = ["CARD_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelCard", "apply_edits", "import_checkpoint",
-           "load", "load_with_card", "read_card", "read_checkpoint", "save"]
+__all__ = ["ASSEMBLY_FILE", "CARD_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelCard", "apply_edits",
+           "import_checkpoint", "load", "load_with_card", "read_card", "read_checkpoint", "save"]
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
+ASSEMBLY_FILE = "assembly.json"
+"""The file that marks an assembled-model directory (:mod:`mdakit.assembly.files`)."""
 
 
 def _sha256(path: Path) -> str:
@@ -69,6 +71,11 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
     card_path = path / CARD_FILE
     if not path.is_dir():
         raise MdakitError(f"{path} is not a model directory (expected {CARD_FILE} and {WEIGHTS_FILE} inside)")
+    if not card_path.is_file() and (path / ASSEMBLY_FILE).is_file():
+        parts = sorted(p.name for p in path.glob("part-*") if p.is_dir())
+        raise MdakitError(f"{path} is an assembly of {len(parts)} parts in the parallel layout, not a single model: "
+                          f"give one of its parts ({path / parts[0]}, ...) or an assembly in the padded layout"
+                          if parts else f"{path} is an assembled model without its parts (incomplete)")
     if not card_path.is_file():
         raise MdakitError(f"{path} has no {CARD_FILE}: not an mdakit model")
     try:

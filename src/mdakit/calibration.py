@@ -8,6 +8,7 @@ test images) comes within a tolerance of the original's.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -67,8 +68,8 @@ def check_calibration(method: AttributionMethod, tolerance: float, chunked: bool
     Traceback (most recent call last):
     mdakit.errors.MdakitError: threshold calibration is only available for contribution attribution
     """
-    if tolerance < 0:
-        raise MdakitError(f"the calibration tolerance must be non-negative, got {tolerance}")
+    if not 0 <= tolerance < math.inf:
+        raise MdakitError(f"the calibration tolerance must be a non-negative finite number, got {tolerance}")
     if not method.exposes_sums:
         able = [name for name in available_methods() if get_method(name).exposes_sums]
         raise MdakitError(f"threshold calibration is only available for {' or '.join(able)} attribution")

@@ -9,7 +9,8 @@ comes from the zoo (:mod:`mdakit.zoo`) and its structural edits are replayed by 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,8 +72,16 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ModelCard:
+        """The card held by ``raw`` (a parsed ``card.json``), its fields' types checked.
+
+        >>> ModelCard.from_dict({"format": FORMAT, "arch": "lenet5", "input_shape": "1x28x28", "num_classes": 10})
+        Traceback (most recent call last):
+        ...
+        mdakit.errors.MdakitError: model card field 'input_shape' must be a list of positive integers, got '1x28x28'
+        """
         if raw.get("format") != FORMAT:
             raise MdakitError(f"not an mdakit model card (format is {raw.get('format')!r})")
+        check_card_fields(raw)
         if raw.get("format_version", 0) > FORMAT_VERSION:
             raise MdakitError(f"model card format {raw['format_version']} is newer than this mdakit reads "
                               f"({FORMAT_VERSION}); upgrade mdakit")
@@ -88,3 +97,52 @@ class ModelCard:
             raise MdakitError("this model was saved from a user-built module: pass that module as `into=`")
         return apply_edits(build_model(self.arch, self.input_shape, self.num_classes, self.mean, self.std,
                                        **self.arch_kwargs), self.edits)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return (_integer(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+def _or_none(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format_version": (_integer, "an integer"),
+    "arch": (_or_none(lambda v: isinstance(v, str)), "a string or null"),
+    "input_shape": (lambda v: _list_of(lambda d: _integer(d) and d > 0)(v) and len(v) > 0,
+                    "a list of positive integers"),
+    "num_classes": (lambda v: _integer(v) and v > 0, "a positive integer"),
+    "dataset": (_or_none(lambda v: isinstance(v, str)), "a string or null"),
+    "class_names": (_list_of(lambda v: isinstance(v, str)), "a list of strings"),
+    "logit_classes": (_list_of(lambda v: _integer(v) and v >= 0), "a list of non-negative integers"),
+    "mean": (_or_none(_list_of(_number)), "a list of numbers or null"),
+    "std": (_or_none(_list_of(lambda v: _number(v) and v > 0)), "a list of positive numbers or null"),
+    "edits": (_list_of(lambda v: isinstance(v, dict)), "a list of objects"),
+    "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256", ""), str), "an object"),
+    **{name: (lambda v: isinstance(v, dict), "an object")
+       for name in ("arch_kwargs", "training", "metrics", "provenance")},
+}
+"""Each card field's check and what it must be (fields a card may leave out are checked when present)."""
+
+
+def check_card_fields(raw: Mapping[str, Any]) -> None:
+    """Refuse a card whose fields have the wrong type (hand-edited or written by something else).
+
+    >>> check_card_fields({"num_classes": 10, "weights": {"sha256": "ab"}})
+    >>> check_card_fields({"format_version": "1"})
+    Traceback (most recent call last):
+    ...
+    mdakit.errors.MdakitError: model card field 'format_version' must be an integer, got '1'
+    """
+    for name, (check, expected) in _FIELDS.items():
+        if name in raw and not check(raw[name]):
+            raise MdakitError(f"model card field {name!r} must be {expected}, got {raw[name]!r:.60}")

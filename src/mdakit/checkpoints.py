@@ -7,7 +7,6 @@ Nothing here unpickles arbitrary objects: ``.pt``/``.pth`` files are read with
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     {'fc.weight': tensor([1.])}
     """
     path = Path(path)
+    if path.is_dir():
+        raise MdakitError(f"checkpoint {path} is a directory; give the .pt, .pth or .safetensors file "
+                          "(an mdakit model directory needs no import)")
     if not path.is_file():
         raise MdakitError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -82,7 +84,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise MdakitError(f"refusing {path}: it needs full unpickling, which could run arbitrary code "
                           "(none of it was run). Re-save it as a plain state_dict of tensors.") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # the weights-only unpickler fails on foreign bytes with many types (IndexError, ...)
         raise MdakitError(f"{path} is not a readable PyTorch checkpoint (truncated or foreign): "
                           f"{str(exc).splitlines()[0]}") from exc
     return _unwrap_state_dict(obj)

@@ -55,20 +55,24 @@ def predict_logits(model: nn.Module, data: Dataset | DataLoader, device: torch.d
     return torch.cat(outs), torch.cat(labels).long()
 
 
-def evaluate(model: nn.Module, data: Dataset, logit_classes: Sequence[int], classes: Sequence[int] | None = None,
-             restrict_logits: bool = False, device: torch.device | str = "cpu", show_progress: bool = False
-             ) -> Evaluation:
+def evaluate(model: nn.Module, data: Dataset, logit_classes: Sequence[int] | None = None,
+             classes: Sequence[int] | None = None, restrict_logits: bool = False, device: torch.device | str = "cpu",
+             show_progress: bool = False) -> Evaluation:
     """Evaluate on the images of ``classes`` (default: every class the model has a logit for).
 
-    ``restrict_logits`` takes the argmax over the logits of ``classes`` only (the honest reference
-    for a part cut for those classes); otherwise over all of the model's logits.
+    ``logit_classes`` names the class of each logit (a part's card holds them: ``card.logit_classes``);
+    by default logit ``i`` is class ``i``. ``restrict_logits`` takes the argmax over the logits of
+    ``classes`` only (the honest reference for a part cut for those classes); otherwise over all of the
+    model's logits.
 
     >>> from mdakit.data import ImageTensorDataset
     >>> ds = ImageTensorDataset(torch.zeros(4, 1, 1, 1, dtype=torch.uint8), torch.tensor([0, 1, 2, 2]))
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(1, 3))
-    >>> evaluate(model, ds, [0, 1, 2], classes=[2], restrict_logits=True).accuracy
+    >>> evaluate(model, ds, classes=[2], restrict_logits=True).accuracy
     1.0
     """
+    if logit_classes is None:
+        logit_classes = range(_logit_count(model, data, device))
     logit_classes = [int(c) for c in logit_classes]
     classes = list(logit_classes) if classes is None else [int(c) for c in classes]
     _check_classes(logit_classes, classes)
@@ -77,6 +81,14 @@ def evaluate(model: nn.Module, data: Dataset, logit_classes: Sequence[int], clas
         raise MdakitError(f"the dataset has no images of classes {classes}")
     logits, labels = predict_logits(model, subset, device=device, show_progress=show_progress)
     return evaluate_logits(logits, labels, logit_classes, classes, restrict_logits)
+
+
+def _logit_count(model: nn.Module, data: Dataset, device: torch.device | str) -> int:
+    """How many logits ``model`` gives (one forward pass on the first image of ``data``)."""
+    if len(data) == 0:
+        raise MdakitError("the dataset is empty")
+    with torch.no_grad():
+        return int(model.eval().to(device)(data[0][0][None].float().to(device)).shape[-1])
 
 
 def _check_classes(logit_classes: list[int], classes: list[int]) -> None:

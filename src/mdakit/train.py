@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,10 +33,24 @@ class TrainConfig:
     train_subset: int | None = None
 
     def validate(self) -> None:
+        """Refuse settings training cannot use (NaN and infinities included).
+
+        >>> TrainConfig(lr=float("nan")).validate()
+        Traceback (most recent call last):
+        ...
+        mdakit.errors.OptionError: lr must be a positive finite number, got nan
+        """
         if self.epochs < 1:
-            raise MdakitError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr <= 0 or self.batch_size < 1:
-            raise MdakitError("lr must be positive and batch size at least 1")
+            raise OptionError(f"{{0}} must be at least 1, got {self.epochs}", "epochs")
+        if self.batch_size < 1:
+            raise OptionError(f"{{0}} must be at least 1, got {self.batch_size}", "batch_size")
+        if not 0 < self.lr < math.inf:
+            raise OptionError(f"{{0}} must be a positive finite number, got {self.lr}", "lr")
+        for name in ("momentum", "weight_decay"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise OptionError(f"{{0}} must be a non-negative finite number, got {getattr(self, name)}", name)
+        if not 0 <= self.val_fraction < 1:
+            raise OptionError(f"{{0}} must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if self.train_subset is not None and self.train_subset < 1:
             raise OptionError(f"{{0}} must be positive, got {self.train_subset}", "train_subset")
 

@@ -29,8 +29,8 @@ from mdakit.analysis.subarch import check_masks
 from mdakit.component_masks import MASKS_JSON, ComponentMasks
 from mdakit.data import parse_classes
 from mdakit.disassembly import compute_masks
-from mdakit.errors import MdakitError, OutputExistsError
-from mdakit.files import finite, write_directory, write_json
+from mdakit.errors import MdakitError, OptionError
+from mdakit.files import check_output, finite, write_directory, write_json
 from mdakit.graph import ChannelGraph, trace
 from mdakit.workspace import Workspace
 
@@ -181,8 +181,9 @@ def analyze(path: str | Path, out: str | Path, dataset: str | None = None,
     >>> summary["misclassification"]["difference"] > 0  # doctest: +SKIP
     True
     """
-    if Path(out).exists() and not force:
-        raise OutputExistsError(out)
+    check_output(out, force, [path])
+    if per_class is not None and per_class < 1:
+        raise OptionError(f"{{0}} must be at least 1 test image per class, got {per_class}", "per_class")
     target = load_target(path, dataset, classes, method, samples, seed, data_dir, device, show_progress)
     results = run_analyses(target, per_class, mosaics, seed=seed, device=device, show_progress=show_progress)
     write_analyses(results, out, target.masks if target.computed else None, force=force)

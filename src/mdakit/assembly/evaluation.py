@@ -48,13 +48,16 @@ def _evaluate_part(model: AssembledModel, card: AssemblyCard, p: int, test: Data
     predicted = logits.argmax(dim=1)
     owner = per_logit(torch.arange(len(card.sizes)), card.sizes)[predicted]
     original, original_card, note = _original(part_card, model.parts[p])
-    original_accuracy = None if original is None else evaluate(
-        original, test, original_card.logit_classes, part_card.logit_classes, device=device).accuracy
+    original_eval = None if original is None else evaluate(
+        original, test, original_card.logit_classes, part_card.logit_classes, device=device)
     correct = predicted == local + card.offsets[p]
+    original_hits = None if original_eval is None else round(original_eval.accuracy * original_eval.num_samples)
     return {"part": p, "source": card.sources[p], "dataset": part_card.dataset,
             "classes": list(part_card.logit_classes), "num_images": len(subset), "correct": int(correct.sum()),
             "accuracy": float(correct.float().mean()),
-            "original_accuracy": original_accuracy, "original": note,
+            "original_accuracy": None if original_eval is None else original_eval.accuracy,
+            "original_correct": original_hits,
+            "original": note,
             "into_parts": [float((owner == j).float().mean()) for j in range(len(card.sizes))],
             "size": model_size(model.parts[p], card.input_shape)}
 
@@ -65,8 +68,9 @@ def evaluate_assembled(model: AssembledModel, card: AssemblyCard, test_data: Dat
 
     The test set is the union of each part's classes' test images (``test_data``: part index -> dataset
     or name; by default the test split of the part's own dataset), labelled by the part's offset plus
-    the class's position in the part; accuracy is the argmax over all logits. ``original_accuracy``
-    is the mean over parts of each original model's accuracy (all its logits) on the part's classes;
+    the class's position in the part; accuracy is the argmax over all logits. Each part's
+    ``original_accuracy`` is its original model's (all its logits) on the same images; the assembly's is
+    those originals pooled over the same images, so it compares with the assembly's accuracy directly;
     ``cross_part_confusion[i][j]`` is the share of part i's images classified into part j's classes.
 
     >>> from torch.utils.data import TensorDataset
@@ -80,10 +84,11 @@ def evaluate_assembled(model: AssembledModel, card: AssemblyCard, test_data: Dat
     """
     tests = part_datasets(test_data, card.part_cards, "test", data_dir)
     parts = [_evaluate_part(model, card, p, test, device) for p, test in enumerate(tests)]
-    originals = [entry["original_accuracy"] for entry in parts if entry["original_accuracy"] is not None]
+    originals = [entry for entry in parts if entry["original_correct"] is not None]
+    original_images = sum(e["num_images"] for e in originals)
     return {"accuracy": sum(e["correct"] for e in parts) / sum(e["num_images"] for e in parts),
             "num_images": sum(e["num_images"] for e in parts),
-            "original_accuracy": sum(originals) / len(originals) if originals else None,
+            "original_accuracy": sum(e["original_correct"] for e in originals) / original_images if originals else None,
             "originals_missing": [e["part"] for e in parts if e["original_accuracy"] is None],
             "cross_part_confusion": [e["into_parts"] for e in parts], "parts": parts,
             "size": model_size(model, card.input_shape)}

@@ -14,14 +14,12 @@ from typing import Any
 
 import torch
 
-from mdakit.artifacts import CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, read_card, save
+from mdakit.artifacts import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, read_card, save
 from mdakit.assembly.card import FORMAT, FORMAT_VERSION, AssemblyCard
 from mdakit.assembly.models import AssembledModel, PaddedAssembly
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
 from mdakit.padding import padded_widths
-
-ASSEMBLY_FILE = "assembly.json"
 
 
 def is_assembled(path: str | Path) -> bool:

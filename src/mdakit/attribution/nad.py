@@ -89,9 +89,12 @@ def parse_beta(text: str | float | None) -> float | str | None:
     if text is None or text == "auto" or isinstance(text, float | int):
         return text
     try:
-        return float(text)
+        beta = float(text)
     except ValueError:
-        raise MdakitError(f"beta must be a positive number or 'auto', got {text!r}") from None
+        beta = math.nan
+    if not 0 < beta < math.inf:
+        raise MdakitError(f"beta must be a positive number or 'auto', got {text!r}")
+    return beta
 
 
 # ------------------------------------------------------------------ gates

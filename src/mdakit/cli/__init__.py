@@ -25,6 +25,7 @@ import typer
 
 from mdakit.cli import decoupling, inside, models, parts
 from mdakit.cli.data import data_app
+from mdakit.cli.options import finite_numbers
 from mdakit.cli.output import run_app, show_tracebacks
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -52,7 +53,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
 """Every verb and its command, in the order ``mdakit --help`` lists them."""
 
 for _name, _command in COMMANDS.items():
-    app.command(_name)(_command)
+    app.command(_name)(finite_numbers(_command))
 app.add_typer(data_app, name="data")
 
 

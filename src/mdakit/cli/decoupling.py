@@ -19,7 +19,7 @@ from mdakit.cli.options import (
     OutModelOpt,
     SeedOpt,
 )
-from mdakit.cli.output import emit, err_console, refuse_existing
+from mdakit.cli.output import check_out, emit, err_console
 from mdakit.errors import MdakitError
 from mdakit.seeding import resolve_device
 
@@ -58,7 +58,7 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
     """Fine-tune MODEL with a controlling module on its conv layers, so each input uses a thin path."""
     from mdakit.decoupling.finetune import DecoupleConfig, decouple
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     dev = resolve_device(device)
     weights = _loss_weights(model_path, lambda_m, lambda_k, lambda_s, target_ratio, kl_direction)
     config = DecoupleConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, train_subset=train_subset,
@@ -85,7 +85,7 @@ def settle_cmd(model_path: DecoupledModelArg, out: OutModelOpt,
     from mdakit.artifacts import read_card
     from mdakit.decoupling.finetune import recorded_config, settle_model
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     if epochs < 1:
         raise MdakitError(f"--epochs must be at least 1, got {epochs}")
     config = recorded_config(read_card(model_path)[0])
@@ -128,7 +128,7 @@ def paths_cmd(model_path: DecoupledModelArg,
     W_cla categories, top images, occlusion."""
     from mdakit.decoupling.analysis.study import PathsSettings, paths_report
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     settings = PathsSettings(per_class=per_class, share=share, filter_layer=filter_layer,
                              filters=_filter_indices(filters), occlusion_images=occlusion_images, patch=patch,
                              stride=stride, seed=seed)
@@ -156,7 +156,7 @@ def detect_cmd(model_path: DecoupledModelArg,
     activity (FGSM / PGD; random forest, AdaBoost, gradient boosting; ROC AUC)."""
     from mdakit.decoupling.analysis.detection import DetectionSettings, detection_report
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     settings = DetectionSettings(tuple(a.strip() for a in attacks.split(",") if a.strip()), epsilon, pgd_steps,
                                  pool_per_class, test_per_class, runs=runs, seed=seed)
     study = detection_report(model_path, out, dataset, original, settings, data_dir, resolve_device(device), force,

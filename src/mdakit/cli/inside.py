@@ -26,7 +26,7 @@ from mdakit.cli.options import (
     SeedOpt,
     attribution_settings,
 )
-from mdakit.cli.output import emit, refuse_existing
+from mdakit.cli.output import check_out, emit
 from mdakit.errors import MdakitError
 from mdakit.seeding import resolve_device
 
@@ -45,7 +45,7 @@ def analyze_cmd(target: Annotated[Path, typer.Argument(metavar="MASKS_OR_MODEL",
     """Sub-architecture analyses (NAD §4): per-class accuracy, similarity, hit rate, misclassification."""
     from mdakit.analysis.run import analyze
 
-    refuse_existing(out, force)
+    check_out(out, force, target)
     summary = analyze(target, out, dataset, classes, method, samples, per_class, mosaics, seed, data_dir,
                       resolve_device(device), force, show_progress=True)
     title = f"analyses of {summary['source']} ({summary['method']}), written to {out}"
@@ -84,7 +84,7 @@ def routes_cmd(model_path: ModelArg, classes: ClassesOpt,
     """Decision routes (contribution paper Fig. 6): each class's kept channels and kernels, in its colour."""
     from mdakit.report.decision import probe_image, route_map, write_route_map
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear)
     att = _attribution(model_path, classes, thresholds, samples, seed, device, data_dir)
     if image_index is not None and att.source.test is None:
@@ -109,7 +109,7 @@ def patterns_cmd(model_path: ModelArg, classes: ClassesOpt,
     contributions and the total contribution per input channel, for samples and for classes."""
     from mdakit.report.patterns import contribution_patterns, write_patterns
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     att = _attribution(model_path, classes, ContributionSettings(), samples, seed, device, data_dir)
     patterns = contribution_patterns(att, layer or None, per_class, unit)
     files = write_patterns(patterns, out, force=force)
@@ -134,7 +134,7 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(metavar="RUN_OR_MODEL
     from mdakit.report.build import write_report
     from mdakit.report.context import ReportOptions
 
-    refuse_existing(out, force)
+    check_out(out, force, *paths)
     options = ReportOptions(compute, samples, seed, max_classes, route_classes, top, data_dir,
                             str(resolve_device(device)))
     path, sections = write_report(paths, out, options, force=force)

@@ -15,7 +15,7 @@ from mdakit import __version__
 from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
 from mdakit.cli import tables
 from mdakit.cli.options import DataDirOpt, DeviceOpt, ForceOpt, JsonOpt, ModelArg, OutModelOpt, SeedOpt
-from mdakit.cli.output import emit, refuse_existing
+from mdakit.cli.output import check_out, emit
 from mdakit.data import DatasetInfo, dataset_info, load_dataset, parse_classes
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
@@ -51,7 +51,7 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
     """Train a zoo model on a dataset, evaluate it on the test split and save it."""
-    refuse_existing(out, force)
+    check_out(out, force)
     dev = resolve_device(device)
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
@@ -102,7 +102,7 @@ def eval_cmd(model_path: ModelArg,
         raise MdakitError("the model card names no dataset: pass --dataset")
     test_data, info = load_dataset(name, "test", data_dir)
     check_fits(card, info)
-    chosen = parse_classes(classes, info.class_names) if classes else None
+    chosen = parse_classes(classes, info.class_names) if classes is not None else None
     evaluation = evaluate(model, test_data, card.logit_classes, chosen, restrict_logits, device=dev, show_progress=True)
     size = model_size(model.cpu(), card.input_shape)
     title = f"{model_path} on {info.name} test" + (" (restricted logits)" if restrict_logits else "")
@@ -149,7 +149,7 @@ def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="
                out: OutModelOpt,
                data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Turn a foreign state_dict checkpoint into an mdakit model file (never unpickles code)."""
-    refuse_existing(out, force)
+    check_out(out, force, checkpoint)
     info = dataset_info(dataset, data_dir)
     card = ModelCard.for_dataset(arch, info, provenance={"imported_from": str(checkpoint)})
     model = import_checkpoint(checkpoint, card)

@@ -6,6 +6,9 @@ the parameter (typer needs it in the signature) and gives its default, e.g. ``se
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +17,7 @@ import typer
 
 from mdakit.attribution.base import MethodSettings, get_method
 from mdakit.attribution.contribution import ContributionSettings
+from mdakit.errors import OptionError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder (default $MDAKIT_DATA "
@@ -68,3 +72,22 @@ def attribution_settings(method: str, thresholds: ContributionSettings,
     """
     options = {**asdict(thresholds), "beta": nad.beta, "nad_loss": nad.loss, "nad_linear": nad.linear}
     return get_method(method).settings_from_options(options)
+
+
+def finite_numbers(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` refusing NaN and infinite values in its number options (click's float parser accepts
+    them, and a NaN learning rate or tolerance would otherwise run to a meaningless result).
+
+    >>> finite_numbers(lambda lr=0.1: None)(lr=float("nan"))
+    Traceback (most recent call last):
+    ...
+    mdakit.errors.OptionError: lr must be a finite number, got nan
+    """
+    @functools.wraps(command)
+    def checked(*args: object, **kwargs: object) -> None:
+        for name, value in kwargs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionError(f"{{0}} must be a finite number, got {value}", name)
+        command(*args, **kwargs)
+
+    return checked

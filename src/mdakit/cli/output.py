@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from mdakit.errors import MdakitError, OptionError, OutputExistsError
+from mdakit.files import check_output
 
 out_console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -49,10 +50,11 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def refuse_existing(out: str | Path, force: bool) -> None:
-    """Refuse an existing output before any work starts (the library checks again when it writes)."""
-    if Path(out).exists() and not force:
-        raise OutputExistsError(out)
+def check_out(out: str | Path, force: bool, *inputs: str | Path) -> None:
+    """Refuse, before any work starts, an output that exists (without ``--force``), cannot be written, or is
+    one of the command's ``inputs`` (:func:`mdakit.files.check_output`; the library checks again when it
+    writes)."""
+    check_output(out, force, inputs)
 
 
 def error_line(exc: MdakitError) -> str:

@@ -35,7 +35,7 @@ from mdakit.cli.options import (
     SeedOpt,
     attribution_settings,
 )
-from mdakit.cli.output import emit, refuse_existing
+from mdakit.cli.output import check_out, emit
 from mdakit.distributed import DEFAULT_TIMEOUT
 from mdakit.seeding import resolve_device
 
@@ -54,7 +54,7 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
     from mdakit.disassembly import disassemble
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     dev = resolve_device(device)
     thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
@@ -93,7 +93,7 @@ def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
     from mdakit.distributed import joined
     from mdakit.workspace import Workspace
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     dev = resolve_device(device)
     thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
@@ -128,7 +128,7 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
     """Join parts of models (one input shape; padded: one architecture) into one classifier over all their classes."""
     from mdakit.assembly import assemble, evaluate_assembled, save_assembled
 
-    refuse_existing(out, force)
+    check_out(out, force, *parts)
     dev = resolve_device(device)
     model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev)
     report = evaluate_assembled(model, card, data_dir=data_dir, device=dev)
@@ -153,7 +153,7 @@ def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = N
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
     from mdakit.compression import compress
 
-    refuse_existing(out, force)
+    check_out(out, force, model_path)
     dev = resolve_device(device)
     thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
     settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
@@ -172,6 +172,7 @@ def export_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help=
     """Export a model for deployment (raw [0, 1] images in, logits out), checked against PyTorch."""
     from mdakit.exporting import export
 
+    check_out(out, force, model_path)
     result = export(model_path, out, fmt, force=force)
     emit(as_json, result, f"exported {model_path} to {out} ({fmt}, {result['bytes']:,} bytes); largest "
-                          f"difference from the PyTorch model on random images: {result['max_abs_diff']:.2g}")
+                          f"difference from the PyTorch model on {result['checked_on']}: {result['max_abs_diff']:.2g}")

@@ -100,8 +100,9 @@ def masks_table(title: str, kept: Mapping[str, Mapping[str, int]], classes: Sequ
 
 def assembly_table(report: Mapping[str, Any], names: Sequence[str], title: str) -> Table:
     """``mdakit assemble`` and ``mdakit eval`` on an assembled model: each part, then the whole."""
-    caption = (f"{report['num_images']} test images, argmax over all logits; orig. = the original models on "
-               "the parts' classes; -> j = share of images classified into part j")
+    caption = (f"{report['num_images']} test images, argmax over all logits; orig. = the model each part was cut "
+               "from (all its logits) on the same images, pooled over the parts on the assembled row; "
+               "-> j = share of images classified into part j")
     for p in report["originals_missing"]:
         caption += f"; part {p}: {report['parts'][p]['original']}"
     built = table(title, "part", "dataset", "classes", "accuracy", "orig.", *(f"-> {j}" for j in range(len(names))),

@@ -25,8 +25,20 @@ FASHION_MNIST = DatasetInfo("fashion-mnist", (1, 28, 28),
 CIFAR10 = DatasetInfo("cifar10", (3, 32, 32), ("airplane", "automobile", "bird", "cat", "deer",
                                                "dog", "frog", "horse", "ship", "truck"),
                       (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-# CIFAR-100's class names are read from the dataset's own meta file when it is loaded.
-CIFAR100 = DatasetInfo("cifar100", (3, 32, 32), tuple(str(i) for i in range(100)),
+CIFAR100_NAMES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee",
+    "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant",
+    "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower",
+    "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate",
+    "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark",
+    "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower",
+    "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip",
+    "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+"""CIFAR-100's fine labels in label order (alphabetical), as the dataset's meta file lists them."""
+CIFAR100 = DatasetInfo("cifar100", (3, 32, 32), CIFAR100_NAMES,
                        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
@@ -53,7 +65,7 @@ def load_cifar10(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
     return dataset, dataclasses.replace(CIFAR10, class_names=names)
 
 
-@register_dataset("cifar100", info=CIFAR100, aliases=("cifar-100",), names_in_files=True,
+@register_dataset("cifar100", info=CIFAR100, aliases=("cifar-100",),
                   sources={"torchvision": torchvision_download(torchvision.datasets.CIFAR100)})
 def load_cifar100(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
     """CIFAR-100, 50,000 training and 10,000 test colour images of 100 classes (fine labels)."""

@@ -32,6 +32,9 @@ def parse_classes(spec: str | Sequence[int | str], class_names: Sequence[str]) -
                 lo, hi = (int(p) for p in item.split("-", 1))
                 if lo > hi:
                     raise MdakitError(f"class range {item!r} is empty (start above end)")
+                if hi >= len(class_names):
+                    raise MdakitError(f"class range {item!r} is out of range: this dataset has classes "
+                                      f"0-{len(class_names) - 1}")
                 out.extend(range(lo, hi + 1))
                 continue
             if item.lstrip("-").isdigit():

@@ -116,6 +116,15 @@ def torchvision_download(dataset_class: Callable[..., object]) -> Fetcher:
     return fetch_torchvision
 
 
+def _check_writable(root: Path) -> None:
+    """Refuse a data folder that cannot be created or written, before anything is fetched."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=".mdakit-probe.", dir=root)).rmdir()
+    except OSError as exc:
+        raise MdakitError(f"cannot write the data folder {root}: {exc.strerror or exc}") from exc
+
+
 def fetch(name: str, data_dir: str | Path | None = None, source: str = "auto") -> Path:
     """Put a dataset's raw files where :func:`~mdakit.data.load_dataset` looks, and return that folder.
 
@@ -137,7 +146,7 @@ def fetch(name: str, data_dir: str | Path | None = None, source: str = "auto") -
     root = data_root(data_dir)
     if _is_present(key, root):
         return root
-    root.mkdir(parents=True, exist_ok=True)
+    _check_writable(root)
     errors: list[str] = []
     for kind, fetcher in entry.sources.items():
         if source not in ("auto", kind):

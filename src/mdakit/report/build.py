@@ -6,13 +6,12 @@ JSON) or computed here from the models and their data (routes, similarity, patte
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mdakit.errors import OptionError, OutputExistsError
+from mdakit.errors import OptionError
+from mdakit.files import check_output, write_file
 from mdakit.report.context import Context, ReportOptions
 from mdakit.report.file_sections import analysis_body, assembly_body, results_body
 from mdakit.report.items import Item, collect
@@ -72,19 +71,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path, options: ReportOp
     >>> path, ids = write_report(["runs/demo"], "runs/demo/report.html")  # doctest: +SKIP
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(out)
+    check_output(out, force, paths)
     if out.is_dir():
         raise OptionError(f"{out} is a directory; {{0}} names the HTML file to write", "out")
     text, ids = build_report(paths, options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(out, force, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return out, ids
