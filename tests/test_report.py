@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -152,3 +153,40 @@ def test_existing_report_is_kept_without_force(run_dir, tmp_path, capsys):
     out.write_text("previous")
     assert run(["report", str(run_dir / "assembled"), "--out", str(out), "--no-compute"]) == 2
     assert out.read_text() == "previous" and "already exists" in capsys.readouterr().err
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("part-1/model.safetensors", "does not match the checksum in its card"),
+    ("part-0/card.json", "is not valid JSON"),
+    ("assembly.json", "is not valid JSON"),
+])
+def test_assembly_with_a_truncated_file_is_refused(broken, message, run_dir, tmp_path, capsys):
+    assembly = tmp_path / "assembled"
+    shutil.copytree(run_dir / "assembled", assembly)
+    _truncate(assembly / broken)
+    out = tmp_path / "out" / "report.html"
+    assert run(["report", str(assembly), "--out", str(out), "--no-compute"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(assembly / broken) in err[0], err
+    assert not out.parent.exists()
+
+
+def test_truncated_original_of_a_part_is_refused_when_computing(run_dir, tmp_path, capsys):
+    original, part = tmp_path / "original", tmp_path / "part"
+    shutil.copytree(run_dir / "lenet5-mnist", original)
+    shutil.copytree(run_dir / "part-01", part)
+    card = json.loads((part / "card.json").read_text())
+    card["provenance"]["disassembled_from"] = str(original)
+    (part / "card.json").write_text(json.dumps(card))
+    _truncate(original / "model.safetensors")
+    out = tmp_path / "out" / "report.html"
+    assert run(["report", str(part), "--out", str(out), "--samples", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(original / "model.safetensors") in err[0], err
+    assert not out.parent.exists()
+    assert run(["report", str(part), "--out", str(out), "--no-compute"]) == 0  # files only: the original is not read
