@@ -19,6 +19,7 @@ from mdakit.report.file_sections import analysis_body, assembly_body, results_bo
 from mdakit.report.items import Item, collect
 from mdakit.report.markup import Section, heading, page, table
 from mdakit.report.model_sections import model_body, part_body
+from mdakit.report.summary import summary_section
 
 BODIES = {"model": model_body, "decoupled": model_body, "part": part_body, "assembly": assembly_body,
           "analysis": analysis_body, "results": results_body}
@@ -60,7 +61,7 @@ def verify_files(items: Sequence[Item], ctx: Context) -> None:
 
 def build_sections(items: Sequence[Item], ctx: Context) -> list[Section]:
     """An overview section (the contents), then one section per item."""
-    taken = {"overview"}
+    taken = {"summary", "overview"}
     sections = [Section(section_id(item, taken), f"{TITLES[item.kind]}: {item.path}", BODIES[item.kind](item, ctx))
                 for item in items]
     rows = [[TITLES[item.kind], str(item.path), f"#{s.id}"] for item, s in zip(items, sections)]
@@ -69,7 +70,8 @@ def build_sections(items: Sequence[Item], ctx: Context) -> list[Section]:
 
 
 def build_report(paths: Sequence[str | Path], options: ReportOptions | None = None) -> tuple[str, list[str]]:
-    """The HTML page for ``paths`` and its section ids.
+    """The HTML page for ``paths`` and its section ids: the summary first (when any item is a model, part
+    or assembly), then the contents and the details.
 
     >>> html, ids = build_report(["runs/demo"])  # doctest: +SKIP
     """
@@ -78,10 +80,12 @@ def build_report(paths: Sequence[str | Path], options: ReportOptions | None = No
     items = collect(paths)
     ctx = Context(options)
     verify_files(items, ctx)
+    front = summary_section(items, ctx)
     sections = build_sections(items, ctx)
     title = "mdakit report: " + ", ".join(str(p) for p in paths)
     subtitle = f"{len(items)} director{'y' if len(items) == 1 else 'ies'}; computed on {options.device}"
-    return page(title, subtitle, sections), [s.id for s in sections]
+    ids = ([front.id] if front is not None else []) + [s.id for s in sections]
+    return page(title, subtitle, sections, front), ids
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, options: ReportOptions | None = None,
