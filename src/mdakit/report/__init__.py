@@ -4,7 +4,8 @@
   per-class decision routes and one input's route against its class's (``mdakit routes``);
 - :mod:`~mdakit.report.patterns`: contribution patterns per layer and class (``mdakit patterns``);
 - :mod:`~mdakit.report.build`: the HTML page (``mdakit report``), from
-  :mod:`~mdakit.report.items` (what each directory is), :mod:`~mdakit.report.model_sections`,
+  :mod:`~mdakit.report.items` (what each directory is), :mod:`~mdakit.report.summary` (the front: what
+  was cut and joined, accuracy and size against the originals), :mod:`~mdakit.report.model_sections`,
   :mod:`~mdakit.report.file_sections` and :mod:`~mdakit.report.markup` (escaped HTML builders).
 """
 

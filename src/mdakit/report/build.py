@@ -2,6 +2,7 @@
 
 Every number on the page is read from the files named (cards, ``assembly.json``, analysis and result
 JSON) or computed here from the models and their data (routes, similarity, patterns); none is typed in.
+Every model file the page reads is verified before any section is built (:func:`verify_files`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mdakit.report.file_sections import analysis_body, assembly_body, results_bo
 from mdakit.report.items import Item, collect
 from mdakit.report.markup import Section, heading, page, table
 from mdakit.report.model_sections import model_body, part_body
+from mdakit.report.summary import summary_section
 
 BODIES = {"model": model_body, "decoupled": model_body, "part": part_body, "assembly": assembly_body,
           "analysis": analysis_body, "results": results_body}
@@ -39,10 +41,26 @@ def section_id(item: Item, taken: set[str]) -> str:
     return candidate
 
 
-def build_sections(items: Sequence[Item], options: ReportOptions) -> list[Section]:
-    """An overview section, then one section per item."""
-    ctx = Context(options)
-    taken = {"overview"}
+def verify_files(items: Sequence[Item], ctx: Context) -> None:
+    """Load, and so verify, every model file the sections of ``items`` read, before any is built: each
+    model and part, each assembly's ``assembly.json`` and parts (and a padded one's merged network) and,
+    when computing, each part's original where it exists (a moved original only leaves its routes out).
+
+    A truncated or corrupt file raises :class:`~mdakit.errors.MdakitError` naming it.
+    """
+    for item in items:
+        if item.kind == "assembly":
+            ctx.assembly(item.path)
+        elif item.kind in ("model", "decoupled", "part"):
+            _, card = ctx.model(item.path)
+            source = card.provenance.get("disassembled_from")
+            if ctx.options.compute and item.kind == "part" and source and Path(source).exists():
+                ctx.model(source)
+
+
+def build_sections(items: Sequence[Item], ctx: Context) -> list[Section]:
+    """An overview section (the contents), then one section per item."""
+    taken = {"summary", "overview"}
     sections = [Section(section_id(item, taken), f"{TITLES[item.kind]}: {item.path}", BODIES[item.kind](item, ctx))
                 for item in items]
     rows = [[TITLES[item.kind], str(item.path), f"#{s.id}"] for item, s in zip(items, sections)]
@@ -51,17 +69,22 @@ def build_sections(items: Sequence[Item], options: ReportOptions) -> list[Sectio
 
 
 def build_report(paths: Sequence[str | Path], options: ReportOptions | None = None) -> tuple[str, list[str]]:
-    """The HTML page for ``paths`` and its section ids.
+    """The HTML page for ``paths`` and its section ids: the summary first (when any item is a model, part
+    or assembly), then the contents and the details.
 
     >>> html, ids = build_report(["runs/demo"])  # doctest: +SKIP
     """
     options = options or ReportOptions()
     options.validate()
     items = collect(paths)
-    sections = build_sections(items, options)
+    ctx = Context(options)
+    verify_files(items, ctx)
+    front = summary_section(items, ctx)
+    sections = build_sections(items, ctx)
     title = "mdakit report: " + ", ".join(str(p) for p in paths)
     subtitle = f"{len(items)} director{'y' if len(items) == 1 else 'ies'}; computed on {options.device}"
-    return page(title, subtitle, sections), [s.id for s in sections]
+    ids = ([front.id] if front is not None else []) + [s.id for s in sections]
+    return page(title, subtitle, sections, front), ids
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, options: ReportOptions | None = None,

@@ -1,4 +1,5 @@
-"""What the report computes and keeps while it is built: options, loaded models, attributions."""
+"""What the report computes and keeps while it is built: options, loaded (and so verified) model files,
+attributions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from mdakit.artifacts import ModelCard, load_with_card
+from mdakit.assembly import AssembledModel, AssemblyCard, PaddedAssembly, load_assembled
 from mdakit.attribution.base import MethodSettings, get_method
 from mdakit.errors import OptionError
 from mdakit.report.contrib import ClassAttribution, attribute
@@ -42,11 +46,32 @@ class ReportOptions:
 
 @dataclass
 class Context:
-    """Options plus caches, so a model shared by several parts is loaded once."""
+    """Options plus caches, so a model shared by several parts is loaded once.
+
+    Loading a model file verifies it (its weights' checksum, see :func:`~mdakit.artifacts.load_with_card`),
+    so :meth:`model` and :meth:`assembly` are also how the report checks what it reads.
+    """
 
     options: ReportOptions
+    models: dict[str, tuple[nn.Module, ModelCard]] = field(default_factory=dict)
+    assemblies: dict[str, tuple[AssembledModel | PaddedAssembly, AssemblyCard]] = field(default_factory=dict)
     sources: dict[str, Workspace] = field(default_factory=dict)
     attributions: dict[tuple, ClassAttribution] = field(default_factory=dict)
+
+    def model(self, path: str | Path) -> tuple[nn.Module, ModelCard]:
+        """The model file at ``path`` and its card, loaded and verified once."""
+        key = str(path)
+        if key not in self.models:
+            self.models[key] = load_with_card(path)
+        return self.models[key]
+
+    def assembly(self, path: str | Path) -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
+        """The assembled model at ``path`` (``assembly.json``, every part, a padded one's merged network),
+        loaded and verified once."""
+        key = str(path)
+        if key not in self.assemblies:
+            self.assemblies[key] = load_assembled(path)
+        return self.assemblies[key]
 
     def source(self, path: str | Path) -> Workspace:
         """The model at ``path`` with its own dataset's train and test splits."""

@@ -15,14 +15,16 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-
 background:#fafafa}
 header{background:#263238;color:#fff;padding:1em 2em}header h1{margin:0;font-size:1.5em}
 header p{margin:.3em 0 0;color:#cfd8dc}
-nav{padding:.5em 2em;background:#eceff1;border-bottom:1px solid #cfd8dc}nav a{margin-right:1em;color:#1565c0}
+nav{margin:0 -2em;padding:.5em 2em;background:#eceff1;border-top:1px solid #cfd8dc;border-bottom:1px solid #cfd8dc}
+nav a{margin-right:1em;color:#1565c0}
 main{padding:0 2em 2em}section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;margin:1.2em 0;
 padding:.5em 1.5em 1em}h2{border-bottom:1px solid #eee;padding-bottom:.3em}h3{margin-top:1.4em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.25em .6em;
 text-align:right}th{background:#f5f5f5}td.l,th.l{text-align:left}caption{caption-side:bottom;font-size:.85em;
 color:#555;text-align:left;padding-top:.3em}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}p.note{color:#8a6d3b;background:#fcf8e3;padding:.4em .8em;border-radius:4px}
-code{background:#f3f3f3;padding:0 .2em}
+code{background:#f3f3f3;padding:0 .2em}.side{display:flex;flex-wrap:wrap;gap:0 2em;align-items:flex-start}
+.side>div:last-child{flex:1 1 420px}ul{margin:.6em 0;padding-left:1.4em}li{margin:.25em 0}
 """
 
 
@@ -124,6 +126,24 @@ def para(text: str, note: bool = False) -> str:
     return f'<p class="note">{esc(text)}</p>' if note else f"<p>{esc(text)}</p>"
 
 
+def bullets(texts: Iterable[str]) -> str:
+    """A bulleted list.
+
+    >>> bullets(["a", "<b>"])
+    '<ul><li>a</li><li>&lt;b&gt;</li></ul>'
+    """
+    return "<ul>" + "".join(f"<li>{esc(t)}</li>" for t in texts) + "</ul>"
+
+
+def side_by_side(left: str, right: str) -> str:
+    """Two blocks in a row (the right one takes the remaining width; they stack on a narrow screen).
+
+    >>> side_by_side("<p>a</p>", "<p>b</p>")
+    '<div class="side"><div><p>a</p></div><div><p>b</p></div></div>'
+    """
+    return f'<div class="side"><div>{left}</div><div>{right}</div></div>'
+
+
 def heading(text: str, level: int = 3) -> str:
     return f"<h{level}>{esc(text)}</h{level}>"
 
@@ -140,15 +160,18 @@ class Section:
         return f'<section id="{esc(self.id)}"><h2>{esc(self.title)}</h2>{self.body}</section>'
 
 
-def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
-    """The whole document: header, a table of contents and the sections.
+def page(title: str, subtitle: str, sections: Sequence[Section], front: Section | None = None) -> str:
+    """The whole document: header, the ``front`` section (what a reader wants first), a table of
+    contents and the sections.
 
-    >>> "<section id=\\"s\\">" in page("t", "", [Section("s", "S", "")])
+    >>> html = page("t", "", [Section("s", "S", "")], Section("f", "F", ""))
+    >>> html.index('<section id="f">') < html.index("<nav>") < html.index('<section id="s">')
     True
     """
-    nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
+    lead = front.render() if front is not None else ""
+    nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in ([front] if front else []) + list(sections))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{CSS}</style></head><body>"
-            f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>"
+            f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><main>{lead}<nav>{nav}</nav>"
             + "".join(s.render() for s in sections) + "</main></body></html>\n")

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from mdakit.artifacts import ModelCard, load_with_card
+from mdakit.artifacts import ModelCard
 from mdakit.attribution.base import available_methods, get_method
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
@@ -57,7 +57,7 @@ def _guarded(title: str, block: Callable[[], str]) -> str:
 
 def model_body(item: Item, ctx: Context) -> str:
     """A trained (or decoupled) model: card, accuracy, size, and what each class relies on."""
-    _, card = load_with_card(item.path)
+    _, card = ctx.model(item.path)
     m = card.metrics
     parts = [card_block(card), heading("Accuracy and size")]
     rows = [("test accuracy (all logits)", pct(m.get("test_accuracy"))),
@@ -96,7 +96,7 @@ def _widths(model: nn.Module, card: ModelCard) -> dict[str, int]:
 
 def part_body(item: Item, ctx: Context) -> str:
     """A disassembled part: accuracy beside the original's (all and restricted logits), size, steps, routes."""
-    model, card = load_with_card(item.path)
+    model, card = ctx.model(item.path)
     m, prov = card.metrics, card.provenance
     settings = prov.get("settings", {})
     names = ", ".join(_class_label(card, c) for c in card.logit_classes)
