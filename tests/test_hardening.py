@@ -195,3 +195,12 @@ def test_a_write_killed_while_replacing_gets_the_previous_output_back(tmp_path):
     (stale / "previous" / "card.json").write_text("{}")
     assert remove_stale_partials(tmp_path / "out") == [stale]
     assert (tmp_path / "out" / "card.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("verb", ["info", "eval"])
+def test_a_part_of_a_user_built_module_is_explained_on_the_command_line(verb, tmp_path, capsys):
+    model, data = mdakit.examples.toy_problem()
+    mdakit.disassemble(model, data, [0, 1]).save(tmp_path / "part")
+    line = _fails_cleanly([verb, str(tmp_path / "part"), *(["--dataset", "mnist"] if verb == "eval" else [])],
+                          capsys, tmp_path, "user-built nn.Module, which the command line cannot rebuild")
+    assert "mdakit.load(path, into=" in line

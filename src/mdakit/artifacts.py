@@ -21,7 +21,7 @@ from torch import nn
 from mdakit.card import FORMAT, FORMAT_VERSION, ModelCard
 from mdakit.checkpoints import import_checkpoint, load_state, read_checkpoint
 from mdakit.edits import apply_edits
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
 
 __all__ = ["ASSEMBLY_FILE", "CARD_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelCard", "apply_edits",
@@ -105,6 +105,8 @@ def load_with_card(path: str | Path, into: nn.Module | None = None,
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MdakitError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    if into is None and card.arch is None:
+        raise UserBuiltModuleError(path)
     module = apply_edits(into, card.edits) if into is not None else card.build()
     load_state(module, tensors, str(weights))
     return module.to(device).eval(), card

@@ -18,7 +18,7 @@ from torch import nn
 
 from mdakit.data import DatasetInfo
 from mdakit.edits import apply_edits
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.zoo import build_model
 
 FORMAT = "mdakit-model"
@@ -94,7 +94,7 @@ class ModelCard:
     def build(self) -> nn.Module:
         """A fresh module of this card's architecture with its structural edits, before weights are loaded."""
         if self.arch is None:
-            raise MdakitError("this model was saved from a user-built module: pass that module as `into=`")
+            raise UserBuiltModuleError()
         return apply_edits(build_model(self.arch, self.input_shape, self.num_classes, self.mean, self.std,
                                        **self.arch_kwargs), self.edits)
 

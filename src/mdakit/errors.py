@@ -32,6 +32,23 @@ class OutputExistsError(MdakitError):
         return f"{self.path} already exists (force=True replaces it)"
 
 
+class UserBuiltModuleError(MdakitError):
+    """A model file saved from a user-built ``nn.Module``, which only that module can rebuild; ``path`` is the
+    model directory (None when not known).
+
+    >>> str(UserBuiltModuleError("runs/part"))
+    'runs/part was saved from a user-built module: pass that module as into= to rebuild it'
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(path)
+        self.path = None if path is None else Path(path)
+
+    def __str__(self) -> str:
+        where = self.path or "this model"
+        return f"{where} was saved from a user-built module: pass that module as into= to rebuild it"
+
+
 class OptionError(MdakitError):
     """A bad or missing setting, worded around the settings it names; ``options`` are parameter names.
 

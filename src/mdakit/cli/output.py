@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from mdakit.errors import MdakitError, OptionError, OutputExistsError
+from mdakit.errors import MdakitError, OptionError, OutputExistsError, UserBuiltModuleError
 from mdakit.files import check_output
 
 out_console = Console(width=None if sys.stdout.isatty() else 120)
@@ -67,6 +67,9 @@ def error_line(exc: MdakitError) -> str:
         return f"mdakit: error: {exc.path} already exists; choose another --out or pass --force"
     if isinstance(exc, OptionError):
         return f"mdakit: error: {exc.worded(flag)}"
+    if isinstance(exc, UserBuiltModuleError):
+        return (f"mdakit: error: {exc.path or 'the model'} was saved from a user-built nn.Module, which the command "
+                "line cannot rebuild; open it in Python with mdakit.load(path, into=<that module>)")
     return f"mdakit: error: {exc}"
 
 
