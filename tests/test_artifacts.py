@@ -157,3 +157,12 @@ def test_truncated_and_mismatched_checkpoints(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(MdakitError, match="no state dict"):
         import_checkpoint(tmp_path / "list.pt", card)
+
+
+def test_a_model_with_versioned_state_round_trips(tmp_path):
+    """torchvision's MNASNet refuses a state dict without its version; the model file keeps the versions."""
+    model = build_model("torchvision:mnasnet0_5", (3, 32, 32), 4).eval()
+    save(model, tmp_path / "m", ModelCard(arch="torchvision:mnasnet0_5", input_shape=[3, 32, 32], num_classes=4))
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "m")(images), model(images))

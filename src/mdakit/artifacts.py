@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mdakit.card import FORMAT, FORMAT_VERSION, ModelCard
-from mdakit.checkpoints import import_checkpoint, load_state, read_checkpoint
+from mdakit.checkpoints import import_checkpoint, load_state, module_versions, read_checkpoint
 from mdakit.edits import apply_edits
 from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
@@ -54,9 +54,10 @@ def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = Fals
     """
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     card_dict = card.to_dict()
+    metadata = {"format": FORMAT, "module_versions": json.dumps(module_versions(model))}
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
         card_dict["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE),
                                 "num_tensors": len(tensors)}
         (tmp / CARD_FILE).write_text(json.dumps(card_dict, indent=2) + "\n")
@@ -103,12 +104,14 @@ def load_with_card(path: str | Path, into: nn.Module | None = None,
         raise MdakitError(f"{weights} does not match the checksum in its card (truncated or corrupt)")
     try:
         tensors = load_file(str(weights))
+        with safe_open(str(weights), "pt") as fh:
+            versions = json.loads((fh.metadata() or {}).get("module_versions", "null"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MdakitError(f"{weights} is not a readable safetensors file: {exc}") from exc
     if into is None and card.arch is None:
         raise UserBuiltModuleError(path)
     module = apply_edits(into, card.edits) if into is not None else card.build()
-    load_state(module, tensors, str(weights))
+    load_state(module, tensors, str(weights), versions)
     return module.to(device).eval(), card
 
 

@@ -7,6 +7,7 @@ Nothing here unpickles arbitrary objects: ``.pt``/``.pth`` files are read with
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,12 @@ from mdakit.card import ModelCard
 from mdakit.errors import MdakitError
 
 
-def load_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+def load_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str,
+               versions: Mapping[str, int] | None = None) -> None:
     """Load ``tensors`` into ``module`` strictly: missing, unexpected or mis-shaped tensors name ``source``.
+
+    ``versions`` are the submodules' state-dict versions the tensors were saved with
+    (:func:`module_versions`); by default those of ``module`` itself.
 
     >>> net = nn.Linear(2, 1)
     >>> load_state(net, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, "memory")
@@ -42,7 +47,22 @@ def load_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: s
             k = wrong[0]
             parts.append(f"shape of {k} is {list(tensors[k].shape)}, expected {list(expected[k].shape)}")
         raise MdakitError(f"{source} does not match the architecture: " + "; ".join(parts))
-    module.load_state_dict(dict(tensors), strict=True)
+    state = OrderedDict(tensors)
+    # Modules that changed their parameters over time (torchvision's MNASNet) read a per-module version
+    # from the state dict's metadata, which a plain tensor file does not carry.
+    state._metadata = OrderedDict((prefix, {"version": version}) for prefix, version in
+                                  (module_versions(module) if versions is None else versions).items())
+    module.load_state_dict(state, strict=True)
+
+
+def module_versions(module: nn.Module) -> dict[str, int]:
+    """The state-dict version of every submodule that declares one (``_version``), keyed by its prefix.
+
+    >>> module_versions(nn.Sequential(nn.BatchNorm2d(2)))["0"]
+    2
+    """
+    metadata = getattr(module.state_dict(), "_metadata", {})
+    return {prefix: entry["version"] for prefix, entry in metadata.items() if entry.get("version") is not None}
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
