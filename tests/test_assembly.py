@@ -189,7 +189,7 @@ def test_save_load_round_trip(part_dirs, images, tmp_path, data_dir):
     assert loaded_card.logits == card.logits and loaded_card.fit == json.loads(json.dumps(card.fit))
     assert loaded_card.sources == [str(d) for d in part_dirs]
     assert load_with_card(out / "part-1")[1].dataset == "fashion-mnist"
-    with pytest.raises(MdakitError, match="not an mdakit model"):
+    with pytest.raises(MdakitError, match="is an assembly of 2 parts in the parallel layout, not a single model"):
         load_with_card(out)
     with pytest.raises(MdakitError, match="already exists"):
         save_assembled(model, out, card)
