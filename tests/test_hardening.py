@@ -204,3 +204,12 @@ def test_a_part_of_a_user_built_module_is_explained_on_the_command_line(verb, tm
     line = _fails_cleanly([verb, str(tmp_path / "part"), *(["--dataset", "mnist"] if verb == "eval" else [])],
                           capsys, tmp_path, "user-built nn.Module, which the command line cannot rebuild")
     assert "mdakit.load(path, into=" in line
+
+
+def test_info_shows_what_a_masks_directory_keeps(tiny_lenet_dir, tmp_path, capsys):
+    assert run(["masks", str(tiny_lenet_dir), "--classes", "0,1", "--samples", "5", "--out", str(tmp_path / "mk"),
+                "--json"]) == 0
+    computed = json.loads(capsys.readouterr().out)["kept_filters"]
+    assert run(["info", str(tmp_path / "mk"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kept_filters"] == computed and shown["classes"] == [0, 1] and shown["method"] == "contribution"

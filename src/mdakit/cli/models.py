@@ -128,12 +128,30 @@ def _info_assembled(model_path: Path, as_json: bool) -> None:
          tables.logits_table(title, assembly.logits, tables.size_caption(size)))
 
 
+def _info_masks(path: Path, as_json: bool) -> None:
+    """``mdakit info`` on a masks directory: how it was made and the filters each class keeps."""
+    from mdakit.component_masks import ComponentMasks
+
+    masks = ComponentMasks.load(path, lazy=True)
+    kept = {str(c): {name: int(m.outputs.sum()) for name, m in masks.per_class[c].items()} for c in masks.classes}
+    widths = {name: int(m.outputs.numel()) for name, m in masks.per_class[masks.classes[0]].items()}
+    emit(as_json, {"masks": str(path), "method": masks.method, "settings": masks.settings, "classes": masks.classes,
+                   "info": masks.info, "kept_filters": kept},
+         tables.masks_table(f"{path}: {masks.method} masks of {len(masks.classes)} classes", kept, masks.classes,
+                            widths, path))
+
+
 def info_cmd(model_path: ModelArg, as_json: JsonOpt = False) -> None:
-    """The card, a layer table, parameters and MACs of a model."""
+    """The card, a layer table, parameters and MACs of a model (an assembly: its logits; masks: what each
+    class keeps)."""
     from mdakit.assembly import is_assembled
+    from mdakit.component_masks import MASKS_JSON
 
     if is_assembled(model_path):
         _info_assembled(model_path, as_json)
+        return
+    if (model_path / MASKS_JSON).is_file():
+        _info_masks(model_path, as_json)
         return
     model, card = load_with_card(model_path)
     layers = _leaf_layers(model)

@@ -112,7 +112,8 @@ def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
     kept = {str(c): {name: int(m.outputs.sum()) for name, m in per_layer.items()}
             for c, per_layer in masks.per_class.items()}
     emit(as_json, {"out": str(out), "classes": masks.classes, "kept_filters": kept, "steps": cost},
-         tables.masks_table(f"kept filters per layer ({method})", kept, masks.classes, graph.layers, out))
+         tables.masks_table(f"kept filters per layer ({method})", kept, masks.classes,
+                                    {layer.name: layer.out_size for layer in graph.layers}, out))
 
 
 def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",

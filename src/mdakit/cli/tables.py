@@ -86,13 +86,14 @@ def part_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
     return built
 
 
-def masks_table(title: str, kept: Mapping[str, Mapping[str, int]], classes: Sequence[int], layers: Sequence[Any],
-                out: Path, shown: int = 12) -> Table:
-    """``mdakit masks``: kept filters per layer of the first ``shown`` classes (``--json`` lists all)."""
+def masks_table(title: str, kept: Mapping[str, Mapping[str, int]], classes: Sequence[int],
+                widths: Mapping[str, int], out: Path, shown: int = 12) -> Table:
+    """``mdakit masks`` and ``mdakit info`` on masks: kept filters of each layer (of ``widths`` filters) for the
+    first ``shown`` classes (``--json`` lists all)."""
     first = classes[:shown]
     built = table(title, "layer", *(f"class {c}" for c in first), right=[f"class {c}" for c in first])
-    for layer in layers:
-        built.add_row(layer.name, *(f"{kept[str(c)][layer.name]}/{layer.out_size}" for c in first))
+    for name, width in widths.items():
+        built.add_row(name, *(f"{kept[str(c)][name]}/{width}" for c in first))
     if len(first) < len(classes):
         built.caption = f"{len(classes) - len(first)} more classes in {out} (--json lists all)"
     return built
