@@ -27,6 +27,7 @@ from mdakit.analysis.accuracy import sub_architecture_accuracy
 from mdakit.analysis.hit_rate import mosaic_hit_rate
 from mdakit.analysis.misclassification import confusion_among, misclassification_stats, most_similar
 from mdakit.analysis.similarity import layer_similarity, similarity_matrix
+from mdakit.attribution import available_methods
 from mdakit.disassembly import compute_masks
 from mdakit.graph import trace
 from mdakit.workspace import Workspace
@@ -35,7 +36,6 @@ ARCHS = ["lenet5", "vgg16", "resnet50", "googlenet"]
 DATASETS = ["mnist", "fashion-mnist"]
 CACHE = ROOT / "runs" / "bench" / "analysis"
 SAMPLES = 50
-METHODS = ["contribution", "gradient", "nad"]
 
 
 def _method_cell(source, graph, confusion: torch.Tensor, method: str, per_class: int, mosaics: int) -> dict:
@@ -161,7 +161,7 @@ def main() -> None:
     torch.set_num_threads(2)
     CACHE.mkdir(parents=True, exist_ok=True)
     rows = [row for a in args.archs for d in args.datasets
-            if (row := cell(a, d, METHODS, args.per_class, args.mosaics)) is not None]
+            if (row := cell(a, d, available_methods(), args.per_class, args.mosaics)) is not None]
     previous = ROOT / "benchmarks" / "results" / "analysis.json"
     if previous.is_file():  # keep the cells of architectures not rerun this time
         done = {(r["arch"], r["dataset"]) for r in rows}
