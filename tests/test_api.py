@@ -25,6 +25,30 @@ def test_import_leaves_the_features_out():
     assert loaded == []
 
 
+@pytest.mark.parametrize("module", ["mdakit", "mdakit.cli"])
+def test_import_loads_no_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules, 'torchvision' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert loaded.split() == ["False", "False"]
+
+
+def test_every_public_name_resolves():
+    assert set(mdakit.__all__) <= set(dir(mdakit))
+    assert all(getattr(mdakit, name) is not None for name in mdakit.__all__)
+    assert mdakit.load is mdakit.artifacts.load and mdakit.__version__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        mdakit.no_such_name  # noqa: B018
+
+
+def test_functions_named_like_their_modules_stay_functions():
+    import mdakit.evaluate
+    import mdakit.train  # the import system sets each submodule on its package
+
+    assert type(sys.modules["mdakit.train"]) is type(sys)
+    assert (mdakit.train.__module__, mdakit.evaluate.__module__) == ("mdakit.train", "mdakit.evaluate")
+    assert callable(mdakit.train) and callable(mdakit.evaluate)
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_verbs_are_functions_with_examples(verb):
     function = getattr(mdakit, verb)

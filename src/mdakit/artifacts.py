@@ -23,15 +23,10 @@ from mdakit.checkpoints import import_checkpoint, load_state, module_versions, r
 from mdakit.edits import apply_edits
 from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
+from mdakit.model_dir import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, require_model_dir
 
 __all__ = ["ASSEMBLY_FILE", "CARD_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelCard", "apply_edits",
            "import_checkpoint", "load", "load_with_card", "read_card", "read_checkpoint", "save"]
-
-CARD_FILE = "card.json"
-WEIGHTS_FILE = "model.safetensors"
-ASSEMBLY_FILE = "assembly.json"
-"""The file that marks an assembled-model directory (:mod:`mdakit.assembly.files`)."""
-
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -68,10 +63,8 @@ def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = Fals
 
 def read_card(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
     """The card of a model directory, and its raw JSON (which also holds the weights' checksum)."""
-    path = Path(path)
+    path = require_model_dir(path)
     card_path = path / CARD_FILE
-    if not path.is_dir():
-        raise MdakitError(f"{path} is not a model directory (expected {CARD_FILE} and {WEIGHTS_FILE} inside)")
     if not card_path.is_file() and (path / ASSEMBLY_FILE).is_file():
         parts = sorted(p.name for p in path.glob("part-*") if p.is_dir())
         raise MdakitError(f"{path} is an assembly of {len(parts)} parts in the parallel layout, not a single model: "

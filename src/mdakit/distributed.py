@@ -31,11 +31,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mdakit.component_masks import PARTS, ComponentMasks, LayerMask
+from mdakit.defaults import DEFAULT_TIMEOUT
 from mdakit.errors import MdakitError, OptionError, OutputExistsError
 
 T = TypeVar("T")
 DEFAULT_CHUNK = 16
-DEFAULT_TIMEOUT = 1800.0
 MANIFEST = "run.json"
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mdakit.errors import MdakitError
 
-Replay = Callable[[nn.Module, Mapping[str, Any]], nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+Replay = Callable[["nn.Module", Mapping[str, Any]], "nn.Module"]
 _REPLAYS: dict[str, Replay | str] = {}
 
 

@@ -10,7 +10,8 @@ input channels) and ``timm:<name>`` for any timm model (architecture only, built
 input channels and class count; weights come from ``mdakit import``).
 
 An architecture is one function building its body, ``f(input_shape, num_classes, **kwargs)``, under
-``@register("name")``; a library of them is one entry of :data:`FAMILIES`.
+``@register("name")``; a library of them is one entry of :data:`FAMILIES`. torchvision is imported
+where one of its architectures is built: it takes seconds to import, and a LeNet-5 needs none of it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
-import torchvision
 from torch import nn
 
 from mdakit.errors import MdakitError
@@ -184,6 +184,8 @@ def resnet56(input_shape: Sequence[int], num_classes: int) -> nn.Module:
 @register("resnet50")
 def resnet50(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """torchvision's ResNet-50 (bottleneck blocks) with a 3×3 stride-1 stem, keeping the max-pool."""
+    import torchvision
+
     net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)
     return net
@@ -192,6 +194,8 @@ def resnet50(input_shape: Sequence[int], num_classes: int) -> nn.Module:
 @register("googlenet")
 def googlenet(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """torchvision's GoogLeNet (inception blocks, ImageNet stem), without auxiliary heads."""
+    import torchvision
+
     net = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=False,
                                        transform_input=False, init_weights=True)
     _adapt_first_conv(net, input_shape[0])
@@ -214,6 +218,8 @@ def _adapt_first_conv(net: nn.Module, in_channels: int) -> None:
 
 
 def _torchvision_body(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> nn.Module:
+    import torchvision
+
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise MdakitError(f"unknown torchvision classification model {name!r}; "
                           "see torchvision.models.list_models(module=torchvision.models)")

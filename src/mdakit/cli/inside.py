@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mdakit.attribution.contribution import ContributionSettings
 from mdakit.cli import tables
 from mdakit.cli.options import (
-    THRESHOLDS,
     AlphaConv,
     AlphaLinear,
     BetaConv,
@@ -27,8 +25,11 @@ from mdakit.cli.options import (
     attribution_settings,
 )
 from mdakit.cli.output import check_out, emit
+from mdakit.defaults import THRESHOLDS
 from mdakit.errors import MdakitError
-from mdakit.seeding import resolve_device
+
+if TYPE_CHECKING:
+    from mdakit.attribution.contribution import ContributionSettings
 
 
 def analyze_cmd(target: Annotated[Path, typer.Argument(metavar="MASKS_OR_MODEL", help="Masks or model directory.")],
@@ -44,6 +45,7 @@ def analyze_cmd(target: Annotated[Path, typer.Argument(metavar="MASKS_OR_MODEL",
                 as_json: JsonOpt = False) -> None:
     """Sub-architecture analyses (NAD §4): per-class accuracy, similarity, hit rate, misclassification."""
     from mdakit.analysis.run import analyze
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, target)
     summary = analyze(target, out, dataset, classes, method, samples, per_class, mosaics, seed, data_dir,
@@ -56,6 +58,7 @@ def _attribution(model_path: Path, classes: str, thresholds: ContributionSetting
                  device: str, data_dir: Path | None) -> Any:
     """Contribution attribution of ``classes`` of the model at ``model_path``, on its own dataset."""
     from mdakit.report.contrib import attribute
+    from mdakit.seeding import resolve_device
     from mdakit.workspace import Workspace
 
     source = Workspace.open(model_path, None, None, None, data_dir)
@@ -82,6 +85,7 @@ def routes_cmd(model_path: ModelArg, classes: ClassesOpt,
                device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                as_json: JsonOpt = False) -> None:
     """Decision routes (contribution paper Fig. 6): each class's kept channels and kernels, in its colour."""
+    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.report.decision import probe_image, route_map, write_route_map
 
     check_out(out, force, model_path)
@@ -107,6 +111,7 @@ def patterns_cmd(model_path: ModelArg, classes: ClassesOpt,
                  force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Contribution patterns (contribution paper Fig. 2, 3, 7–10): per layer, one unit's relative
     contributions and the total contribution per input channel, for samples and for classes."""
+    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.report.patterns import contribution_patterns, write_patterns
 
     check_out(out, force, model_path)
@@ -133,6 +138,7 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(metavar="RUN_OR_MODEL
     """One self-contained HTML page (works offline) for models, parts, assemblies and results."""
     from mdakit.report.build import write_report
     from mdakit.report.context import ReportOptions
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, *paths)
     options = ReportOptions(compute, samples, seed, max_classes, route_classes, top, data_dir,

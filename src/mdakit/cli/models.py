@@ -5,28 +5,29 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
-from torch import nn
 
 from mdakit import __version__
-from mdakit.artifacts import ModelCard, import_checkpoint, load_with_card, save
 from mdakit.cli import tables
 from mdakit.cli.options import DataDirOpt, DeviceOpt, ForceOpt, JsonOpt, ModelArg, OutModelOpt, SeedOpt
 from mdakit.cli.output import check_out, emit
-from mdakit.data import DatasetInfo, dataset_info, load_dataset, parse_classes
 from mdakit.errors import MdakitError
-from mdakit.evaluate import evaluate
-from mdakit.metrics import model_size
-from mdakit.seeding import resolve_device
-from mdakit.train import TrainConfig
-from mdakit.train import train as train_model
-from mdakit.zoo import build_model
+from mdakit.model_dir import is_assembled, require_model_dir
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from mdakit.artifacts import ModelCard
+    from mdakit.data import DatasetInfo
+    from mdakit.train import TrainConfig
 
 
 def _environment() -> dict[str, Any]:
+    import torch
+
     return {"mdakit": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "threads": torch.get_num_threads()}
 
@@ -34,6 +35,8 @@ def _environment() -> dict[str, Any]:
 def _trained_card(arch: str, info: DatasetInfo, config: TrainConfig, result: Any, evaluation: Any,
                   size: dict[str, int], device: torch.device) -> ModelCard:
     """The card of a freshly trained model: how it was trained (and where) and what it reached."""
+    from mdakit.artifacts import ModelCard
+
     card = ModelCard.for_dataset(arch, info)
     card.training = {"config": vars(config), "result": result.to_dict(), "device": str(device),
                      "command": " ".join(["mdakit", *sys.argv[1:]]) if sys.argv else "", **_environment()}
@@ -51,6 +54,17 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
     """Train a zoo model on a dataset, evaluate it on the test split and save it."""
+    import torch
+
+    from mdakit.artifacts import save
+    from mdakit.data import load_dataset
+    from mdakit.evaluate import evaluate
+    from mdakit.metrics import model_size
+    from mdakit.seeding import resolve_device
+    from mdakit.train import TrainConfig
+    from mdakit.train import train as train_model
+    from mdakit.zoo import build_model
+
     check_out(out, force)
     dev = resolve_device(device)
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -86,7 +100,11 @@ def eval_cmd(model_path: ModelArg,
              = False,
              device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """Accuracy (overall, per class), confusion matrix, parameters and MACs of a model."""
-    from mdakit.assembly import is_assembled
+    from mdakit.artifacts import load_with_card
+    from mdakit.data import load_dataset, parse_classes
+    from mdakit.evaluate import evaluate
+    from mdakit.metrics import model_size
+    from mdakit.seeding import resolve_device
     from mdakit.workspace import check_fits
 
     dev = resolve_device(device)
@@ -120,6 +138,7 @@ def _leaf_layers(model: nn.Module) -> list[dict[str, Any]]:
 def _info_assembled(model_path: Path, as_json: bool) -> None:
     """``mdakit info`` on an assembled model: where each logit comes from."""
     from mdakit.assembly import load_assembled
+    from mdakit.metrics import model_size
 
     assembled, assembly = load_assembled(model_path)
     size = model_size(assembled, assembly.input_shape)
@@ -144,8 +163,10 @@ def _info_masks(path: Path, as_json: bool) -> None:
 def info_cmd(model_path: ModelArg, as_json: JsonOpt = False) -> None:
     """The card, a layer table, parameters and MACs of a model (an assembly: its logits; masks: what each
     class keeps)."""
-    from mdakit.assembly import is_assembled
+    require_model_dir(model_path)  # a wrong path is refused before torch is imported
+    from mdakit.artifacts import load_with_card
     from mdakit.component_masks import MASKS_JSON
+    from mdakit.metrics import model_size
 
     if is_assembled(model_path):
         _info_assembled(model_path, as_json)
@@ -167,6 +188,9 @@ def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="
                out: OutModelOpt,
                data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Turn a foreign state_dict checkpoint into an mdakit model file (never unpickles code)."""
+    from mdakit.artifacts import ModelCard, import_checkpoint, save
+    from mdakit.data import dataset_info
+
     check_out(out, force, checkpoint)
     info = dataset_info(dataset, data_dir)
     card = ModelCard.for_dataset(arch, info, provenance={"imported_from": str(checkpoint)})

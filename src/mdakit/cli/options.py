@@ -11,13 +11,15 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mdakit.attribution.base import MethodSettings, get_method
-from mdakit.attribution.contribution import ContributionSettings
 from mdakit.errors import OptionError
+
+if TYPE_CHECKING:
+    from mdakit.attribution.base import MethodSettings
+    from mdakit.attribution.contribution import ContributionSettings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder (default $MDAKIT_DATA "
@@ -48,10 +50,6 @@ NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code
 NadLinearOpt = Annotated[bool, typer.Option(
     help="NAD: also mask the outputs of hidden fully connected blocks (default: conv blocks only).")]
 
-THRESHOLDS = ContributionSettings()
-"""The thresholds' defaults (the contribution paper's §6), the defaults of the threshold options; read only."""
-
-
 @dataclass(frozen=True)
 class NadOptions:
     """The NAD options as typed: ``--beta``, ``--nad-loss``, ``--nad-linear``."""
@@ -65,11 +63,14 @@ def attribution_settings(method: str, thresholds: ContributionSettings,
                          nad: NadOptions = NadOptions()) -> MethodSettings:
     """The validated settings of ``method`` (by the attribution registry) from the threshold and NAD options.
 
+    >>> from mdakit.attribution.contribution import ContributionSettings
     >>> attribution_settings("gradient", ContributionSettings(alpha_conv=0.5)).alpha_conv
     0.5
-    >>> attribution_settings("nad", THRESHOLDS, NadOptions(beta="auto")).beta
+    >>> attribution_settings("nad", ContributionSettings(), NadOptions(beta="auto")).beta
     'auto'
     """
+    from mdakit.attribution.base import get_method
+
     options = {**asdict(thresholds), "beta": nad.beta, "nad_loss": nad.loss, "nad_linear": nad.linear}
     return get_method(method).settings_from_options(options)
 

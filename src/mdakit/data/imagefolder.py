@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 
 from mdakit.data.datasets import ImageTensorDataset
 from mdakit.data.registry import DatasetInfo
@@ -30,6 +29,8 @@ def load_imagefolder(split: str, path: Path) -> tuple[ImageTensorDataset, Datase
     ...
     mdakit.errors.MdakitError: image folder /nonexistent does not exist
     """
+    import torchvision
+
     root = Path(path).expanduser()
     if not root.is_dir():
         raise MdakitError(f"image folder {root} does not exist")

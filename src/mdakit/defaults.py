@@ -1,0 +1,27 @@
+"""Defaults the command line shows in its help, as plain values: reading them imports no torch.
+
+The library's settings take their defaults from here, so ``mdakit --help`` and the library agree.
+
+>>> THRESHOLDS.alpha_conv, THRESHOLDS.beta_linear, DEFAULT_TIMEOUT
+(0.3, 0.3, 1800.0)
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The contribution method's thresholds (the contribution paper's §6): α and β for conv and linear layers."""
+
+    alpha_conv: float = 0.3
+    beta_conv: float = 0.2
+    alpha_linear: float = 0.4
+    beta_linear: float = 0.3
+
+
+THRESHOLDS = Thresholds()
+"""The default thresholds of :class:`~mdakit.attribution.contribution.ContributionSettings` and of the
+threshold options."""
+
+DEFAULT_TIMEOUT = 1800.0
+"""Seconds a process waits for the others under ``torchrun`` before failing (:mod:`mdakit.distributed`)."""
