@@ -39,7 +39,7 @@ def _git(*args: str) -> str:
 
 @contextmanager
 def checkout(ref: str):
-    """A temporary worktree of ``ref`` (detached), removed afterwards."""
+    """A temporary worktree of ``ref`` (a commit, detached), removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="mdakit-baseline-")) / "tree"
     _git("worktree", "add", "--detach", str(folder), ref)
     try:
@@ -145,7 +145,7 @@ def main() -> None:
                                    "after_dirty": bool(_git("status", "--porcelain", "--", "src"))}
         if args.baseline:
             payload["baseline"] = {"ref": args.baseline, "commit": _git("rev-parse", args.baseline)}
-            with checkout(args.baseline) as before:
+            with checkout(payload["baseline"]["commit"]) as before:
                 payload["commands"] = measure({"before": before, "after": ROOT}, commands, args.runs)
         else:
             payload["commands"] = measure({"after": ROOT}, commands, args.runs)
