@@ -35,7 +35,7 @@ def test_import_loads_no_torch(module):
 def test_every_public_name_resolves():
     assert set(mdakit.__all__) <= set(dir(mdakit))
     assert all(getattr(mdakit, name) is not None for name in mdakit.__all__)
-    assert mdakit.load is mdakit.artifacts.load and mdakit.__version__
+    assert mdakit.load is mdakit.api.load and mdakit.__version__
     with pytest.raises(AttributeError, match="no_such_name"):
         mdakit.no_such_name  # noqa: B018
 
