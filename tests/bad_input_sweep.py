@@ -618,6 +618,7 @@ def _ok_cases() -> list[Case]:
         err("eval", "{tmp}/m", note="eval: a card naming an unknown dataset",
             setup=set_field("dataset", "no-such-data")),
         ok("info", "{a}", note="info: a part"),
+        ok("info", "{masks}", note="info: a masks directory"),
         ok("eval", "{model}", "--dataset", "fashion-mnist", note="eval: an MNIST model on Fashion-MNIST is legal"),
         ok("eval", "{joined}", note="eval: a parallel assembly"),
         ok("eval", "{a}", note="eval: a part"),
