@@ -85,11 +85,13 @@ class ModelCard:
         if raw.get("format_version", 0) > FORMAT_VERSION:
             raise MdakitError(f"model card format {raw['format_version']} is newer than this mdakit reads "
                               f"({FORMAT_VERSION}); upgrade mdakit")
+        missing = [name for name in ("arch", "input_shape", "num_classes") if name not in raw]
+        if missing:
+            raise MdakitError(f"model card is incomplete: it has no {', '.join(map(repr, missing))} field")
         known = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except TypeError as exc:
-            raise MdakitError(f"model card is incomplete: {exc}") from exc
+        card = cls(**{k: v for k, v in raw.items() if k in known})
+        check_card_classes(card)
+        return card
 
     def build(self) -> nn.Module:
         """A fresh module of this card's architecture with its structural edits, before weights are loaded."""
@@ -132,6 +134,23 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
        for name in ("arch_kwargs", "training", "metrics", "provenance")},
 }
 """Each card field's check and what it must be (fields a card may leave out are checked when present)."""
+
+
+def check_card_classes(card: ModelCard) -> None:
+    """Refuse a card whose logits are not distinct classes among its ``class_names`` (``num_classes`` is the
+    architecture's output count, which a padded assembly's merged network does not share with its logits).
+
+    >>> check_card_classes(ModelCard(arch="lenet5", input_shape=[1, 28, 28], num_classes=10, logit_classes=[0, 12]))
+    Traceback (most recent call last):
+    ...
+    mdakit.errors.MdakitError: model card field 'logit_classes' names class 12, but 'class_names' has classes 0-9
+    """
+    beyond = [c for c in card.logit_classes if c >= len(card.class_names)]
+    if beyond:
+        raise MdakitError(f"model card field 'logit_classes' names class {beyond[0]}, but 'class_names' has "
+                          f"classes 0-{len(card.class_names) - 1}")
+    if len(set(card.logit_classes)) != len(card.logit_classes):
+        raise MdakitError("model card field 'logit_classes' lists a class more than once")
 
 
 def check_card_fields(raw: Mapping[str, Any]) -> None:

@@ -105,8 +105,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise MdakitError(f"refusing {path}: it needs full unpickling, which could run arbitrary code "
                           "(none of it was run). Re-save it as a plain state_dict of tensors.") from exc
     except Exception as exc:  # the weights-only unpickler fails on foreign bytes with many types (IndexError, ...)
-        raise MdakitError(f"{path} is not a readable PyTorch checkpoint (truncated or foreign): "
-                          f"{str(exc).splitlines()[0]}") from exc
+        first_line = next(iter(str(exc).splitlines()), "") or type(exc).__name__
+        raise MdakitError(f"{path} is not a readable PyTorch checkpoint (empty, truncated or foreign): "
+                          f"{first_line}") from exc
     return _unwrap_state_dict(obj)
 
 

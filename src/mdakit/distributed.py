@@ -119,6 +119,8 @@ def joined(device: torch.device | str = "cpu", timeout: float = DEFAULT_TIMEOUT)
     ...     world.size
     1
     """
+    if not timeout > 0:
+        raise OptionError(f"{{0}} must be a positive number of seconds, got {timeout}", "timeout")
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         yield World(timeout=timeout)

@@ -49,8 +49,9 @@ class TrainConfig:
         for name in ("momentum", "weight_decay"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise OptionError(f"{{0}} must be a non-negative finite number, got {getattr(self, name)}", name)
-        if not 0 <= self.val_fraction < 1:
-            raise OptionError(f"{{0}} must be in [0, 1), got {self.val_fraction}", "val_fraction")
+        if not 0 < self.val_fraction < 1:
+            raise OptionError(f"{{0}} must be in (0, 1) (a validation split is always held out), got "
+                              f"{self.val_fraction}", "val_fraction")
         if self.train_subset is not None and self.train_subset < 1:
             raise OptionError(f"{{0}} must be positive, got {self.train_subset}", "train_subset")
 

@@ -184,6 +184,8 @@ def analyze(path: str | Path, out: str | Path, dataset: str | None = None,
     check_output(out, force, [path])
     if per_class is not None and per_class < 1:
         raise OptionError(f"{{0}} must be at least 1 test image per class, got {per_class}", "per_class")
+    if mosaics < 1:
+        raise OptionError(f"{{0}} must be at least 1, got {mosaics}", "mosaics")
     target = load_target(path, dataset, classes, method, samples, seed, data_dir, device, show_progress)
     results = run_analyses(target, per_class, mosaics, seed=seed, device=device, show_progress=show_progress)
     write_analyses(results, out, target.masks if target.computed else None, force=force)

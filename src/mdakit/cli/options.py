@@ -77,7 +77,8 @@ def attribution_settings(method: str, thresholds: ContributionSettings,
 
 def finite_numbers(command: Callable[..., None]) -> Callable[..., None]:
     """``command`` refusing NaN and infinite values in its number options (click's float parser accepts
-    them, and a NaN learning rate or tolerance would otherwise run to a meaningless result).
+    them, and a NaN learning rate or tolerance would otherwise run to a meaningless result), and integers
+    beyond 64 bits (a seed torch cannot take).
 
     >>> finite_numbers(lambda lr=0.1: None)(lr=float("nan"))
     Traceback (most recent call last):
@@ -89,6 +90,8 @@ def finite_numbers(command: Callable[..., None]) -> Callable[..., None]:
         for name, value in kwargs.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise OptionError(f"{{0}} must be a finite number, got {value}", name)
+            if isinstance(value, int) and not -(2 ** 63) <= value < 2 ** 63:
+                raise OptionError(f"{{0}} must fit in 64 bits, got {value}", name)
         command(*args, **kwargs)
 
     return checked

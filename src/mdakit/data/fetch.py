@@ -122,13 +122,24 @@ def torchvision_download(dataset_class: str) -> Fetcher:
     return fetch_torchvision
 
 
-def _check_writable(root: Path) -> None:
-    """Refuse a data folder that cannot be created or written, before anything is fetched."""
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty, so a failed fetch leaves none behind."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _make_writable(root: Path) -> list[Path]:
+    """Create the data folder, refusing one that cannot be created or written, before anything is fetched;
+    return the folders this created, deepest first."""
+    created = [p for p in (root, *root.parents) if not p.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=".mdakit-probe.", dir=root)).rmdir()
     except OSError as exc:
+        _remove_empty(created)
         raise MdakitError(f"cannot write the data folder {root}: {exc.strerror or exc}") from exc
+    return created
 
 
 def fetch(name: str, data_dir: str | Path | None = None, source: str = "auto") -> Path:
@@ -149,10 +160,12 @@ def fetch(name: str, data_dir: str | Path | None = None, source: str = "auto") -
         raise MdakitError(f"{entry.name} datasets are not fetched: point {entry.name}:PATH at your own tree")
     if source not in ("auto", *SOURCES):
         raise MdakitError(f"unknown source {source!r}; use auto, {' or '.join(SOURCES)}")
+    if source != "auto" and source not in entry.sources:
+        raise MdakitError(f"{key} has no {source} source; use {' or '.join(entry.sources)} (or auto)")
     root = data_root(data_dir)
     if _is_present(key, root):
         return root
-    _check_writable(root)
+    created = _make_writable(root)
     errors: list[str] = []
     for kind, fetcher in entry.sources.items():
         if source not in ("auto", kind):
@@ -163,4 +176,5 @@ def fetch(name: str, data_dir: str | Path | None = None, source: str = "auto") -
             errors.append(str(exc))
         if _is_present(key, root):
             return root
+    _remove_empty(created)
     raise MdakitError(f"could not fetch {key} into {root}: " + "; ".join(errors))

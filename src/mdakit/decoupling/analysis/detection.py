@@ -203,6 +203,10 @@ def detection_report(model_path: str | Path, out: str | Path, dataset: str | Non
     if list(original_card.input_shape) != list(card.input_shape):
         raise MdakitError(f"the original {source} takes {original_card.input_shape} but the decoupled model takes "
                           f"{card.input_shape}")
+    if [original_card.class_names[c] for c in original_card.logit_classes] != [card.class_names[c]
+                                                                                for c in card.logit_classes]:
+        raise OptionError(f"the original {source} ({original_card.dataset}) has other classes than the decoupled "
+                          f"model ({card.dataset}): name the model that was decoupled with {{0}}", "original")
     train, test, info = model_datasets(card, dataset, data_dir)
     study = detection_study(net, original, list(card.logit_classes), train, test, settings, device, progress)
     study.update(model=str(model_path), original=str(source), dataset=info.name)

@@ -76,6 +76,9 @@ class PathsSettings:
             raise MdakitError(f"the tree's Hopkins threshold must be in (0, 1), got {self.tree_threshold}")
         if self.top_k < 1 or self.occlusion_images < 0 or self.tree_min_size < 3:
             raise MdakitError("top-k must be positive, occlusion images non-negative and the tree's minimum size ≥ 3")
+        for name in ("patch", "stride"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise OptionError(f"{{0}} must be at least 1 pixel, got {getattr(self, name)}", name)
 
 
 def paths_report(model_path: str | Path, out: str | Path, dataset: str | None = None,
