@@ -33,20 +33,20 @@ class OutputExistsError(MdakitError):
 
 
 class UserBuiltModuleError(MdakitError):
-    """A model file saved from a user-built ``nn.Module``, which only that module can rebuild; ``path`` is the
-    model directory (None when not known).
+    """A model file saved from a user-built ``nn.Module``, which only that module can rebuild.
+
+    ``what`` names the file (a path, or ``part 0 (path)``); ``hint`` says what to do in Python.
 
     >>> str(UserBuiltModuleError("runs/part"))
-    'runs/part was saved from a user-built module: pass that module as into= to rebuild it'
+    'runs/part was saved from a user-built module, which only that module can rebuild: pass it as into='
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        super().__init__(path)
-        self.path = None if path is None else Path(path)
+    def __init__(self, what: str | Path = "this model", hint: str = "pass it as into=") -> None:
+        super().__init__(what, hint)
+        self.what, self.hint = str(what), hint
 
     def __str__(self) -> str:
-        where = self.path or "this model"
-        return f"{where} was saved from a user-built module: pass that module as into= to rebuild it"
+        return f"{self.what} was saved from a user-built module, which only that module can rebuild: {self.hint}"
 
 
 class OptionError(MdakitError):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mdakit.artifacts import ModelCard, load_with_card
-from mdakit.data import DatasetInfo, load_dataset, parse_classes
+from mdakit.data import DatasetInfo, load_dataset, parse_classes, registered_info
 from mdakit.errors import MdakitError
 
 DataSpec = Dataset | DataLoader | str
@@ -98,6 +98,8 @@ class Workspace:
             if card is None or card.dataset is None:
                 raise MdakitError("no data given and the model names no dataset")
             data = card.dataset
+        if card is not None and isinstance(data, str) and (known := registered_info(data)) is not None:
+            check_shape(card, known)  # before asking for the files of a dataset that cannot fit
         train = as_dataset(data, "train", data_dir)
         if test_data is None and isinstance(data, str):
             test_data = data
@@ -134,15 +136,23 @@ def model_split(card: ModelCard, split: str, dataset: str | None = None, data_di
     name = dataset or card.dataset
     if name is None:
         raise MdakitError("the model card names no dataset; name one")
+    known = registered_info(name)
+    if known is not None:  # refuse a dataset of the wrong shape before asking for its files
+        check_shape(card, known)
     data, info = load_dataset(name, split, data_dir)
     check_fits(card, info)
     return data, info
 
 
-def check_fits(card: ModelCard, info: DatasetInfo) -> None:
-    """Refuse a dataset whose images do not fit the model or that lacks one of its logits' classes."""
+def check_shape(card: ModelCard, info: DatasetInfo) -> None:
+    """Refuse a dataset whose images do not fit the model's input."""
     if list(info.input_shape) != list(card.input_shape):
         raise MdakitError(f"{info.name} images are {list(info.input_shape)} but the model takes {card.input_shape}")
+
+
+def check_fits(card: ModelCard, info: DatasetInfo) -> None:
+    """Refuse a dataset whose images do not fit the model or that lacks one of its logits' classes."""
+    check_shape(card, info)
     if card.logit_classes and max(card.logit_classes) >= info.num_classes:
         raise MdakitError(f"the model has logits for classes up to {max(card.logit_classes)} but {info.name} "
                           f"has {info.num_classes} classes")

@@ -17,7 +17,7 @@ import torch
 from mdakit.artifacts import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, read_card, save
 from mdakit.assembly.card import FORMAT, FORMAT_VERSION, AssemblyCard
 from mdakit.assembly.models import AssembledModel, PaddedAssembly
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
 from mdakit.model_dir import is_assembled
 from mdakit.padding import padded_widths
@@ -85,9 +85,8 @@ def _refuse_user_built(path: Path, count: int) -> None:
     """Refuse, before loading anything, an assembly holding a part mdakit cannot rebuild by itself."""
     for p in range(count):
         if read_card(path / f"part-{p}")[0].arch is None:
-            raise MdakitError(f"{path / f'part-{p}'} was saved from a user-built module, which mdakit cannot "
-                              "rebuild by itself: load each part with load_with_card(part_dir, into=<that "
-                              "module>) and join them again with assemble")
+            raise UserBuiltModuleError(path / f"part-{p}", "load each part with load_with_card(part_dir, "
+                                       "into=<that module>) and join them again with assemble")
 
 
 def load_assembled(path: str | Path, device: torch.device | str = "cpu"

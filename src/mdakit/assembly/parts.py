@@ -14,7 +14,7 @@ from mdakit.artifacts import ModelCard, load_with_card, read_card
 from mdakit.assembly.files import is_assembled
 from mdakit.data import load_dataset
 from mdakit.disassembly import Part
-from mdakit.errors import MdakitError
+from mdakit.errors import MdakitError, UserBuiltModuleError
 
 PartSpec = str | Path | Part | tuple[nn.Module, ModelCard]
 DataSpec = Mapping[int, Dataset | str] | Sequence[Dataset | str | None] | None
@@ -24,9 +24,8 @@ def _load_part(path: str | Path, index: int) -> tuple[nn.Module, ModelCard]:
     if is_assembled(path):
         raise MdakitError(f"{path} is an assembled model; assemble its parts ({Path(path) / 'part-0'}, ...) instead")
     if read_card(path)[0].arch is None:
-        raise MdakitError(f"part {index} ({path}) was saved from a user-built module, which mdakit cannot rebuild "
-                          "by itself: load it with load_with_card(path, into=<that module>) and pass the "
-                          "(module, card) pair")
+        raise UserBuiltModuleError(f"part {index} ({path})", "load it with load_with_card(path, into=<that "
+                                   "module>) and pass the (module, card) pair")
     return load_with_card(path)
 
 

@@ -101,11 +101,11 @@ def eval_cmd(model_path: ModelArg,
              device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """Accuracy (overall, per class), confusion matrix, parameters and MACs of a model."""
     from mdakit.artifacts import load_with_card
-    from mdakit.data import load_dataset, parse_classes
+    from mdakit.data import parse_classes
     from mdakit.evaluate import evaluate
     from mdakit.metrics import model_size
     from mdakit.seeding import resolve_device
-    from mdakit.workspace import check_fits
+    from mdakit.workspace import model_split
 
     dev = resolve_device(device)
     if is_assembled(model_path):
@@ -118,8 +118,7 @@ def eval_cmd(model_path: ModelArg,
     name = dataset or card.dataset
     if name is None:
         raise MdakitError("the model card names no dataset: pass --dataset")
-    test_data, info = load_dataset(name, "test", data_dir)
-    check_fits(card, info)
+    test_data, info = model_split(card, "test", name, data_dir)
     chosen = parse_classes(classes, info.class_names) if classes is not None else None
     evaluation = evaluate(model, test_data, card.logit_classes, chosen, restrict_logits, device=dev, show_progress=True)
     size = model_size(model.cpu(), card.input_shape)

@@ -14,6 +14,11 @@ from typing import Any
 import typer
 from rich.console import Console
 
+try:  # typer 0.2x ships its own copy of click, whose exceptions are the ones raised
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
+
 from mdakit.errors import MdakitError, OptionError, OutputExistsError, UserBuiltModuleError
 from mdakit.files import check_output
 
@@ -68,8 +73,8 @@ def error_line(exc: MdakitError) -> str:
     if isinstance(exc, OptionError):
         return f"mdakit: error: {exc.worded(flag)}"
     if isinstance(exc, UserBuiltModuleError):
-        return (f"mdakit: error: {exc.path or 'the model'} was saved from a user-built nn.Module, which the command "
-                "line cannot rebuild; open it in Python with mdakit.load(path, into=<that module>)")
+        return (f"mdakit: error: {exc.what} was saved from a user-built nn.Module, which the command line cannot "
+                "rebuild; open it in Python with mdakit.load(path, into=<that module>)")
     return f"mdakit: error: {exc}"
 
 
@@ -83,10 +88,26 @@ def flag(option: str) -> str:
 
 
 def run_app(app: typer.Typer, argv: list[str]) -> int:
-    """Run ``app`` on ``argv`` and return the exit code: 0 ok, 2 user error (one line on stderr)."""
+    """Run ``app`` on ``argv`` and return the exit code: 0 ok, 2 user error (one line on stderr).
+
+    A value the parser refuses (``--epochs abc``, an unknown command) is a user error too, in the same one
+    line; asking for help (``--help``, a bare group) prints the help.
+    """
     _state["debug"] = "--debug" in argv
     try:
-        app(args=argv, prog_name="mdakit")
+        result = app(args=argv, prog_name="mdakit", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        if exc.format_message():  # the rich help formatter has printed the help already
+            print(exc.format_message(), file=sys.stderr)
+        return 2
+    except click_exceptions.UsageError as exc:
+        print(f"mdakit: error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("mdakit: aborted", file=sys.stderr)
+        return 1
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MdakitError as exc:
@@ -94,4 +115,4 @@ def run_app(app: typer.Typer, argv: list[str]) -> int:
             traceback.print_exc()
         print(error_line(exc), file=sys.stderr)
         return 2
-    return 0
+    return result if isinstance(result, int) else 0

@@ -36,9 +36,10 @@ from mdakit.data.registry import (
     default_data_dir,
     load_dataset,
     register_dataset,
+    registered_info,
 )
 
 __all__ = ["BUILTIN", "DATASETS", "SOURCES", "SPLITS", "ClassSubset", "ClassUnion", "DatasetEntry", "DatasetInfo",
            "ImageTensorDataset", "canonical_name", "data_root", "dataset_info", "default_data_dir", "fetch",
            "labels_of", "load_dataset", "make_loader", "parse_classes", "per_class_subset", "register_dataset",
-           "stratified_split"]
+           "registered_info", "stratified_split"]

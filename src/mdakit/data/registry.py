@@ -150,6 +150,17 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     return DATASETS[key].load(split, data_root(data_dir))
 
 
+def registered_info(name: str) -> DatasetInfo | None:
+    """What the registry knows of a dataset without reading any file (None for datasets only their files
+    describe, such as image folders).
+
+    >>> registered_info("cifar10").input_shape
+    (3, 32, 32)
+    """
+    entry = DATASETS.get(canonical_name(name))
+    return None if entry is None else entry.info
+
+
 def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
     """Shape, class names and normalisation of a dataset (reads the files only where needed).
 
