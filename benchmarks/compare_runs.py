@@ -54,6 +54,15 @@ def differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(path, a, b)]
 
 
+def count_values(value: Any) -> int:
+    """How many numbers, strings and other leaves ``value`` holds."""
+    if isinstance(value, dict):
+        return sum(count_values(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_values(v) for v in value)
+    return 1
+
+
 def json_files(root: Path) -> dict[str, Path]:
     """The results and cached cells of a checkout, by path relative to it."""
     files = [*(root / "runs").rglob("*.json"), *(root / "benchmarks" / "results").glob("*.json")]
@@ -73,11 +82,12 @@ def main() -> int:
     args = parser.parse_args()
     before, after = json_files(args.before), json_files(args.after)
     shared = sorted(set(before) & set(after))
-    differing = 0
+    differing = compared = 0
     for name in shared:
-        found = differences(comparable(json.loads(before[name].read_text())),
-                            comparable(json.loads(after[name].read_text())))
+        kept = comparable(json.loads(after[name].read_text()))
+        found = differences(comparable(json.loads(before[name].read_text())), kept)
         differing += bool(found)
+        compared += count_values(kept)
         for row in found[:5]:
             print(f"{name}: {row}")
     sums_before, sums_after = digests(args.before), digests(args.after)
@@ -89,7 +99,7 @@ def main() -> int:
     for name in only:
         print(f"{name}: in one checkout only")
     print(f"{len(shared)} JSON files in both ({len(only)} cached cells in one only), {differing} with differences "
-          f"beyond timings; "
+          f"beyond timings ({compared:,} values compared); "
           f"{len(same_weights)} of {len(sums_before)} weights files byte-identical")
     return int(bool(differing or only or len(same_weights) != len(sums_before) or set(sums_before) ^ set(sums_after)))
 
