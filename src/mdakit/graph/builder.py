@@ -8,7 +8,10 @@ the small vocabulary handlers speak: fresh ids, identity, permutation, mixing, c
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.fx
@@ -50,19 +53,54 @@ class Tracer(torch.fx.Tracer):
     traced through as before (a ``Conv2d`` subclass may pad in its forward).
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside: list[str] = []  # the modules being traced, outermost first; left as they were on a failure
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m) in MODULES
                 or super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        self.inside.append(self.path_of_module(m))
+        result = super().call_module(m, forward, args, kwargs)
+        self.inside.pop()
+        return result
 
 
 def fx_trace(model: nn.Module) -> torch.fx.Graph:
     """The fx graph of ``model`` as :func:`trace` sees it (node names included).
 
+    Code fx cannot trace raises :class:`MdakitError` naming the module and the source line where it stopped.
+
     >>> from mdakit.zoo import build_model
     >>> [n.op for n in fx_trace(build_model("lenet5", (1, 28, 28), 10)).nodes][:2]
     ['placeholder', 'get_attr']
+    >>> class Branchy(nn.Module):
+    ...     def forward(self, x): return x if x.sum() > 0 else -x
+    >>> fx_trace(nn.Sequential(nn.Conv2d(1, 1, 1), Branchy()))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mdakit.errors.MdakitError: cannot trace Sequential with torch.fx: in module '1' (Branchy), at <doctest ...>:2: \
+symbolically traced variables cannot be used as inputs to control flow
     """
-    return Tracer().trace(model)
+    tracer = Tracer()
+    try:
+        return tracer.trace(model)
+    except Exception as exc:  # fx raises many types for untraceable code
+        where = f"in module {tracer.inside[-1]!r} ({type(model.get_submodule(tracer.inside[-1])).__name__}), " \
+            if tracer.inside else ""
+        line = _user_line(exc)
+        raise MdakitError(f"cannot trace {type(model).__name__} with torch.fx: {where}{line}"
+                          f"{str(exc).splitlines()[0]}") from exc
+
+
+def _user_line(exc: BaseException) -> str:
+    """``at FILE:LINE: `` of the innermost frame of ``exc`` outside torch and mdakit (the model's code), or nothing."""
+    libraries = (Path(torch.__file__).parent, Path(__file__).parents[1])
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not any(root in Path(f.filename).parents for root in libraries)]
+    return f"at {Path(frames[-1].filename).name}:{frames[-1].lineno}: " if frames else ""
 
 
 def trace(model: nn.Module, input_shape: Sequence[int]) -> ChannelGraph:
@@ -75,10 +113,7 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> ChannelGraph:
     >>> g.layer("net.classifier.1").in_size  # 16 channels x 5 x 5 flattened
     400
     """
-    try:
-        graph = fx_trace(model)  # torch.nn modules and every BatchNorm stay leaves
-    except Exception as exc:  # fx raises many types for untraceable code
-        raise MdakitError(f"cannot trace {type(model).__name__} with torch.fx: {str(exc).splitlines()[0]}") from exc
+    graph = fx_trace(model)  # torch.nn modules and every BatchNorm stay leaves
     gm = torch.fx.GraphModule(model, graph)
     was_training = model.training
     model.eval()
