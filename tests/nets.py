@@ -106,6 +106,35 @@ class ShuffleNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class SliceNet(nn.Module):
+    """Channel slices as GhostNet and ReXNet write them: a concat cut back to a width (``[:, :9]`` of 10
+    channels), a slice that keeps every channel (``[:, :8]`` of 8), a shortcut added to the first channels
+    (``[:, :4]`` + shortcut, concatenated with the rest) and a spatial crop."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, 4, 3, padding=1)
+        self.primary = nn.Sequential(nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.BatchNorm2d(5), nn.ReLU())
+        self.expand = nn.Conv2d(9, 8, 3, padding=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        shortcut = torch.relu(self.stem(x))
+        a = self.primary(shortcut)
+        x = torch.cat([a, self.cheap(a)], 1)[:, :9]
+        x = torch.relu(self.expand(x))[:, :8]
+        x = torch.cat([x[:, 0:4] + shortcut, x[:, 4:]], dim=1)[:, :, 1:, 1:]
+        return self.fc(x.mean((2, 3)))
+
+
+class FunctionalLinear(nn.Linear):
+    """A Linear subclass written as timm's: it is traced through to ``F.linear`` on its own parameters."""
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
 def first_images(dataset, n: int) -> torch.Tensor:
     """The first ``n`` images of a dataset, stacked."""
     return torch.stack([dataset[i][0] for i in range(n)])

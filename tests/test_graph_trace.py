@@ -187,8 +187,9 @@ class _Apply(nn.Module):
     (lambda m, x: torch.erf(x), "unsupported op call_function 'erf' at node 'erf': mdakit cannot tell how it maps "
                                 "channels"),
     (lambda m, x: x.erf(), "unsupported op call_method 'erf' at node 'erf': mdakit cannot tell how it maps channels"),
-    (lambda m, x: x[:, :, :3], "unsupported op call_function 'getitem' at node 'getitem': mdakit cannot tell how it "
-                               "maps channels"),
+    (lambda m, x: x[:, :, 0:1, None][..., 0], "unsupported op call_function 'getitem' at node 'getitem': only "
+                                              "slices along channels or the spatial dimensions (x[:, a:b, ...]) "
+                                              "are followed"),
     (lambda m, x: x.mT, "unsupported op call_function 'getattr' at node 'getattr_1': mdakit cannot tell how it maps "
                         "channels"),
     (lambda m, x: torch.stack(torch.unbind(x, 1), 1), "unsupported op call_function 'unbind' at node 'unbind': its "
@@ -224,3 +225,50 @@ def test_a_per_channel_constant_pins_and_a_scalar_prefactor_couples_nothing():
     assert g.pinned_mask()[g.groups(g.layer("conv").out_ids)].all()
     g = trace(_Apply(lambda m, x: 0.5 * x), (1, 6, 6))
     assert not g.pinned_mask()[g.groups(g.layer("conv").out_ids)].any()
+
+
+def test_channel_slices_pin_what_they_cut_and_pass_what_they_keep():
+    from nets import SliceNet
+
+    g = trace(SliceNet(), (1, 8, 8))
+    ids, pinned = g.node_ids, g.pinned_mask()
+    assert torch.equal(ids["getitem"], ids["cat"][:9])  # the concat cut back to 9 of its 10 channels
+    assert torch.equal(ids["getitem_1"], ids["relu_1"])  # [:, :8] of 8 channels keeps them all
+    assert torch.equal(ids["getitem_2"], ids["getitem_1"][:4]) and torch.equal(ids["getitem_3"], ids["getitem_1"][4:])
+    assert all(pinned[g.find(int(i))] for i in torch.cat((ids["cat"], ids["relu_1"])))
+    assert g.positional == {"getitem", "getitem_1", "getitem_2", "getitem_3"}
+
+
+@pytest.mark.parametrize("index", ["x[:, 0]", "x[0]", "x[..., :2]", "x[:, None]"])
+def test_other_indexing_of_channels_is_refused(index):
+    class Indexed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return eval(index).flatten(1)
+
+    with pytest.raises(MdakitError, match="getitem"):
+        trace(Indexed(), (1, 2, 2))
+
+
+class _BorrowedWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return nn.functional.linear(self.conv(x).mean((2, 3)), self.fc.weight)
+
+
+def test_functional_linear_of_a_linear_subclass_is_that_layer():
+    from nets import FunctionalLinear
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Flatten(), FunctionalLinear(4 * 2 * 2, 3))
+    g = trace(net, (1, 2, 2))
+    assert [layer.name for layer in g.layers] == ["0", "2"] and g.output_layer.name == "2"
+    assert g.layer("2").kind == "linear" and g.layer("2").in_size == 16
+    with pytest.raises(MdakitError, match="functional linear is followed only inside an nn.Linear subclass"):
+        trace(_BorrowedWeight(), (1, 2, 2))

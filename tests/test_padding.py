@@ -17,7 +17,7 @@ from mdakit.graph import trace
 from mdakit.padding import merge_padded, split_normalize
 from mdakit.surgery import keep_sets, rebuild
 from mdakit.zoo import build_model
-from nets import DepthwiseNet, randomize_batchnorm, zoo_params
+from nets import DepthwiseNet, SliceNet, randomize_batchnorm, zoo_params
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,13 @@ def test_padded_merge_on_random_architectures(blocks, width, head, seed, images)
 def test_grouped_convolutions_are_refused():
     nets = [DepthwiseNet().eval(), DepthwiseNet().eval()]
     with pytest.raises(MdakitError, match="grouped convolution 'gc'"):
+        merge_padded(nets, (1, 8, 8))
+
+
+def test_channel_slices_are_refused():
+    """A slice's bounds are numbers in the code: on the parts' channels stacked they would pick others."""
+    nets = [SliceNet().eval(), SliceNet().eval()]
+    with pytest.raises(MdakitError, match="node 'getitem': its code picks channels at fixed positions"):
         merge_padded(nets, (1, 8, 8))
 
 

@@ -16,7 +16,7 @@ from mdakit.graph import trace
 from mdakit.metrics import count_parameters
 from mdakit.surgery import MaskedModel, apply_kernel_masks, keep_sets, rebuild
 from mdakit.zoo import build_model
-from nets import ConcatPoolNet, DepthwiseNet, ResidualNet, ShuffleNet, randomize_batchnorm
+from nets import ConcatPoolNet, DepthwiseNet, FunctionalLinear, ResidualNet, ShuffleNet, SliceNet, randomize_batchnorm
 
 
 def random_masks(graph, seed, keep_prob=0.6):
@@ -75,8 +75,11 @@ def test_extraction_equals_masked_original(arch, shape, mnist_images):
 
 
 @pytest.mark.parametrize("net, shape", [(ConcatPoolNet(), (1, 28, 28)), (ResidualNet(), (1, 28, 28)),
-                                        (DepthwiseNet(), (1, 28, 28)), (ShuffleNet(), (1, 28, 28))],
-                         ids=["concat-pool", "residual", "depthwise", "shuffle"])
+                                        (DepthwiseNet(), (1, 28, 28)), (ShuffleNet(), (1, 28, 28)),
+                                        (SliceNet(), (1, 28, 28)),
+                                        (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                                                       FunctionalLinear(4 * 26 * 26, 3)), (1, 28, 28))],
+                         ids=["concat-pool", "residual", "depthwise", "shuffle", "slice", "functional-linear"])
 def test_extraction_on_op_patterns(net, shape, mnist_images):
     for seed in range(3):
         _check(net, shape, mnist_images, seed=seed, kernel=seed == 2, rows=[2, 0])

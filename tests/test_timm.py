@@ -1,6 +1,7 @@
 """timm architectures in the zoo: graph, extraction equivalence and assembly (resnet18, efficientnet_b0 with
-its squeeze-excitation gates and BatchNormAct layers), and the precise errors for the timm models whose ops
-mdakit cannot follow yet (convnext_atto, mobilenetv3)."""
+its squeeze-excitation gates and BatchNormAct layers; ghostnet and rexnet with their channel slices;
+mobilenetv3 with its functional linear head), and the precise error for a timm model whose ops mdakit
+cannot follow yet (convnext_atto)."""
 
 import warnings
 
@@ -107,8 +108,42 @@ def test_parts_assemble(timm_model, images, tmp_path, layout):
         assert (assembled.eval()(images) - want).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name, op", [("convnext_atto", "permute"), ("mobilenetv3_small_100", "linear")])
+@pytest.mark.parametrize("name, op", [("convnext_atto", "permute")])
 def test_unsupported_timm_models_name_the_op(name, op):
     model = build_model(f"timm:{name}", (1, 32, 32), 10)
     with pytest.raises(MdakitError, match=f"unsupported op call_(function|method) '{op}' at node"):
         trace(model, (1, 32, 32))
+
+
+@pytest.mark.parametrize("name, sliced", [("ghostnet_100", True), ("rexnet_100", True),
+                                          ("mobilenetv3_small_100", False)])
+def test_sliced_and_functional_linear_models_extract_exactly_and_assemble(name, sliced, images, tmp_path):
+    """GhostNet cuts its concats back with ``[:, :n]`` and ReXNet adds its shortcut to ``[:, :n]``: sliced
+    sources are pinned, so extraction stays exact, and the padded layout refuses the fixed slices.
+    GhostNet's and MobileNetV3's heads are timm ``Linear`` layers that call ``F.linear``."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(f"timm:{name}", SHAPE, 10)).eval()
+    graph = trace(model, SHAPE)
+    assert bool(graph.positional) == sliced
+    parts = []
+    for p, (classes, seed) in enumerate((([0, 1], 2), ([5], 3))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            keep = keep_sets(graph, _random_masks(graph, seed), classes)
+        part = rebuild(model, keep).eval()
+        with torch.no_grad():
+            assert (part(images) - MaskedModel(graph, keep).eval()(images)).abs().max() <= 1e-4
+        card = ModelCard(f"timm:{name}", list(SHAPE), 10, dataset="mnist", logit_classes=classes,
+                         edits=[keep.to_dict()])
+        parts.append(save(part, tmp_path / f"part-{p}", card))
+    assembled, _ = assemble(parts, layout="parallel")
+    with torch.no_grad():
+        want = torch.cat([load_with_card(path)[0](images) for path in parts], dim=1)
+        assert (assembled.eval()(images) - want).abs().max() <= 1e-4
+    if sliced:
+        with pytest.raises(MdakitError, match="picks channels at fixed positions"):
+            assemble(parts, layout="padded")
+    else:
+        padded, _ = assemble(parts, layout="padded")
+        with torch.no_grad():
+            assert (padded.eval()(images) - want).abs().max() <= 1e-4

@@ -1,4 +1,5 @@
-"""Layers with parameters: the prunable ``Conv2d`` and ``Linear``, and BatchNorm, which follows them.
+"""Layers with parameters: the prunable ``Conv2d`` and ``Linear`` (also a ``Linear`` subclass that calls
+``F.linear`` on its own parameters), and BatchNorm, which follows them.
 
 A prunable layer creates one channel id per output channel. A depthwise convolution couples input
 channel ``j`` with output channel ``j``; a grouped one (not depthwise) pins its inputs and outputs,
@@ -11,17 +12,45 @@ from __future__ import annotations
 import torch
 import torch.fx
 from torch import nn
+from torch.nn import functional as F
 
 from mdakit.errors import MdakitError
-from mdakit.graph.builder import GraphBuilder, tensor_shape
+from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
 from mdakit.graph.channel_graph import PrunableLayer
-from mdakit.graph.registry import register_module
+from mdakit.graph.registry import register_function, register_module
 
 
 @register_module(nn.Conv2d, nn.Linear)
 def prunable(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn.Linear) -> None:
     """A layer whose output channels can be removed (and whose input channels follow its producers)."""
-    name = str(node.target)
+    add_layer(builder, node, module, str(node.target))
+
+
+@register_function(F.linear)
+def functional_linear(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """``F.linear(x, self.weight, self.bias)`` inside the forward of an ``nn.Linear`` subclass (timm's
+    ``Linear``, traced through): the layer is that module, as if it had been called as a leaf.
+
+    Weights of another module, or computed ones, are refused: the module's parameters are what the
+    surgery slices and what its hooks see.
+    """
+    weight = node.kwargs.get("weight", node.args[1] if len(node.args) > 1 else None)
+    bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
+    stack = list(node.meta.get("nn_module_stack", {}))
+    owner = stack[-1] if stack else ""
+    module = builder.modules.get(owner)
+    expected_bias = f"{owner}.bias" if isinstance(module, nn.Linear) and module.bias is not None else None
+    if not (isinstance(module, nn.Linear) and isinstance(weight, torch.fx.Node) and weight.op == "get_attr"
+            and weight.target == f"{owner}.weight"
+            and (bias.target if isinstance(bias, torch.fx.Node) and bias.op == "get_attr" else bias)
+            == expected_bias):
+        raise MdakitError(f"unsupported op {describe(node)}: a functional linear is followed only inside an "
+                          "nn.Linear subclass's forward on its own weight and bias")
+    add_layer(builder, node, module, owner)
+
+
+def add_layer(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn.Linear, name: str) -> None:
+    """Record ``module`` (at path ``name``) as the prunable layer computed by ``node``."""
     if any(layer.name == name for layer in builder.layers):
         raise MdakitError(f"module {name!r} is called more than once (shared weights are not supported)")
     source = builder.first_tensor(node)

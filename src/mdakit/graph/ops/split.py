@@ -1,7 +1,8 @@
-"""``chunk``/``split`` along channels and the pieces read from them: slices of the source's ids.
+"""``chunk``/``split`` along channels and the pieces read from them, and slices of tensors with channels.
 
-The split sizes are fixed, so every channel of the source is pinned. ``getitem`` on anything else
-without channels (a shape, a tuple of sizes) is bookkeeping.
+The split sizes and slice bounds are fixed, so every channel of the source is pinned (a slice that keeps
+every channel excepted). ``getitem`` on anything else without channels (a shape, a tuple of sizes) is
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -33,14 +34,43 @@ def chunk(builder: GraphBuilder, node: torch.fx.Node) -> None:
 
 @register_function(operator.getitem, any_result=True)
 def piece(builder: GraphBuilder, node: torch.fx.Node) -> None:
-    """Piece ``i`` of a chunk or split: the slice of the source's ids at its offset."""
+    """Piece ``i`` of a chunk or split: the slice of the source's ids at its offset; or a slice of a tensor
+    with channels (:func:`channel_slice`)."""
     container = node.args[0]
     if container.name not in builder.pieces:
         if container.name in builder.ids:
-            raise builder.unsupported(node)  # indexing a tensor with channels
+            channel_slice(builder, node)
         return
     name, sizes = builder.pieces[container.name]
     index = int(node.args[1])
     start = sum(sizes[:index])
     builder.assign(node, builder.ids[name][start:start + sizes[index]],
                    [Edge(name, torch.arange(start, start + sizes[index]))])
+
+
+def channel_slice(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """``x[:, a:b]`` (and any slices of the spatial dims) on a tensor with channels.
+
+    The slice bounds are numbers in the model's code, so once a channel of ``x`` is removed they would
+    pick other channels: every channel of ``x`` is pinned when the slice leaves any out. A slice that
+    keeps every channel is a pass-through (it stops at the tensor's end, however many channels are left).
+    Bounded slices are recorded as ``positional`` for the layouts that stack channels. Integer, tensor,
+    ``None`` or ``...`` indices are refused.
+    """
+    source = node.args[0]
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    if not (len(index) >= 1 and all(isinstance(i, slice) for i in index) and index[0] == slice(None)
+            and all(isinstance(b, int | None) for i in index for b in (i.start, i.stop, i.step))):
+        raise MdakitError(f"unsupported op {describe(node)}: only slices along channels or the spatial "
+                          "dimensions (x[:, a:b, ...]) are followed")
+    ids = builder.ids[source.name]
+    channel = index[1] if len(index) > 1 else slice(None)
+    positions = list(range(len(ids)))[channel]
+    if positions == list(range(len(ids))):
+        builder.identity(node, source)  # still right once channels go: the slice stops at the tensor's end
+        if channel.stop is not None:  # but not on several models' channels stacked
+            builder.positional.add(node.name)
+        return
+    builder.pin(ids)
+    builder.positional.add(node.name)
+    builder.assign(node, ids[positions], [Edge(source.name, torch.tensor(positions, dtype=torch.long))])
