@@ -135,6 +135,22 @@ class FunctionalLinear(nn.Linear):
         return nn.functional.linear(x, self.weight, self.bias)
 
 
+class GroupNormNet(nn.Module):
+    """Convs with GroupNorm (its channels pinned) on a residual path, before a removable conv."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(4, 8))
+        self.wide = nn.Sequential(nn.Conv2d(8, 12, 1), nn.ReLU())
+        self.fc = nn.Linear(12, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.fc(self.wide(x).mean((2, 3)))
+
+
 def first_images(dataset, n: int) -> torch.Tensor:
     """The first ``n`` images of a dataset, stacked."""
     return torch.stack([dataset[i][0] for i in range(n)])

@@ -236,7 +236,7 @@ def test_channel_slices_pin_what_they_cut_and_pass_what_they_keep():
     assert torch.equal(ids["getitem_1"], ids["relu_1"])  # [:, :8] of 8 channels keeps them all
     assert torch.equal(ids["getitem_2"], ids["getitem_1"][:4]) and torch.equal(ids["getitem_3"], ids["getitem_1"][4:])
     assert all(pinned[g.find(int(i))] for i in torch.cat((ids["cat"], ids["relu_1"])))
-    assert g.positional == {"getitem", "getitem_1", "getitem_2", "getitem_3"}
+    assert set(g.unmergeable) == {"getitem", "getitem_1", "getitem_2", "getitem_3"}
 
 
 @pytest.mark.parametrize("index", ["x[:, 0]", "x[0]", "x[..., :2]", "x[:, None]"])
@@ -272,3 +272,13 @@ def test_functional_linear_of_a_linear_subclass_is_that_layer():
     assert g.layer("2").kind == "linear" and g.layer("2").in_size == 16
     with pytest.raises(MdakitError, match="functional linear is followed only inside an nn.Linear subclass"):
         trace(_BorrowedWeight(), (1, 2, 2))
+
+
+def test_group_norm_pins_its_channels_and_keeps_the_rest_removable():
+    from nets import GroupNormNet
+
+    g = trace(GroupNormNet(), (1, 8, 8))
+    pinned = g.pinned_mask()
+    assert all(pinned[g.find(int(i))] for i in g.layer("stem.0").out_ids)
+    assert not any(pinned[g.find(int(i))] for i in g.layer("wide.0").out_ids)
+    assert set(g.unmergeable) == {"stem_1", "block_1"}

@@ -17,7 +17,7 @@ from mdakit.graph import trace
 from mdakit.padding import merge_padded, split_normalize
 from mdakit.surgery import keep_sets, rebuild
 from mdakit.zoo import build_model
-from nets import DepthwiseNet, SliceNet, randomize_batchnorm, zoo_params
+from nets import DepthwiseNet, GroupNormNet, SliceNet, randomize_batchnorm, zoo_params
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,11 @@ def test_channel_slices_are_refused():
     nets = [SliceNet().eval(), SliceNet().eval()]
     with pytest.raises(MdakitError, match="node 'getitem': its code picks channels at fixed positions"):
         merge_padded(nets, (1, 8, 8))
+
+
+def test_group_norms_are_refused():
+    with pytest.raises(MdakitError, match="a GroupNorm's statistics span its channels"):
+        merge_padded([GroupNormNet().eval(), GroupNormNet().eval()], (1, 8, 8))
 
 
 def test_different_graphs_are_refused():

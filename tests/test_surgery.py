@@ -16,7 +16,16 @@ from mdakit.graph import trace
 from mdakit.metrics import count_parameters
 from mdakit.surgery import MaskedModel, apply_kernel_masks, keep_sets, rebuild
 from mdakit.zoo import build_model
-from nets import ConcatPoolNet, DepthwiseNet, FunctionalLinear, ResidualNet, ShuffleNet, SliceNet, randomize_batchnorm
+from nets import (
+    ConcatPoolNet,
+    DepthwiseNet,
+    FunctionalLinear,
+    GroupNormNet,
+    ResidualNet,
+    ShuffleNet,
+    SliceNet,
+    randomize_batchnorm,
+)
 
 
 def random_masks(graph, seed, keep_prob=0.6):
@@ -78,8 +87,10 @@ def test_extraction_equals_masked_original(arch, shape, mnist_images):
                                         (DepthwiseNet(), (1, 28, 28)), (ShuffleNet(), (1, 28, 28)),
                                         (SliceNet(), (1, 28, 28)),
                                         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
-                                                       FunctionalLinear(4 * 26 * 26, 3)), (1, 28, 28))],
-                         ids=["concat-pool", "residual", "depthwise", "shuffle", "slice", "functional-linear"])
+                                                       FunctionalLinear(4 * 26 * 26, 3)), (1, 28, 28)),
+                                        (GroupNormNet(), (1, 28, 28))],
+                         ids=["concat-pool", "residual", "depthwise", "shuffle", "slice", "functional-linear",
+                              "group-norm"])
 def test_extraction_on_op_patterns(net, shape, mnist_images):
     for seed in range(3):
         _check(net, shape, mnist_images, seed=seed, kernel=seed == 2, rows=[2, 0])

@@ -124,7 +124,7 @@ def test_sliced_and_functional_linear_models_extract_exactly_and_assemble(name, 
     torch.manual_seed(0)
     model = randomize_batchnorm(build_model(f"timm:{name}", SHAPE, 10)).eval()
     graph = trace(model, SHAPE)
-    assert bool(graph.positional) == sliced
+    assert bool(graph.unmergeable) == sliced
     parts = []
     for p, (classes, seed) in enumerate((([0, 1], 2), ([5], 3))):
         with warnings.catch_warnings():

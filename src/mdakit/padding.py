@@ -113,9 +113,9 @@ def _layouts(graphs: Sequence[ChannelGraph], overrides: dict[str, Layout]) -> di
         if edges is None:  # the input
             layouts[name] = [(p, c) for p in parts for c in range(sizes[p])]
             continue
-        if name in base.positional:
-            raise MdakitError(f"the padded layout cannot merge node {name!r}: its code picks channels at fixed "
-                              "positions, which stacking the parts' channels would move; use the parallel layout")
+        if name in base.unmergeable:
+            raise MdakitError(f"the padded layout cannot merge node {name!r}: {base.unmergeable[name]}; "
+                              "use the parallel layout")
         kind = _edge_kind(edges, sizes[0], [len(graphs[0].node_ids[e.input]) for e in edges])
         inputs = [layouts[e.input] for e in edges]
         if kind == "identity":

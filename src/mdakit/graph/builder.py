@@ -137,8 +137,8 @@ class GraphBuilder:
     ``layers``, ``channel_modules`` (per-channel modules whose parameters follow the channels kept),
     and two records of multi-node patterns: ``grouped`` (5-D node -> (dim 1, dim 2) sizes, the
     channels of a view into groups, as a channel shuffle starts) and ``pieces`` (chunk/split node ->
-    (source node, piece sizes)); ``positional`` names the nodes whose code picks channels at fixed
-    positions (``x[:, :16]``).
+    (source node, piece sizes)); ``unmergeable`` says why a node cannot run on several models' channels
+    stacked (a slice at fixed positions, a norm over all channels).
     """
 
     def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]):
@@ -154,7 +154,7 @@ class GraphBuilder:
         self.channel_modules: dict[str, str] = {}
         self.grouped: dict[str, tuple[int, int]] = {}
         self.pieces: dict[str, tuple[str, list[int]]] = {}
-        self.positional: set[str] = set()
+        self.unmergeable: dict[str, str] = {}
 
     # ---------------------------------------------------------------- union-find
     def fresh(self, n: int, pinned: bool = False) -> torch.Tensor:
@@ -254,7 +254,7 @@ class GraphBuilder:
         return ChannelGraph(model=self.model, input_shape=self.input_shape, layers=self.layers,
                             output_layer=output, node_ids=self.ids, edges=self.edges, order=order,
                             channel_modules=self.channel_modules, parent=self.parent, pinned_ids=self.pinned,
-                            output_node=output_node.name, positional=self.positional)
+                            output_node=output_node.name, unmergeable=self.unmergeable)
 
     def output_layer(self, output_node: torch.fx.Node) -> PrunableLayer:
         """The layer whose output the logits are, through pass-through ops only."""

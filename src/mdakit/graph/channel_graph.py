@@ -74,9 +74,9 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     pinned_ids: set[int] = field(default_factory=set)
     output_node: str = ""
-    positional: set[str] = field(default_factory=set)
-    """Nodes whose code picks channels at fixed positions (``x[:, :16]``): their source's channels are
-    pinned, and a layout that stacks several models' channels cannot merge them."""
+    unmergeable: dict[str, str] = field(default_factory=dict)
+    """Nodes that cannot run on several models' channels stacked (the padded layout), with why: code that
+    picks channels at fixed positions (``x[:, :16]``), a norm whose statistics span all its channels."""
 
     def find(self, i: int) -> int:
         """The representative of channel id ``i``'s coupled group."""

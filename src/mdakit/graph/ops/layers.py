@@ -1,5 +1,5 @@
 """Layers with parameters: the prunable ``Conv2d`` and ``Linear`` (also a ``Linear`` subclass that calls
-``F.linear`` on its own parameters), and BatchNorm, which follows them.
+``F.linear`` on its own parameters), BatchNorm, which follows them, and GroupNorm, which pins its channels.
 
 A prunable layer creates one channel id per output channel. A depthwise convolution couples input
 channel ``j`` with output channel ``j``; a grouped one (not depthwise) pins its inputs and outputs,
@@ -75,6 +75,16 @@ def add_layer(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn
     builder.ids[node.name] = out_ids
     builder.layers.append(PrunableLayer(name=name, module=module, kind=kind, node=node.name,
                                         input_node=source.name, in_ids=in_ids, out_ids=out_ids))
+
+
+@register_module(nn.GroupNorm)
+def group_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.GroupNorm) -> None:
+    """GroupNorm keeps channel ``j`` as ``j``, but its statistics span every channel of a group: removing one
+    would change the others, so all its channels are pinned (kept), never approximated."""
+    source = builder.first_tensor(node)
+    builder.identity(node, source)
+    builder.pin(builder.ids[source.name])
+    builder.unmergeable[node.name] = "a GroupNorm's statistics span its channels, and would span the parts'"
 
 
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d)

@@ -17,6 +17,8 @@ from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
 from mdakit.graph.channel_graph import Edge
 from mdakit.graph.registry import register_function, register_method
 
+FIXED_POSITIONS = "its code picks channels at fixed positions, which stacking the parts' channels would move"
+
 
 @register_function(torch.chunk, torch.split, any_result=True)
 @register_method("chunk", "split", any_result=True)
@@ -54,7 +56,7 @@ def channel_slice(builder: GraphBuilder, node: torch.fx.Node) -> None:
     The slice bounds are numbers in the model's code, so once a channel of ``x`` is removed they would
     pick other channels: every channel of ``x`` is pinned when the slice leaves any out. A slice that
     keeps every channel is a pass-through (it stops at the tensor's end, however many channels are left).
-    Bounded slices are recorded as ``positional`` for the layouts that stack channels. Integer, tensor,
+    Bounded slices are recorded as ``unmergeable`` for the layouts that stack channels. Integer, tensor,
     ``None`` or ``...`` indices are refused.
     """
     source = node.args[0]
@@ -69,8 +71,8 @@ def channel_slice(builder: GraphBuilder, node: torch.fx.Node) -> None:
     if positions == list(range(len(ids))):
         builder.identity(node, source)  # still right once channels go: the slice stops at the tensor's end
         if channel.stop is not None:  # but not on several models' channels stacked
-            builder.positional.add(node.name)
+            builder.unmergeable[node.name] = FIXED_POSITIONS
         return
     builder.pin(ids)
-    builder.positional.add(node.name)
+    builder.unmergeable[node.name] = FIXED_POSITIONS
     builder.assign(node, ids[positions], [Edge(source.name, torch.tensor(positions, dtype=torch.long))])
