@@ -263,6 +263,11 @@ class _BorrowedWeight(nn.Module):
         return nn.functional.linear(self.conv(x).mean((2, 3)), self.fc.weight)
 
 
+class _ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return nn.functional.linear(x * 2, self.weight, self.bias)
+
+
 def test_functional_linear_of_a_linear_subclass_is_that_layer():
     from nets import FunctionalLinear
 
@@ -272,6 +277,8 @@ def test_functional_linear_of_a_linear_subclass_is_that_layer():
     assert g.layer("2").kind == "linear" and g.layer("2").in_size == 16
     with pytest.raises(MdakitError, match="functional linear is followed only inside an nn.Linear subclass"):
         trace(_BorrowedWeight(), (1, 2, 2))
+    with pytest.raises(MdakitError, match="the forward of '2' computes more than F.linear"):
+        trace(nn.Sequential(nn.Conv2d(1, 4, 1), nn.Flatten(), _ScaledLinear(16, 3)), (1, 2, 2))
 
 
 def test_group_norm_pins_its_channels_and_keeps_the_rest_removable():

@@ -31,8 +31,9 @@ def functional_linear(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """``F.linear(x, self.weight, self.bias)`` inside the forward of an ``nn.Linear`` subclass (timm's
     ``Linear``, traced through): the layer is that module, as if it had been called as a leaf.
 
-    Weights of another module, or computed ones, are refused: the module's parameters are what the
-    surgery slices and what its hooks see.
+    Weights of another module, computed ones, or a forward that does more than the one call are refused: the
+    module's parameters are what the surgery slices and what its hooks see, and the part gets a plain
+    ``nn.Linear`` in its place.
     """
     weight = node.kwargs.get("weight", node.args[1] if len(node.args) > 1 else None)
     bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
@@ -46,6 +47,11 @@ def functional_linear(builder: GraphBuilder, node: torch.fx.Node) -> None:
             == expected_bias):
         raise MdakitError(f"unsupported op {describe(node)}: a functional linear is followed only inside an "
                           "nn.Linear subclass's forward on its own weight and bias")
+    more = [n.name for n in node.graph.nodes if n is not node and n.op.startswith("call_")
+            and list(n.meta.get("nn_module_stack", {}))[-1:] == [owner]]
+    if more:  # the part is rebuilt with a plain Linear in its place, which would drop them
+        raise MdakitError(f"unsupported op {describe(node)}: the forward of {owner!r} computes more than "
+                          f"F.linear (node {more[0]!r})")
     add_layer(builder, node, module, owner)
 
 
