@@ -200,8 +200,8 @@ def check_export(path: str | Path, module: nn.Module, images: torch.Tensor, fmt:
 
 def export_model(item: Exportable, out: str | Path, fmt: str = "onnx", force: bool = False) -> dict[str, Any]:
     """Write ``item`` to the file ``out`` as ``fmt`` (``onnx`` or ``torchscript``), atomically, after checking
-    the written file against the PyTorch model (:func:`check_batches`; within ``ABS_TOLERANCE +
-    REL_TOLERANCE × |largest logit|``, and never on a NaN).
+    the written file against the PyTorch model (:func:`check_batches`; each logit within ``ABS_TOLERANCE +
+    REL_TOLERANCE × |logit|``, and never on a NaN).
 
     >>> import tempfile
     >>> from mdakit.zoo import build_model
