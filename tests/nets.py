@@ -151,6 +151,49 @@ class GroupNormNet(nn.Module):
         return self.fc(self.wide(x).mean((2, 3)))
 
 
+class RandomNet(nn.Module):
+    """A random stack of blocks: plain conv, residual, concat, depthwise, grouped, pooling."""
+
+    def __init__(self, blocks, width, head, classes):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.kinds = []
+        ch = 1
+        for i, kind in enumerate(blocks):
+            w = width[i % len(width)]
+            if kind == "conv":
+                mod = nn.Sequential(nn.Conv2d(ch, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU())
+                ch = w
+            elif kind == "residual":
+                mod = nn.ModuleDict({"a": nn.Conv2d(ch, w, 3, padding=1), "b": nn.Conv2d(w, ch, 3, padding=1),
+                                     "bn": nn.BatchNorm2d(ch)})
+            elif kind == "concat":
+                mod = nn.ModuleDict({"a": nn.Conv2d(ch, w, 1), "b": nn.Conv2d(ch, 2, 3, padding=1)})
+                ch = w + 2
+            elif kind == "depthwise":
+                mod = nn.Conv2d(ch, ch, 3, padding=1, groups=ch)
+            elif kind == "grouped":
+                mod = nn.Conv2d(ch, 2 * w, 3, padding=1, groups=2) if ch % 2 == 0 else nn.Conv2d(ch, 2 * w, 1)
+                ch = 2 * w
+            else:
+                mod = nn.MaxPool2d(2)
+            self.blocks.append(mod)
+            self.kinds.append(kind)
+        self.pool = nn.AdaptiveAvgPool2d(head)
+        self.fc1 = nn.Linear(ch * head * head, 6)
+        self.fc2 = nn.Linear(6, classes)
+
+    def forward(self, x):
+        for kind, mod in zip(self.kinds, self.blocks):
+            if kind == "residual":
+                x = torch.relu(x + mod["bn"](mod["b"](torch.relu(mod["a"](x)))))
+            elif kind == "concat":
+                x = torch.cat([mod["a"](x), torch.relu(mod["b"](x))], 1)
+            else:
+                x = mod(x)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.pool(x), 1))))
+
+
 def first_images(dataset, n: int) -> torch.Tensor:
     """The first ``n`` images of a dataset, stacked."""
     return torch.stack([dataset[i][0] for i in range(n)])

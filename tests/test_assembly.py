@@ -389,29 +389,65 @@ def _trained(module: nn.Module, data, steps: int = 60) -> nn.Module:
     return module.eval()
 
 
-def test_parts_of_user_built_modules_assemble_in_the_parallel_layout(tmp_path):
+def test_parts_of_user_built_modules_assemble_from_files_in_both_layouts(tmp_path):
     data = _quadrant_data()
     torch.manual_seed(0)
     conv = _trained(_UserConvNet(), data)
     mlp = _trained(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)), data)
     parts = [disassemble(conv, data, [0, 1], samples=10), disassemble(mlp, data, [3, 2], samples=10)]
-    assert all(p.card.arch is None for p in parts)
+    assert all(p.card.arch is None and p.card.rebuildable for p in parts)
     model, card = assemble(parts)
     images = data.tensors[0][::7]
     with torch.no_grad():
         want = torch.cat([p.model(images) for p in parts], dim=1)
         assert (model(images) - want).abs().max() <= 1e-5
     assert [logit["label"] for logit in card.logits] == [0, 1, 3, 2] and card.to_dict()["arch"] is None
-    with pytest.raises(MdakitError, match="user-built module .* use the parallel layout"):
+    with pytest.raises(MdakitError, match="different architectures: a user-built _UserConvNet .* user-built "
+                                          "Sequential"):
         assemble(parts, layout="padded")
-    out = save_assembled(model, tmp_path / "asm", card)
-    with pytest.raises(MdakitError, match=r"part-0 was saved from a user-built module.*into="):
-        load_assembled(out)
-    with pytest.raises(MdakitError, match=r"part 0 .* user-built module.*into="):
-        assemble([out / "part-0", parts[1]])
-    module, part_card = load_with_card(out / "part-0", into=_UserConvNet())
+    for p, part in enumerate(parts):
+        part.save(tmp_path / f"part-{p}")
+    loaded, _ = load_assembled(save_assembled(model, tmp_path / "asm", card))
+    from_files, _ = assemble([tmp_path / "part-0", tmp_path / "part-1"])
+    with torch.no_grad():
+        assert (loaded(images) - want).abs().max() <= 1e-5 and (from_files(images) - want).abs().max() <= 1e-5
+    other = disassemble(conv, data, [2, 3], samples=10)
+    other.save(tmp_path / "conv-23")
+    padded, padded_card = assemble([tmp_path / "part-0", tmp_path / "conv-23"], layout="padded")
+    reloaded, _ = load_assembled(save_assembled(padded, tmp_path / "padded", padded_card))
+    with torch.no_grad():
+        want = torch.cat([parts[0].model(images), other.model(images)], dim=1)
+        assert (padded(images) - want).abs().max() <= 1e-5 and (reloaded(images) - want).abs().max() <= 1e-5
+    module, part_card = load_with_card(tmp_path / "part-0", into=_UserConvNet())
     with torch.no_grad():
         assert torch.equal(module(images), parts[0].model(images))
+
+
+class _UnsavedScale(nn.Module):
+    """A user's classifier whose scale is a buffer not saved with the weights: its structure cannot be recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 4)
+        self.register_buffer("scale", torch.tensor(2.0), persistent=False)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1)) * self.scale
+
+
+def test_parts_of_a_module_its_card_cannot_record_need_the_module(tmp_path):
+    data = _quadrant_data()
+    part = disassemble(_trained(_UnsavedScale(), data), data, [0, 1], samples=10)
+    assert not part.card.rebuildable and "persistent=False" in part.card.provenance["not_recorded"]
+    part.save(tmp_path / "part")
+    with pytest.raises(MdakitError, match=r"could not record its structure: .*'scale'.*into="):
+        load_with_card(tmp_path / "part")
+    with pytest.raises(MdakitError, match=r"part 0 .* user-built module.*into="):
+        assemble([tmp_path / "part", part])
+    module, _ = load_with_card(tmp_path / "part", into=_UnsavedScale())
+    images = data.tensors[0][:5]
+    with torch.no_grad():
+        assert torch.equal(module(images), part.model(images))
 
 
 def test_parallel_layout_joins_different_zoo_architectures_through_files(part_dirs, images, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 import mdakit
 from mdakit.artifacts import load_with_card
@@ -197,12 +198,25 @@ def test_a_write_killed_while_replacing_gets_the_previous_output_back(tmp_path):
     assert (tmp_path / "out" / "card.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("verb", ["info", "eval"])
-def test_a_part_of_a_user_built_module_is_explained_on_the_command_line(verb, tmp_path, capsys):
-    model, data = mdakit.examples.toy_problem()
-    mdakit.disassemble(model, data, [0, 1]).save(tmp_path / "part")
-    line = _fails_cleanly([verb, str(tmp_path / "part"), *(["--dataset", "mnist"] if verb == "eval" else [])],
+class _MadeInForward(nn.Module):
+    """A user-built module whose forward makes a tensor: its card cannot record it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * torch.tensor(2.0)
+
+
+def test_a_part_of_a_module_its_card_cannot_record_is_explained_on_the_command_line(tmp_path, capsys):
+    _, data = mdakit.examples.toy_problem()
+    mdakit.disassemble(_MadeInForward(), data, [0, 1]).save(tmp_path / "part")
+    assert run(["info", str(tmp_path / "part")]) == 0  # the card and the layers its save recorded
+    assert "opens in Python with into= only" in capsys.readouterr().out
+    line = _fails_cleanly(["eval", str(tmp_path / "part"), "--dataset", "mnist"],
                           capsys, tmp_path, "user-built nn.Module, which the command line cannot rebuild")
+    assert "could not record its structure: it reads '_tensor_constant0'" in line
     assert "mdakit.load(path, into=" in line
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mdakit.artifacts import ModelCard, save
+from mdakit.cli import run
 from mdakit.data import BUILTIN
 from mdakit.zoo import build_model
 
@@ -38,7 +39,26 @@ def test_help_and_user_errors_import_no_torch(argv, exit_code):
     assert _run_cli(argv) == (exit_code, [])
 
 
-def test_info_on_a_lenet_imports_no_torchvision(tmp_path: Path):
-    model_dir = save(build_model("lenet5", (1, 28, 28), 10), tmp_path / "lenet5",
-                     ModelCard.for_dataset("lenet5", BUILTIN["mnist"]))
-    assert _run_cli(["info", str(model_dir), "--json"]) == (0, ["torch"])
+def _lenet(tmp_path: Path) -> Path:
+    return save(build_model("lenet5", (1, 28, 28), 10), tmp_path / "lenet5",
+                ModelCard.for_dataset("lenet5", BUILTIN["mnist"]))
+
+
+def test_info_on_a_model_file_imports_no_torch_and_shows_what_loading_shows(tmp_path: Path, capsys):
+    model_dir = _lenet(tmp_path)
+    assert _run_cli(["info", str(model_dir), "--json"]) == (0, [])
+    assert run(["info", str(model_dir), "--json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    raw = json.loads((model_dir / "card.json").read_text())
+    del raw["summary"]  # as a file from an older mdakit: info loads the model and counts
+    (model_dir / "card.json").write_text(json.dumps(raw))
+    assert run(["info", str(model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == saved and saved["macs"] == 416_520
+
+
+def test_info_on_weights_that_do_not_match_the_card_is_refused(tmp_path: Path, capsys):
+    model_dir = _lenet(tmp_path)
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    assert run(["info", str(model_dir)]) == 2
+    assert "does not match the checksum" in capsys.readouterr().err

@@ -8,7 +8,6 @@ anything: weights are safetensors, the card is JSON, and foreign ``.pt``/``.pth`
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,11 @@ from mdakit.checkpoints import import_checkpoint, load_state, module_versions, r
 from mdakit.edits import apply_edits
 from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
-from mdakit.model_dir import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, require_model_dir
+from mdakit.metrics import leaf_layers, model_size
+from mdakit.model_dir import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, file_sha256, require_model_dir
 
 __all__ = ["ASSEMBLY_FILE", "CARD_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelCard", "apply_edits",
            "import_checkpoint", "load", "load_with_card", "read_card", "read_checkpoint", "save"]
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = False) -> Path:
     """Write ``model`` and ``card`` to the directory ``path`` atomically (all or nothing).
@@ -48,12 +40,12 @@ def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = Fals
     'm'
     """
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    card_dict = card.to_dict()
+    card_dict = {**card.to_dict(), "summary": {"layers": leaf_layers(model), **model_size(model, card.input_shape)}}
     metadata = {"format": FORMAT, "module_versions": json.dumps(module_versions(model))}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
-        card_dict["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE),
+        card_dict["weights"] = {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE),
                                 "num_tensors": len(tensors)}
         (tmp / CARD_FILE).write_text(json.dumps(card_dict, indent=2) + "\n")
 
@@ -93,7 +85,7 @@ def load_with_card(path: str | Path, into: nn.Module | None = None,
     if not weights.is_file():
         raise MdakitError(f"{path} has no {WEIGHTS_FILE}")
     expected_sha = raw.get("weights", {}).get("sha256")
-    if expected_sha and _sha256(weights) != expected_sha:
+    if expected_sha and file_sha256(weights) != expected_sha:
         raise MdakitError(f"{weights} does not match the checksum in its card (truncated or corrupt)")
     try:
         tensors = load_file(str(weights))
@@ -101,8 +93,8 @@ def load_with_card(path: str | Path, into: nn.Module | None = None,
             versions = json.loads((fh.metadata() or {}).get("module_versions", "null"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MdakitError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    if into is None and card.arch is None:
-        raise UserBuiltModuleError(path)
+    if into is None and not card.rebuildable:
+        raise UserBuiltModuleError(path, why=card.provenance.get("not_recorded"))
     module = apply_edits(into, card.edits) if into is not None else card.build()
     load_state(module, tensors, str(weights), versions)
     return module.to(device).eval(), card

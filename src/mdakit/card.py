@@ -9,20 +9,21 @@ comes from the zoo (:mod:`mdakit.zoo`) and its structural edits are replayed by 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from mdakit.data import DatasetInfo
+from mdakit.card_schema import FORMAT, FORMAT_VERSION, RECORDED_KIND, check_card_fields
 from mdakit.edits import apply_edits
 from mdakit.errors import MdakitError, UserBuiltModuleError
-from mdakit.zoo import build_model
 
-FORMAT = "mdakit-model"
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mdakit.data import DatasetInfo
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "RECORDED_KIND", "ModelCard", "check_card_classes", "check_card_fields"]
+
 
 
 @dataclass
@@ -93,47 +94,26 @@ class ModelCard:
         check_card_classes(card)
         return card
 
+    @property
+    def rebuildable(self) -> bool:
+        """Whether the card alone rebuilds its module: a zoo architecture, or a user-built module whose
+        structure its first edit records (:mod:`mdakit.graph.recorded`).
+
+        >>> ModelCard("lenet5", [1, 28, 28], 10).rebuildable, ModelCard(None, [1, 28, 28], 10).rebuildable
+        (True, False)
+        """
+        return self.arch is not None or (bool(self.edits) and self.edits[0].get("kind") == RECORDED_KIND)
+
     def build(self) -> nn.Module:
         """A fresh module of this card's architecture with its structural edits, before weights are loaded."""
-        if self.arch is None:
-            raise UserBuiltModuleError()
-        return apply_edits(build_model(self.arch, self.input_shape, self.num_classes, self.mean, self.std,
-                                       **self.arch_kwargs), self.edits)
+        from mdakit.zoo import build_model  # torch: a card is read without it (mdakit info)
 
+        if not self.rebuildable:
+            raise UserBuiltModuleError(why=self.provenance.get("not_recorded"))
+        base = None if self.arch is None else build_model(self.arch, self.input_shape, self.num_classes, self.mean,
+                                                          self.std, **self.arch_kwargs)
+        return apply_edits(base, self.edits)
 
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return (_integer(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, list) and all(check(v) for v in value)
-
-
-def _or_none(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or check(value)
-
-
-_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "format_version": (_integer, "an integer"),
-    "arch": (_or_none(lambda v: isinstance(v, str)), "a string or null"),
-    "input_shape": (lambda v: _list_of(lambda d: _integer(d) and d > 0)(v) and len(v) > 0,
-                    "a list of positive integers"),
-    "num_classes": (lambda v: _integer(v) and v > 0, "a positive integer"),
-    "dataset": (_or_none(lambda v: isinstance(v, str)), "a string or null"),
-    "class_names": (_list_of(lambda v: isinstance(v, str)), "a list of strings"),
-    "logit_classes": (_list_of(lambda v: _integer(v) and v >= 0), "a list of non-negative integers"),
-    "mean": (_or_none(_list_of(_number)), "a list of numbers or null"),
-    "std": (_or_none(_list_of(lambda v: _number(v) and v > 0)), "a list of positive numbers or null"),
-    "edits": (_list_of(lambda v: isinstance(v, dict)), "a list of objects"),
-    "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("sha256", ""), str), "an object"),
-    **{name: (lambda v: isinstance(v, dict), "an object")
-       for name in ("arch_kwargs", "training", "metrics", "provenance")},
-}
-"""Each card field's check and what it must be (fields a card may leave out are checked when present)."""
 
 
 def check_card_classes(card: ModelCard) -> None:
@@ -151,17 +131,3 @@ def check_card_classes(card: ModelCard) -> None:
                           f"classes 0-{len(card.class_names) - 1}")
     if len(set(card.logit_classes)) != len(card.logit_classes):
         raise MdakitError("model card field 'logit_classes' lists a class more than once")
-
-
-def check_card_fields(raw: Mapping[str, Any]) -> None:
-    """Refuse a card whose fields have the wrong type (hand-edited or written by something else).
-
-    >>> check_card_fields({"num_classes": 10, "weights": {"sha256": "ab"}})
-    >>> check_card_fields({"format_version": "1"})
-    Traceback (most recent call last):
-    ...
-    mdakit.errors.MdakitError: model card field 'format_version' must be an integer, got '1'
-    """
-    for name, (check, expected) in _FIELDS.items():
-        if name in raw and not check(raw[name]):
-            raise MdakitError(f"model card field {name!r} must be {expected}, got {raw[name]!r:.60}")

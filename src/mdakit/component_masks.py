@@ -28,9 +28,9 @@ from safetensors.torch import load_file
 
 from mdakit.errors import MdakitError
 from mdakit.files import write_directory
+from mdakit.model_dir import MASKS_JSON
 
 MASKS_FILE = "masks.safetensors"
-MASKS_JSON = "masks.json"
 MASKS_FORMAT = "mdakit-masks"
 PARTS = ("packed", "inputs", "outputs")
 _DTYPES = {"U8": torch.uint8, "BOOL": torch.bool}

@@ -78,8 +78,10 @@ def replay_of(kind: str) -> Replay:
     return _REPLAYS[kind]
 
 
-def apply_edits(module: nn.Module, edits: Sequence[Mapping[str, Any]]) -> nn.Module:
+def apply_edits(module: nn.Module | None, edits: Sequence[Mapping[str, Any]]) -> nn.Module:
     """Replay structural edits, in order, on a freshly built module (weights are loaded afterwards).
+
+    ``module`` is None for a user-built module's card, whose first edit builds the module it records.
 
     >>> from mdakit.zoo import build_model
     >>> head = {"net.classifier.5": {"in": list(range(84)), "out": [3, 7]}}

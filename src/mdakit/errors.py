@@ -41,12 +41,13 @@ class UserBuiltModuleError(MdakitError):
     'runs/part was saved from a user-built module, which only that module can rebuild: pass it as into='
     """
 
-    def __init__(self, what: str | Path = "this model", hint: str = "pass it as into=") -> None:
-        super().__init__(what, hint)
-        self.what, self.hint = str(what), hint
+    def __init__(self, what: str | Path = "this model", hint: str = "pass it as into=", why: str | None = None) -> None:
+        super().__init__(what, hint, why)
+        self.what, self.hint, self.why = str(what), hint, why
 
     def __str__(self) -> str:
-        return f"{self.what} was saved from a user-built module, which only that module can rebuild: {self.hint}"
+        why = f" (mdakit could not record its structure: {self.why})" if self.why else ""
+        return f"{self.what} was saved from a user-built module, which only that module can rebuild{why}: {self.hint}"
 
 
 class OptionError(MdakitError):

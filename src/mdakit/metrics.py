@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,17 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def leaf_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """Name, type, parameter count and settings of every leaf module.
+
+    >>> leaf_layers(nn.Sequential(nn.Linear(3, 2)))
+    [{'name': '0', 'type': 'Linear', 'params': 8, 'detail': 'in_features=3, out_features=2, bias=True'}]
+    """
+    return [{"name": name, "type": type(module).__name__,
+             "params": sum(p.numel() for p in module.parameters(recurse=False)), "detail": module.extra_repr()}
+            for name, module in model.named_modules() if next(module.children(), None) is None and name]
 
 
 def model_size(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:

@@ -5,7 +5,10 @@ the assembled ones).
 The command line checks a path here first, so a wrong one is refused before torch is imported.
 """
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from mdakit.errors import MdakitError
 
@@ -13,6 +16,8 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 ASSEMBLY_FILE = "assembly.json"
 """The file that marks an assembled-model directory (:mod:`mdakit.assembly.files`)."""
+MASKS_JSON = "masks.json"
+"""The file that marks a masks directory (:mod:`mdakit.component_masks`)."""
 
 
 def require_model_dir(path: str | Path) -> Path:
@@ -35,3 +40,34 @@ def is_assembled(path: str | Path) -> bool:
     False
     """
     return (Path(path) / ASSEMBLY_FILE).is_file()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def saved_summary(path: str | Path) -> tuple[dict[str, Any], tuple[list[dict[str, Any]], dict[str, int]]] | None:
+    """The raw card of a model directory and the layer table and size its save recorded, without torch.
+
+    None when the card records no summary (a file from an older mdakit) or anything looks wrong (an
+    unreadable card, weights that do not match its checksum): the caller then loads the model, which
+    says what is wrong.
+
+    >>> saved_summary("/nonexistent") is None
+    True
+    """
+    card_path, weights = Path(path) / CARD_FILE, Path(path) / WEIGHTS_FILE
+    try:
+        raw = json.loads(card_path.read_text())
+        summary, expected = raw["summary"], raw["weights"]["sha256"]
+        layers, size = summary["layers"], {k: int(summary[k]) for k in ("params", "nonzero_params", "macs")}
+        if not isinstance(layers, list) or file_sha256(weights) != expected:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return raw, (layers, size)

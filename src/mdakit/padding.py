@@ -228,17 +228,22 @@ def padded_widths(model: nn.Module, input_shape: Sequence[int]) -> dict:
     layers = {f"net.{layer.name}": {"in": layer.module.weight.shape[1] * getattr(layer.module, "groups", 1),
                                     "out": layer.out_size, "groups": getattr(layer.module, "groups", 1)}
               for layer in graph.layers}
-    return {"kind": "padded", "copies": norm.copies, "layers": layers,
+    return {"kind": "padded", "copies": norm.copies, "channels": input_shape[0], "layers": layers,
             "channel_modules": {f"net.{name}": len(graph.node_ids[node])
                                 for name, node in graph.channel_modules.items()}}
 
 
 def replay_padded(model: nn.Module, edit: Mapping) -> nn.Module:
     """Replay a ``padded`` edit in place: the input repeated ``copies`` times (normalisation buffers
-    to be loaded) and every listed layer and BatchNorm rebuilt at its merged width, weights to be loaded."""
-    channels = model.normalize.mean.shape[1]
+    to be loaded) and every listed layer and BatchNorm rebuilt at its merged width, weights to be loaded.
+
+    A module without its own normalisation (a user-built one) is wrapped as ``Sequential(normalize, net)``."""
+    channels = edit.get("channels") or model.normalize.mean.shape[1]
     zeros = [[0.0] * channels] * edit["copies"]
-    model.normalize = MultiNormalize(zeros, [[1.0] * channels] * edit["copies"])
+    normalize = MultiNormalize(zeros, [[1.0] * channels] * edit["copies"])
+    if split_normalize(model)[0] is None:
+        model = nn.Sequential(OrderedDict(normalize=normalize, net=model))
+    model.normalize = normalize
     for name, widths in edit["layers"].items():
         old = model.get_submodule(name)
         if isinstance(old, nn.Conv2d):

@@ -50,7 +50,8 @@ def logit_rows(logit_classes: Sequence[int], classes: Sequence[int]) -> dict[int
 
 
 def _card_for_module(module: nn.Module, shape: list[int]) -> ModelCard:
-    """A card for a user-built module: its logit count read off one forward pass of a zero image."""
+    """A card for a user-built module: its logit count read off one forward pass of a zero image, and its
+    structure recorded so that its model files rebuild without it (:mod:`mdakit.graph.recorded`)."""
     param = next(module.parameters(), None)
     was_training = module.training
     module.eval()
@@ -61,7 +62,17 @@ def _card_for_module(module: nn.Module, shape: list[int]) -> ModelCard:
         raise MdakitError(f"the model does not run on inputs of shape {shape}: {str(exc).splitlines()[0]}") from exc
     finally:
         module.train(was_training)
-    return ModelCard(arch=None, input_shape=shape, num_classes=int(outputs))
+    return ModelCard(arch=None, input_shape=shape, num_classes=int(outputs), **_recorded(module, shape))
+
+
+def _recorded(module: nn.Module, shape: list[int]) -> dict:
+    """The card fields recording a user-built module's structure, or saying why it could not be recorded."""
+    from mdakit.graph.recorded import record_graph  # the graph layer, needed only for user-built modules
+
+    try:
+        return {"edits": [record_graph(module, shape)]}
+    except MdakitError as exc:  # not recordable (or not traceable): files of it load with into= only
+        return {"provenance": {"not_recorded": str(exc)}}
 
 
 @dataclass

@@ -23,13 +23,19 @@ from mdakit.model_dir import is_assembled
 from mdakit.padding import padded_widths
 
 
+def recorded_structure(card: ModelCard) -> list[dict[str, Any]]:
+    """The edit recording a user-built part's module, which a merged network of such parts starts from."""
+    return card.edits[:1] if card.arch is None and card.rebuildable else []
+
+
 def merged_card(model: PaddedAssembly, card: AssemblyCard) -> ModelCard:
     """The standard model card of a padded assembly's merged network."""
     first = card.part_cards[0]
     return ModelCard(arch=first.arch, input_shape=card.input_shape, num_classes=first.num_classes,
                      class_names=[f"{logit['dataset']}:{logit['name']}" for logit in card.logits],
                      logit_classes=list(range(len(card.logits))), mean=first.mean, std=first.std,
-                     arch_kwargs=first.arch_kwargs, edits=[padded_widths(model.net, card.input_shape)],
+                     arch_kwargs=first.arch_kwargs,
+                     edits=[*recorded_structure(first), padded_widths(model.net, card.input_shape)],
                      provenance={"assembled_from": card.sources, "layout": "padded", "rescale": card.rescale})
 
 
@@ -84,16 +90,19 @@ def _read_assembly(path: Path) -> dict[str, Any]:
 def _refuse_user_built(path: Path, count: int) -> None:
     """Refuse, before loading anything, an assembly holding a part mdakit cannot rebuild by itself."""
     for p in range(count):
-        if read_card(path / f"part-{p}")[0].arch is None:
+        part_card = read_card(path / f"part-{p}")[0]
+        if not part_card.rebuildable:
             raise UserBuiltModuleError(path / f"part-{p}", "load each part with load_with_card(part_dir, "
-                                       "into=<that module>) and join them again with assemble")
+                                       "into=<that module>) and join them again with assemble",
+                                       why=part_card.provenance.get("not_recorded"))
 
 
 def load_assembled(path: str | Path, device: torch.device | str = "cpu"
                    ) -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
     """Rebuild an assembled model saved by :func:`save_assembled` (eval mode) with its card.
 
-    Parts of user-built modules are refused (mdakit cannot rebuild them without the module).
+    Parts of user-built modules that their cards could not record are refused (mdakit cannot rebuild
+    them without the module).
 
     >>> model, card = load_assembled("runs/mnist+fmnist")  # doctest: +SKIP
     """

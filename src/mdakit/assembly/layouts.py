@@ -16,7 +16,7 @@ its parts and rescaling, and a padded one also as its merged network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -54,6 +54,8 @@ def register_layout(name: str, check: Check) -> Callable[[Builder], Builder]:
 
 
 def _arch_label(card: ModelCard) -> str:
+    if card.arch is None:
+        return f"a user-built {card.edits[0].get('class_name', 'module')}"
     return f"{card.arch} {card.arch_kwargs}" if card.arch_kwargs else str(card.arch)
 
 
@@ -73,6 +75,11 @@ def same_input_shape(cards: Sequence[ModelCard]) -> None:
                               f"(part {p})")
 
 
+def _recorded(card: ModelCard) -> Mapping | None:
+    """The recorded structure of a user-built module's card (its first edit), None for a zoo architecture."""
+    return card.edits[0] if card.arch is None else None
+
+
 def same_architecture(cards: Sequence[ModelCard]) -> None:
     """Refuse parts that are not of one zoo architecture with the same constructor arguments.
 
@@ -85,11 +92,10 @@ def same_architecture(cards: Sequence[ModelCard]) -> None:
     """
     first = cards[0]
     for p, card in enumerate(cards):
-        if card.arch is None:
-            raise MdakitError(f"part {p} was saved from a user-built module (its card names no zoo architecture); "
-                              "the padded layout merges parts of one zoo architecture layer by layer: use the "
-                              "parallel layout")
-        if (card.arch, card.arch_kwargs) != (first.arch, first.arch_kwargs):
+        if not card.rebuildable:
+            raise MdakitError(f"part {p} is of a user-built module its card could not record; the padded layout "
+                              "merges parts of one architecture layer by layer: use the parallel layout")
+        if (card.arch, card.arch_kwargs, _recorded(card)) != (first.arch, first.arch_kwargs, _recorded(first)):
             raise MdakitError(f"parts have different architectures: {_arch_label(first)} (part 0) "
                               f"vs {_arch_label(card)} (part {p}); the padded layout merges parts of one "
                               "architecture layer by layer (the parallel layout joins any)")

@@ -23,9 +23,11 @@ DataSpec = Mapping[int, Dataset | str] | Sequence[Dataset | str | None] | None
 def _load_part(path: str | Path, index: int) -> tuple[nn.Module, ModelCard]:
     if is_assembled(path):
         raise MdakitError(f"{path} is an assembled model; assemble its parts ({Path(path) / 'part-0'}, ...) instead")
-    if read_card(path)[0].arch is None:
+    card = read_card(path)[0]
+    if not card.rebuildable:
         raise UserBuiltModuleError(f"part {index} ({path})", "load it with load_with_card(path, into=<that "
-                                   "module>) and pass the (module, card) pair")
+                                   "module>) and pass the (module, card) pair",
+                                   why=card.provenance.get("not_recorded"))
     return load_with_card(path)
 
 

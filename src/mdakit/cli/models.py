@@ -18,7 +18,6 @@ from mdakit.model_dir import is_assembled, require_model_dir
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from mdakit.artifacts import ModelCard
     from mdakit.data import DatasetInfo
@@ -127,13 +126,6 @@ def eval_cmd(model_path: ModelArg,
          tables.evaluation_table(title, evaluation, info.class_names, size))
 
 
-def _leaf_layers(model: nn.Module) -> list[dict[str, Any]]:
-    """Name, type, parameter count and settings of every leaf module."""
-    return [{"name": name, "type": type(module).__name__,
-             "params": sum(p.numel() for p in module.parameters(recurse=False)), "detail": module.extra_repr()}
-            for name, module in model.named_modules() if next(module.children(), None) is None and name]
-
-
 def _info_assembled(model_path: Path, as_json: bool) -> None:
     """``mdakit info`` on an assembled model: where each logit comes from."""
     from mdakit.assembly import load_assembled
@@ -163,9 +155,8 @@ def info_cmd(model_path: ModelArg, as_json: JsonOpt = False) -> None:
     """The card, a layer table, parameters and MACs of a model (an assembly: its logits; masks: what each
     class keeps)."""
     require_model_dir(model_path)  # a wrong path is refused before torch is imported
-    from mdakit.artifacts import load_with_card
-    from mdakit.component_masks import MASKS_JSON
-    from mdakit.metrics import model_size
+    from mdakit.card import ModelCard
+    from mdakit.model_dir import MASKS_JSON, saved_summary
 
     if is_assembled(model_path):
         _info_assembled(model_path, as_json)
@@ -173,10 +164,18 @@ def info_cmd(model_path: ModelArg, as_json: JsonOpt = False) -> None:
     if (model_path / MASKS_JSON).is_file():
         _info_masks(model_path, as_json)
         return
-    model, card = load_with_card(model_path)
-    layers = _leaf_layers(model)
-    size = model_size(model, card.input_shape)
-    title = f"{model_path}: {card.arch} for {card.dataset}, {len(card.logit_classes)} logits"
+    saved = saved_summary(model_path)
+    if saved is not None:  # what save() recorded, the weights checked against the card: no torch needed
+        card, (layers, size) = ModelCard.from_dict(saved[0]), saved[1]
+    else:
+        from mdakit.artifacts import load_with_card
+        from mdakit.metrics import leaf_layers, model_size
+
+        model, card = load_with_card(model_path)
+        layers, size = leaf_layers(model), model_size(model, card.input_shape)
+    arch = card.arch or (f"user-built {card.edits[0].get('class_name', 'module')}" if card.rebuildable
+                         else "user-built module (opens in Python with into= only)")
+    title = f"{model_path}: {arch} for {card.dataset or 'unnamed data'}, {len(card.logit_classes)} logits"
     caption = f"{tables.size_caption(size)} per {'x'.join(map(str, card.input_shape))} input"
     emit(as_json, {"card": card.to_dict(), "layers": layers, **size}, tables.layers_table(title, layers, caption))
 

@@ -73,8 +73,9 @@ def error_line(exc: MdakitError) -> str:
     if isinstance(exc, OptionError):
         return f"mdakit: error: {exc.worded(flag)}"
     if isinstance(exc, UserBuiltModuleError):
+        why = f" (mdakit could not record its structure: {exc.why})" if exc.why else ""
         return (f"mdakit: error: {exc.what} was saved from a user-built nn.Module, which the command line cannot "
-                "rebuild; open it in Python with mdakit.load(path, into=<that module>)")
+                f"rebuild{why}; open it in Python with mdakit.load(path, into=<that module>)")
     return f"mdakit: error: {exc}"
 
 
