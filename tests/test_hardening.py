@@ -16,8 +16,12 @@ from torch import nn
 
 import mdakit
 from mdakit.artifacts import load_with_card
+from mdakit.checkpoints import read_checkpoint
 from mdakit.cli import run
+from mdakit.edits import apply_edits
+from mdakit.errors import MdakitError
 from mdakit.files import remove_stale_partials, write_directory
+from mdakit.zoo import build_model
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +231,17 @@ def test_info_shows_what_a_masks_directory_keeps(tiny_lenet_dir, tmp_path, capsy
     assert run(["info", str(tmp_path / "mk"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["kept_filters"] == computed and shown["classes"] == [0, 1] and shown["method"] == "contribution"
+
+
+def test_bytes_that_are_no_checkpoint_are_called_unreadable_not_unsafe(tmp_path):
+    path = tmp_path / "zeros.bin"
+    path.write_bytes(bytes(64))
+    with pytest.raises(MdakitError, match=r"not a readable PyTorch checkpoint .*: Unsupported operand"):
+        read_checkpoint(path)
+
+
+def test_small_wordings_are_exact():
+    with pytest.raises(MdakitError, match=r"mean and std need 1 value each \(one per input channel\), got 2 and 1"):
+        build_model("lenet5", (1, 28, 28), 10, mean=[0.1, 0.2], std=[0.3])
+    with pytest.raises(MdakitError, match="a structural edit without a 'kind'"):
+        apply_edits(build_model("lenet5", (1, 28, 28), 10), [{"layers": {}}])

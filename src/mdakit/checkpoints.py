@@ -76,6 +76,13 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
                       "or one under 'state_dict' / 'model')")
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The weights-only unpickler's own reason (``Unsupported operand 0``), without torch's advice around it."""
+    text = str(exc)
+    reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+    return next((line.strip() for line in reason.splitlines() if line.strip()), type(exc).__name__)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a foreign checkpoint: safetensors, or ``.pt``/``.pth`` read with ``weights_only=True``.
 
@@ -102,6 +109,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickle of objects at all: garbage or another format
+            raise MdakitError(f"{path} is not a readable PyTorch checkpoint (empty, truncated or foreign): "
+                              f"{_unpickler_reason(exc)}") from exc
         raise MdakitError(f"refusing {path}: it needs full unpickling, which could run arbitrary code "
                           "(none of it was run). Re-save it as a plain state_dict of tensors.") from exc
     except Exception as exc:  # the weights-only unpickler fails on foreign bytes with many types (IndexError, ...)

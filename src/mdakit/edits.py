@@ -68,6 +68,8 @@ def replay_of(kind: str) -> Replay:
     >>> replay_of("decoupled").__qualname__
     'DecoupledNet.from_edit'
     """
+    if not isinstance(kind, str):
+        raise MdakitError(f"the card holds a structural edit without a 'kind' (got {kind!r})")
     entry = _REPLAYS.get(kind)
     if entry is None:
         raise MdakitError(f"this mdakit cannot rebuild models with structural edit {kind!r}")

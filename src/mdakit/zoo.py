@@ -267,7 +267,8 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int,
     mean = list(mean) if mean is not None else [0.0] * shape[0]
     std = list(std) if std is not None else [1.0] * shape[0]
     if len(mean) != shape[0] or len(std) != shape[0]:
-        raise MdakitError(f"mean/std need {shape[0]} values (one per input channel)")
+        count = f"{shape[0]} value{'s' if shape[0] != 1 else ''}"
+        raise MdakitError(f"mean and std need {count} each (one per input channel), got {len(mean)} and {len(std)}")
     family, sep, name = arch.partition(":")
     if sep and family in FAMILIES:
         body = FAMILIES[family](name, shape, num_classes, **kwargs)
