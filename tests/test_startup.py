@@ -62,3 +62,12 @@ def test_info_on_weights_that_do_not_match_the_card_is_refused(tmp_path: Path, c
     weights.write_bytes(weights.read_bytes()[:-8])
     assert run(["info", str(model_dir)]) == 2
     assert "does not match the checksum" in capsys.readouterr().err
+
+
+def test_info_on_a_card_edited_since_its_save_checks_it_against_the_weights(tmp_path: Path, capsys):
+    model_dir = _lenet(tmp_path)
+    raw = json.loads((model_dir / "card.json").read_text())
+    raw["num_classes"] = 5  # the saved summary no longer vouches for this card: info loads and refuses it
+    (model_dir / "card.json").write_text(json.dumps(raw))
+    assert run(["info", str(model_dir)]) == 2
+    assert "mdakit: error:" in capsys.readouterr().err

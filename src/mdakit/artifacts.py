@@ -23,7 +23,7 @@ from mdakit.edits import apply_edits
 from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
 from mdakit.metrics import leaf_layers, model_size
-from mdakit.model_dir import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, file_sha256, require_model_dir
+from mdakit.model_dir import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, card_digest, file_sha256, require_model_dir
 
 __all__ = ["ASSEMBLY_FILE", "CARD_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "ModelCard", "apply_edits",
            "import_checkpoint", "load", "load_with_card", "read_card", "read_checkpoint", "save"]
@@ -40,7 +40,9 @@ def save(model: nn.Module, path: str | Path, card: ModelCard, force: bool = Fals
     'm'
     """
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    card_dict = {**card.to_dict(), "summary": {"layers": leaf_layers(model), **model_size(model, card.input_shape)}}
+    card_dict = card.to_dict()
+    card_dict["summary"] = {"layers": leaf_layers(model), **model_size(model, card.input_shape),
+                            "card_sha256": card_digest(card_dict)}
     metadata = {"format": FORMAT, "module_versions": json.dumps(module_versions(model))}
 
     def write(tmp: Path) -> None:

@@ -51,12 +51,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def card_digest(card: dict[str, Any]) -> str:
+    """A SHA-256 of a card's own fields (not its weights' checksum or summary), to tie a summary to its card.
+
+    >>> card_digest({"arch": "lenet5", "summary": {}}) == card_digest({"arch": "lenet5"})
+    True
+    """
+    own = {k: v for k, v in card.items() if k not in ("weights", "summary")}
+    return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()
+
+
 def saved_summary(path: str | Path) -> tuple[dict[str, Any], tuple[list[dict[str, Any]], dict[str, int]]] | None:
     """The raw card of a model directory and the layer table and size its save recorded, without torch.
 
     None when the card records no summary (a file from an older mdakit) or anything looks wrong (an
-    unreadable card, weights that do not match its checksum): the caller then loads the model, which
-    says what is wrong.
+    unreadable card, a card changed since the save, weights that do not match its checksum): the caller
+    then loads the model, which says what is wrong.
 
     >>> saved_summary("/nonexistent") is None
     True
@@ -66,7 +76,8 @@ def saved_summary(path: str | Path) -> tuple[dict[str, Any], tuple[list[dict[str
         raw = json.loads(card_path.read_text())
         summary, expected = raw["summary"], raw["weights"]["sha256"]
         layers, size = summary["layers"], {k: int(summary[k]) for k in ("params", "nonzero_params", "macs")}
-        if not isinstance(layers, list) or file_sha256(weights) != expected:
+        if not isinstance(layers, list) or summary["card_sha256"] != card_digest(raw) \
+                or file_sha256(weights) != expected:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
