@@ -168,10 +168,19 @@ def _record_layer(path: str, module: nn.Module) -> dict[str, Any]:
         raise NotRecordableError(f"its layer {path!r} is a {cls.__qualname__} from {cls.__module__}, not a torch.nn "
                                  "module")
     args = _constructor_args(module)
-    rebuilt = cls(**{k: _decode(v, {}) for k, v in args.items()})
+    rebuilt = _build_layer(cls, args)
     if repr(rebuilt) != repr(module) or _shapes(rebuilt) != _shapes(module):
         raise NotRecordableError(f"its layer {path!r} ({module!r:.60}) is not rebuilt exactly from its arguments")
     return {"class": _class_name(cls), "args": args}
+
+
+def _build_layer(cls: type[nn.Module], args: Mapping[str, Any]) -> nn.Module:
+    return cls(**{k: _decode(v, {}) for k, v in args.items()})
+
+
+def _inside(path: str, layers: Mapping[str, Any]) -> bool:
+    """Whether ``path`` is one of ``layers`` or lies under one."""
+    return any(path == p or path.startswith(p + ".") for p in layers)
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -183,7 +192,7 @@ def _layers(model: nn.Module, called: set[str]) -> dict[str, dict[str, Any]]:
     such as ``ModuleList`` (leaves to fx, never called) are recorded through their children."""
     tracer, layers = Tracer(), {}
     for path, module in model.named_modules():
-        if not path or any(path.startswith(p + ".") for p in layers):
+        if not path or _inside(path, layers):
             continue
         if path in called or (tracer.is_leaf_module(module, path) and not module._modules):
             layers[path] = _record_layer(path, module)
@@ -197,8 +206,7 @@ def _own_tensors(model: nn.Module, layers: Mapping[str, Any]) -> dict[str, dict[
     named = [(name, t, True) for name, t in model.named_parameters()] + \
             [(name, t, False) for name, t in model.named_buffers()]
     for name, tensor, is_parameter in named:
-        owner = name.rpartition(".")[0]
-        if any(owner == p or owner.startswith(p + ".") for p in layers):
+        if _inside(name.rpartition(".")[0], layers):
             continue
         if name not in persistent:
             raise NotRecordableError(f"its buffer {name!r} is not saved with the weights (persistent=False)")
@@ -279,19 +287,23 @@ def _build_tree(edit: Mapping[str, Any]) -> nn.Module:
         parent, _, attr = path.rpartition(".")
         cls = _layer_class(layer["class"])
         try:
-            built = cls(**{k: _decode(v, {}) for k, v in layer["args"].items()})
+            built = _build_layer(cls, layer["args"])
         except (TypeError, ValueError) as exc:
             raise MdakitError(f"the recorded graph's layer {path!r} does not build: {exc}") from exc
         _container(root, parent).add_module(attr, built)
     for name, tensor in edit["tensors"].items():
         parent, _, attr = name.rpartition(".")
         zeros = torch.zeros(tensor["shape"])
-        holder = _container(root, parent)
-        if tensor["parameter"]:
-            holder.register_parameter(attr, nn.Parameter(zeros))
-        else:
-            holder.register_buffer(attr, zeros)
+        _attach(_container(root, parent), attr, nn.Parameter(zeros) if tensor["parameter"] else zeros)
     return root
+
+
+def _attach(holder: nn.Module, attr: str, tensor: torch.Tensor) -> None:
+    """Register ``tensor`` on ``holder``: as a parameter if it is one, else as a buffer."""
+    if isinstance(tensor, nn.Parameter):
+        holder.register_parameter(attr, tensor)
+    else:
+        holder.register_buffer(attr, tensor)
 
 
 def _build_graph(edit: Mapping[str, Any]) -> torch.fx.Graph:
@@ -328,10 +340,7 @@ def replay_graph(module: nn.Module | None, edit: Mapping[str, Any]) -> nn.Module
         parent, _, attr = name.rpartition(".")
         holder = _container(rebuilt, parent)
         if not hasattr(holder, attr):
-            if tensor["parameter"]:
-                holder.register_parameter(attr, tree.get_parameter(name))
-            else:
-                holder.register_buffer(attr, tree.get_buffer(name))
+            _attach(holder, attr, tree.get_parameter(name) if tensor["parameter"] else tree.get_buffer(name))
     return rebuilt
 
 
