@@ -213,3 +213,38 @@ def zoo_params(slow: Collection[str] = (), exclude: Collection[str] = ()) -> lis
     marked slow."""
     return [pytest.param(arch, marks=pytest.mark.slow) if arch in slow else arch
             for arch in available() if arch not in exclude]
+
+
+class ChannelsLastLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of a B×C×H×W tensor, as ConvNeXt's ``LayerNorm2d`` (traced through)."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlockNet(nn.Module):
+    """A ConvNeXt in miniature: a patchify stem and a channels-first LayerNorm, one block (depthwise conv,
+    permute to channels-last, LayerNorm, Linear → GELU → Linear, permute back, a C×1×1 layer scale, residual)
+    and a head of pooling, LayerNorm over features and Linear."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 3, width: int = 6, hidden: int = 12):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, width, 2, stride=2)
+        self.stem_norm = ChannelsLastLayerNorm(width)
+        self.dwconv = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+        self.layer_scale = nn.Parameter(torch.linspace(0.5, 1.5, width).view(width, 1, 1))
+        self.head_norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = self.stem_norm(self.stem(x))
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        x = x + self.layer_scale * y
+        return self.fc(self.head_norm(x.mean((2, 3))))

@@ -108,14 +108,14 @@ class _Branchy(nn.Module):
 
 
 @pytest.mark.parametrize("net, shape, message", [
-    (_Permute(), (1, 6, 6), "unsupported op call_method 'permute' at node 'permute'"),
+    (_Permute(), (1, 6, 6), "unsupported op call_method 'mean' at node 'mean' on a tensor whose channels are on dim 3"),
     (_Shared(), (2, 4, 4), "called more than once"),
     (_TwoHeads(), (1, 2, 2), "do not come straight from one Linear"),
     (_Branchy(), (1, 2, 2), "cannot trace _Branchy with torch.fx: at test_graph_trace.py:105: symbolically"),
     (nn.Sequential(nn.Conv2d(1, 1, 1), _Branchy()), (1, 2, 2),
      r"cannot trace Sequential with torch.fx: in module '1' \(_Branchy\), at test_graph_trace.py:105"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.LayerNorm([2, 2, 2]), nn.Flatten(), nn.Linear(8, 2)), (1, 4, 4),
-     "unsupported module LayerNorm"),
+     "mdakit follows a LayerNorm over the channels only"),
     (nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), (1, 3, 3), "does not run on inputs of shape"),
 ])
 def test_unsupported_patterns_are_clear_errors(net, shape, message):
@@ -139,7 +139,7 @@ def test_channel_shuffles_and_chunks_permute_and_slice_ids():
 
 
 class _ChannelsLast(nn.Module):
-    """A ConvNeXt-style channels-last block: permute, then LayerNorm over channels."""
+    """Channels-last, then a mean over the spatial dims there (an op followed on channels at dim 1 only)."""
 
     def __init__(self):
         super().__init__()
@@ -162,7 +162,7 @@ class _ChunkRows(nn.Module):
         return self.fc(top.mean((2, 3)))
 
 
-@pytest.mark.parametrize("net, message", [(_ChannelsLast(), "only as the channel-group swap of a channel shuffle"),
+@pytest.mark.parametrize("net, message", [(_ChannelsLast(), "on a tensor whose channels are on dim 3"),
                                           (_ChunkRows(), "only chunks and splits along channels")])
 def test_permutes_and_chunks_it_cannot_follow_are_refused(net, message):
     with pytest.raises(MdakitError, match=message):
@@ -210,8 +210,8 @@ def test_ops_it_cannot_follow_are_refused_naming_op_and_node(fn, message):
      "per-channel PReLU at node '_1' is not supported"),
     (nn.Sequential(nn.Conv2d(1, 4, 3), nn.LocalResponseNorm(2), nn.Flatten(), nn.Linear(64, 2)),
      "unsupported module LocalResponseNorm ('1') at node '_1': mdakit cannot tell how it maps channels"),
-    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 2)), "Linear '1' at node '_1' reads a 4-D tensor; only B×features "
-                                                          "inputs are supported"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 2)), "Linear '1' at node '_1' reads a 4-D tensor whose channels "
+                                                          "are on dim 1; only B×features inputs, or channels last"),
     (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(144, 2)),
      "Conv2d '0' uses padding_mode='reflect'; only zeros is supported"),
 ])

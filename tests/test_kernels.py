@@ -198,9 +198,9 @@ def test_conv_rejects_too_small_input():
         conv2d_contributions(torch.randn(1, 3, 2, 8), nn.Conv2d(3, 2, 3))
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 4), (4,), (2, 5)])
-def test_linear_rejects_wrong_input_shape(shape):
-    with pytest.raises(ValueError, match="B x 4"):
+@pytest.mark.parametrize("shape", [(2, 4, 3), (4,), (2, 5)])
+def test_linear_rejects_wrong_input_shape(shape):  # B × 4, or channels last: B × ... × 4
+    with pytest.raises(ValueError, match=r"B x \.\.\. x 4"):
         linear_contributions(torch.randn(*shape), nn.Linear(4, 2))
 
 

@@ -15,11 +15,11 @@ import mdakit
 from mdakit.cli import run
 from mdakit.errors import MdakitError
 from mdakit.graph.recorded import NotRecordableError, record_graph, replay_graph
-from nets import ConcatPoolNet, DepthwiseNet, GroupNormNet, RandomNet, ResidualNet, ShuffleNet, SliceNet
+from nets import ConcatPoolNet, ConvNeXtBlockNet, DepthwiseNet, GroupNormNet, RandomNet, ResidualNet, ShuffleNet, SliceNet
 
 SHAPE = (1, 28, 28)
 NETS = {"concat-pool": ConcatPoolNet, "residual": ResidualNet, "depthwise": DepthwiseNet, "shuffle": ShuffleNet,
-        "slice": SliceNet, "group-norm": GroupNormNet}
+        "slice": SliceNet, "group-norm": GroupNormNet, "convnext-block": ConvNeXtBlockNet}
 
 
 def _rebuilt(net: nn.Module, shape=SHAPE) -> nn.Module:

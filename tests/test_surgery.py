@@ -18,6 +18,7 @@ from mdakit.surgery import MaskedModel, apply_kernel_masks, keep_sets, rebuild
 from mdakit.zoo import build_model
 from nets import (
     ConcatPoolNet,
+    ConvNeXtBlockNet,
     DepthwiseNet,
     FunctionalLinear,
     GroupNormNet,
@@ -89,9 +90,9 @@ def test_extraction_equals_masked_original(arch, shape, mnist_images):
                                         (SliceNet(), (1, 28, 28)),
                                         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
                                                        FunctionalLinear(4 * 26 * 26, 3)), (1, 28, 28)),
-                                        (GroupNormNet(), (1, 28, 28))],
+                                        (GroupNormNet(), (1, 28, 28)), (ConvNeXtBlockNet(), (1, 28, 28))],
                          ids=["concat-pool", "residual", "depthwise", "shuffle", "slice", "functional-linear",
-                              "group-norm"])
+                              "group-norm", "convnext-block"])
 def test_extraction_on_op_patterns(net, shape, mnist_images):
     for seed in range(3):
         _check(net, shape, mnist_images, seed=seed, kernel=seed == 2, rows=[2, 0])

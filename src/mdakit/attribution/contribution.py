@@ -174,8 +174,8 @@ def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
         else:
             groups = layer.module.groups if layer.kind == "conv" else 1
             r = relative_contributions(sums[layer.name].float().cpu(), groups)
-            alpha, beta = ((settings.alpha_conv, settings.beta_conv) if layer.kind == "conv"
-                           else (settings.alpha_linear, settings.beta_linear))
+            alpha, beta = ((settings.alpha_conv, settings.beta_conv) if layer.kind in ("conv", "pointwise")
+                           else (settings.alpha_linear, settings.beta_linear))  # pointwise: a 1×1 conv
             kernels = (r >= alpha) & needed_out[:, None]
             counts = kernels.sum(0).float()
             top = float(counts.max())

@@ -71,6 +71,8 @@ def linear_contributions(x: Tensor, linear: nn.Linear) -> Tensor:
     tensor([[[ 3., -8.]]])
     """
     _check_linear_input(x, linear)
+    if x.dim() > 2:  # channels last: summed over positions per sample
+        x = x.flatten(1, -2).sum(1)
     return linear.weight.to(x.dtype) * x[:, None, :]
 
 
@@ -88,7 +90,8 @@ def positive_contribution_sum(
     for a following BatchNorm with negative gamma. Convolutions are computed as one batched matrix
     product per input channel (its tap sums against its group's kernels), ``chunk_size`` input
     channels at a time (by default as many as keep one chunk's contributions under 2 MiB, so they
-    stay in cache); linear layers and 1×1 convolutions need no per-sample products, as
+    stay in cache); linear layers (over channels-last inputs too, summed over positions like a 1×1
+    convolution) and 1×1 convolutions need no per-sample products, as
     ``max(w * x, 0) = relu(w) * relu(x) + relu(-w) * relu(-x)``.
 
     >>> linear = nn.Linear(1, 2, bias=False)
@@ -104,6 +107,8 @@ def positive_contribution_sum(
     """
     if isinstance(layer, nn.Linear):
         _check_linear_input(x, layer)
+        if x.dim() > 2:  # channels last (B × ... × N): summed over positions per sample, as a 1×1 convolution
+            x = x.flatten(1, -2).sum(1)
         sign = _row_sign(row_sign, layer.out_features, x)
         weight = sign[:, None] * layer.weight.to(x.dtype)
         up, down = weight.clamp(min=0), (-weight).clamp(min=0)
@@ -186,8 +191,8 @@ def _check_conv_input(x: Tensor, conv: nn.Conv2d) -> None:
 
 
 def _check_linear_input(x: Tensor, linear: nn.Linear) -> None:
-    if x.dim() != 2 or x.shape[1] != linear.in_features:
-        raise ValueError(f"expected input of shape B x {linear.in_features}, got {tuple(x.shape)}")
+    if x.dim() < 2 or x.shape[-1] != linear.in_features:
+        raise ValueError(f"expected input of shape B x ... x {linear.in_features}, got {tuple(x.shape)}")
 
 
 def _row_sign(row_sign: Tensor | None, out_channels: int, x: Tensor) -> Tensor:

@@ -113,7 +113,7 @@ def mask_points(graph: ChannelGraph, linear: bool = False, gm: torch.fx.GraphMod
     runs: list[list[str]] = []
     previous = None
     for name in _trunk(graph):
-        rank = len(shapes.get(name, ()))
+        rank = len(shapes.get(name, ())) if name not in graph.channel_dims else 0  # gates go on dim 1
         if previous is not None and rank == len(shapes[previous]) and _continues(graph, name, previous):
             runs[-1].append(name)
         elif rank == 4 or (rank == 2 and name in hidden):

@@ -14,12 +14,16 @@ by the model input, and carried through operations:
   ``f`` carries the id of channel ``f // (H·W)``;
 - depthwise convolution: input channel ``j`` is coupled with output channel ``j``;
 - channel shuffles (``nn.ChannelShuffle``, or view into groups → transpose → view) permute the ids,
-  and ``chunk``/``split`` along channels slice them.
+  and ``chunk``/``split`` along channels slice them;
+- a ``permute`` that keeps the batch first moves the channels to another dim (ConvNeXt's channels-last
+  blocks); there only elementwise ops, ``Linear`` and ``LayerNorm`` over the channels (the last dim) and
+  the permute back are followed.
 
 Channels that cannot be removed without changing what the model computes are *pinned*: the model
 input, grouped (not depthwise) convolutions, operations that mix channels, channels multiplied by a
-constant per-channel tensor, reshapes with hard-coded sizes, and the channels of a shuffle, chunk or
-split (their group sizes are fixed). An operation the tracer does not know
+constant per-channel tensor (a layer scale), reshapes with hard-coded sizes, the channels of a shuffle,
+chunk or split (their group sizes are fixed), and the channels a LayerNorm or GroupNorm normalises
+together. An operation the tracer does not know
 is an error naming the op and the node, never a silent guess.
 
 Each op's rule is a handler in :mod:`mdakit.graph.ops`, registered by the op it handles

@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mdakit.errors import MdakitError
 from mdakit.graph.channel_graph import ChannelGraph, Edge, PrunableLayer, find_root
-from mdakit.graph.registry import MODULES, module_handler, op_entry
+from mdakit.graph.registry import CHANNELS_ANYWHERE, MODULES, handled_class, module_handler, op_entry
 
 
 def tensor_shape(node: torch.fx.Node) -> tuple[int, ...] | None:
@@ -138,7 +138,8 @@ class GraphBuilder:
     and two records of multi-node patterns: ``grouped`` (5-D node -> (dim 1, dim 2) sizes, the
     channels of a view into groups, as a channel shuffle starts) and ``pieces`` (chunk/split node ->
     (source node, piece sizes)); ``unmergeable`` says why a node cannot run on several models' channels
-    stacked (a slice at fixed positions, a norm over all channels).
+    stacked (a slice at fixed positions, a norm over all channels); ``channel_dims`` holds the nodes whose
+    channels are not on dim 1 (channels-last after a permute), with their dim.
     """
 
     def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]):
@@ -155,6 +156,8 @@ class GraphBuilder:
         self.grouped: dict[str, tuple[int, int]] = {}
         self.pieces: dict[str, tuple[str, list[int]]] = {}
         self.unmergeable: dict[str, str] = {}
+        self.channel_dims: dict[str, int] = {}
+        self.constants: set[str] = set()
 
     # ---------------------------------------------------------------- union-find
     def fresh(self, n: int, pinned: bool = False) -> torch.Tensor:
@@ -187,6 +190,10 @@ class GraphBuilder:
             return None
         return shape[1]
 
+    def channel_dim(self, node: torch.fx.Node | str) -> int:
+        """The dim of ``node``'s result its channels are on: 1, unless a permute moved them."""
+        return self.channel_dims.get(node if isinstance(node, str) else node.name, 1)
+
     def tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
         """The arguments of ``node`` that carry traced channels."""
         flat: list[torch.fx.Node] = []
@@ -210,13 +217,22 @@ class GraphBuilder:
         self.edges[node.name] = edges
 
     def identity(self, node: torch.fx.Node, source: torch.fx.Node) -> None:
-        """Channel ``j`` of ``node`` is channel ``j`` of ``source``."""
+        """Channel ``j`` of ``node`` is channel ``j`` of ``source`` (on the same dim)."""
         ids = self.ids[source.name]
         self.assign(node, ids, [Edge(source.name, torch.arange(len(ids)))])
+        self.moved(node, self.channel_dim(source))
 
     def permuted(self, node: torch.fx.Node, source: torch.fx.Node, src: torch.Tensor) -> None:
         """Channel ``j`` of ``node`` is channel ``src[j]`` of ``source``."""
         self.assign(node, self.ids[source.name][src], [Edge(source.name, src)])
+        self.moved(node, self.channel_dim(source))
+
+    def moved(self, node: torch.fx.Node, dim: int) -> None:
+        """``node``'s channels are on ``dim`` of its result."""
+        if dim == 1:
+            self.channel_dims.pop(node.name, None)
+        else:
+            self.channel_dims[node.name] = dim
 
     def mixing(self, node: torch.fx.Node, sources: list[torch.fx.Node], size: int) -> None:
         """Every one of ``node``'s ``size`` channels reads every channel of ``sources``: all pinned."""
@@ -254,7 +270,8 @@ class GraphBuilder:
         return ChannelGraph(model=self.model, input_shape=self.input_shape, layers=self.layers,
                             output_layer=output, node_ids=self.ids, edges=self.edges, order=order,
                             channel_modules=self.channel_modules, parent=self.parent, pinned_ids=self.pinned,
-                            output_node=output_node.name, unmergeable=self.unmergeable)
+                            output_node=output_node.name, unmergeable=self.unmergeable,
+                            channel_dims=self.channel_dims)
 
     def output_layer(self, output_node: torch.fx.Node) -> PrunableLayer:
         """The layer whose output the logits are, through pass-through ops only."""
@@ -277,12 +294,34 @@ class GraphBuilder:
         if handler is None:
             raise MdakitError(f"unsupported module {type(module).__name__} ({name!r}) at node {node.name!r}: "
                               "mdakit cannot tell how it maps channels")
+        self.check_channel_dims(node, handled_class(module))
         handler(self, node, module)
 
     def call_op(self, node: torch.fx.Node) -> None:
-        if tensor_shape(node) is None and not self.tensor_args(node):
-            return  # bookkeeping on sizes and flags (``x.ndim == 4``, ``torch._assert``): no channels flow
+        if (tensor_shape(node) is None and not self.tensor_args(node)) or self.is_constant(node):
+            # bookkeeping on sizes and flags (``x.ndim == 4``, ``torch._assert``), or arithmetic on parameters
+            # alone (``self.gamma.reshape(1, -1, 1, 1)``): no channels flow; a consumer sees a constant
+            return
         entry = op_entry(node)
         if entry is None or (tensor_shape(node) is None and not entry.any_result):
             raise self.unsupported(node)
+        self.check_channel_dims(node, node.target)
         entry.handler(self, node)
+
+    def is_constant(self, node: torch.fx.Node) -> bool:
+        """Whether ``node`` computes from parameters, buffers and literals alone (never from the input)."""
+        flat: list[torch.fx.Node] = []
+        torch.fx.node.map_arg((node.args, node.kwargs), flat.append)
+        if all(arg.op == "get_attr" or arg.name in self.constants for arg in flat):
+            self.constants.add(node.name)
+            return True
+        return False
+
+    def check_channel_dims(self, node: torch.fx.Node, op: object) -> None:
+        """Refuse ``node`` if it reads a tensor whose channels a permute moved and ``op``'s handler follows
+        channels on dim 1 only (a pooling or BatchNorm there would work across channels)."""
+        moved = [a for a in self.tensor_args(node) if self.channel_dim(a) != 1]
+        if moved and op not in CHANNELS_ANYWHERE:
+            raise MdakitError(f"unsupported op {describe(node)} on a tensor whose channels are on dim "
+                              f"{self.channel_dim(moved[0])} (node {moved[0].name!r}, after a permute): there "
+                              "mdakit follows elementwise ops, Linear, LayerNorm and the permute back only")

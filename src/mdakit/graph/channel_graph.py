@@ -77,6 +77,9 @@ class ChannelGraph:
     unmergeable: dict[str, str] = field(default_factory=dict)
     """Nodes that cannot run on several models' channels stacked (the padded layout), with why: code that
     picks channels at fixed positions (``x[:, :16]``), a norm whose statistics span all its channels."""
+    channel_dims: dict[str, int] = field(default_factory=dict)
+    """Nodes whose channels are not on dim 1 (channels-last between a permute and the permute back), with
+    their dim."""
 
     def find(self, i: int) -> int:
         """The representative of channel id ``i``'s coupled group."""

@@ -44,39 +44,48 @@ class OpEntry:
 FUNCTIONS: dict[Callable[..., Any], OpEntry] = {}
 METHODS: dict[str, OpEntry] = {}
 MODULES: dict[type[nn.Module], ModuleHandler] = {}
+CHANNELS_ANYWHERE: set[object] = set()
+"""Ops (functions, method names, module classes) whose handler follows channels on any dim, as after a
+permute to channels-last: elementwise ops, and the ops over the channel dim (Linear, LayerNorm). Every
+other op is refused on such a tensor (a pooling there would pool over channels)."""
 
 
-def _add(table: dict, keys: tuple, value: object) -> None:
+def _add(table: dict, keys: tuple, value: object, channels_anywhere: bool) -> None:
     for key in dict.fromkeys(keys):  # one op under two names (F.channel_shuffle is torch.channel_shuffle)
         if key in table:
             raise MdakitError(f"{getattr(key, '__name__', key)!r} already has a channel handler")
         table[key] = value
+        if channels_anywhere:
+            CHANNELS_ANYWHERE.add(key)
 
 
-def register_function(*targets: Callable[..., Any], any_result: bool = False) -> Callable[[OpHandler], OpHandler]:
-    """Register the decorated handler for ``call_function`` nodes calling any of ``targets``."""
+def register_function(*targets: Callable[..., Any], any_result: bool = False, channels_anywhere: bool = False
+                      ) -> Callable[[OpHandler], OpHandler]:
+    """Register the decorated handler for ``call_function`` nodes calling any of ``targets``
+    (``channels_anywhere``: also on tensors whose channels are not on dim 1, see :data:`CHANNELS_ANYWHERE`)."""
     def register(handler: OpHandler) -> OpHandler:
-        _add(FUNCTIONS, targets, OpEntry(handler, any_result))
+        _add(FUNCTIONS, targets, OpEntry(handler, any_result), channels_anywhere)
         return handler
     return register
 
 
-def register_method(*names: str, any_result: bool = False) -> Callable[[OpHandler], OpHandler]:
+def register_method(*names: str, any_result: bool = False, channels_anywhere: bool = False
+                    ) -> Callable[[OpHandler], OpHandler]:
     """Register the decorated handler for ``call_method`` nodes calling any tensor method in ``names``."""
     def register(handler: OpHandler) -> OpHandler:
-        _add(METHODS, names, OpEntry(handler, any_result))
+        _add(METHODS, names, OpEntry(handler, any_result), channels_anywhere)
         return handler
     return register
 
 
-def register_module(*types: type[nn.Module]) -> Callable[[H], H]:
+def register_module(*types: type[nn.Module], channels_anywhere: bool = False) -> Callable[[H], H]:
     """Register the decorated handler for ``call_module`` nodes of ``types`` and their subclasses.
 
     The tracer keeps modules of exactly these classes whole (fx leaves) so the handler sees them;
     subclasses reach it only if they are leaves anyway (torch.nn's modules, BatchNorms).
     """
     def register(handler: H) -> H:
-        _add(MODULES, types, handler)
+        _add(MODULES, types, handler, channels_anywhere)
         return handler
     return register
 
@@ -95,11 +104,17 @@ def unregister(*ops: type[nn.Module] | Callable[..., Any] | str) -> None:
         if op not in table:
             raise MdakitError(f"{getattr(op, '__name__', op)!r} has no channel handler")
         del table[op]
+        CHANNELS_ANYWHERE.discard(op)
 
 
 def op_entry(node: torch.fx.Node) -> OpEntry | None:
     """The entry for a ``call_function`` or ``call_method`` node, if its op has one."""
     return FUNCTIONS.get(node.target) if node.op == "call_function" else METHODS.get(node.target)
+
+
+def handled_class(module: nn.Module) -> type[nn.Module] | None:
+    """The most derived registered class ``module`` is an instance of, if any."""
+    return next((cls for cls in type(module).__mro__ if cls in MODULES), None)
 
 
 def module_handler(module: nn.Module) -> ModuleHandler | None:
@@ -110,7 +125,5 @@ def module_handler(module: nn.Module) -> ModuleHandler | None:
     >>> module_handler(Custom(4)) is batch_norm
     True
     """
-    for cls in type(module).__mro__:
-        if cls in MODULES:
-            return MODULES[cls]
-    return None
+    cls = handled_class(module)
+    return None if cls is None else MODULES[cls]

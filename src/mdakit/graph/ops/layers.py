@@ -1,5 +1,7 @@
 """Layers with parameters: the prunable ``Conv2d`` and ``Linear`` (also a ``Linear`` subclass that calls
-``F.linear`` on its own parameters), BatchNorm, which follows them, and GroupNorm, which pins its channels.
+``F.linear`` on its own parameters; over channels-last tensors a ``pointwise`` layer, a 1×1 convolution in
+all but layout), BatchNorm, which follows them, and LayerNorm (over the channels) and GroupNorm, which pin
+theirs.
 
 A prunable layer creates one channel id per output channel. A depthwise convolution couples input
 channel ``j`` with output channel ``j``; a grouped one (not depthwise) pins its inputs and outputs,
@@ -20,13 +22,14 @@ from mdakit.graph.channel_graph import PrunableLayer
 from mdakit.graph.registry import register_function, register_module
 
 
-@register_module(nn.Conv2d, nn.Linear)
+@register_module(nn.Linear, channels_anywhere=True)
+@register_module(nn.Conv2d)
 def prunable(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn.Linear) -> None:
     """A layer whose output channels can be removed (and whose input channels follow its producers)."""
     add_layer(builder, node, module, str(node.target))
 
 
-@register_function(F.linear)
+@register_function(F.linear, channels_anywhere=True)
 def functional_linear(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """``F.linear(x, self.weight, self.bias)`` inside the forward of an ``nn.Linear`` subclass (timm's
     ``Linear``, traced through): the layer is that module, as if it had been called as a leaf.
@@ -63,10 +66,12 @@ def add_layer(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn
     in_ids = builder.ids[source.name]
     shape = tensor_shape(source)
     if isinstance(module, nn.Linear):
-        if shape is None or len(shape) != 2:
-            raise MdakitError(f"Linear {name!r} at node {node.name!r} reads a {len(shape or ())}-D tensor; "
-                              "only B×features inputs are supported")
-        kind = "linear"
+        dim = builder.channel_dim(source)
+        if shape is None or dim != len(shape) - 1 or (dim == 1 and len(shape) != 2):
+            raise MdakitError(f"Linear {name!r} at node {node.name!r} reads a {len(shape or ())}-D tensor whose "
+                              f"channels are on dim {dim}; only B×features inputs, or channels last (after a "
+                              "permute), are supported")
+        kind = "linear" if len(shape) == 2 else "pointwise"
     else:
         if module.padding_mode != "zeros":
             raise MdakitError(f"Conv2d {name!r} uses padding_mode={module.padding_mode!r}; only zeros is supported")
@@ -79,18 +84,54 @@ def add_layer(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn
             builder.pin(in_ids)
             builder.pin(out_ids)
     builder.ids[node.name] = out_ids
+    builder.moved(node, builder.channel_dim(source))
     builder.layers.append(PrunableLayer(name=name, module=module, kind=kind, node=node.name,
                                         input_node=source.name, in_ids=in_ids, out_ids=out_ids))
+
+
+NORM_SPANS = "a {}'s statistics span its channels, and would span the parts'"
+
+
+def pin_normalised(builder: GraphBuilder, node: torch.fx.Node, kind: str) -> None:
+    """``node`` normalises its input's channels together: channel ``j`` stays ``j``, but removing one
+    would change the statistics of the others, so all are pinned (kept), never approximated."""
+    source = builder.first_tensor(node)
+    builder.identity(node, source)
+    builder.pin(builder.ids[source.name])
+    builder.unmergeable[node.name] = NORM_SPANS.format(kind)
+
+
+@register_module(nn.LayerNorm, channels_anywhere=True)
+def layer_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.LayerNorm) -> None:
+    """LayerNorm over the channels alone (the last dim, as in ConvNeXt's channels-last blocks or on B×C
+    features): its channels are pinned."""
+    check_layer_norm(builder, node, tuple(module.normalized_shape))
+    pin_normalised(builder, node, "LayerNorm")
+
+
+@register_function(F.layer_norm, channels_anywhere=True)
+def functional_layer_norm(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """``F.layer_norm`` (inside a LayerNorm subclass such as a channels-first ``LayerNorm2d``), as LayerNorm."""
+    shape = node.kwargs.get("normalized_shape", node.args[1] if len(node.args) > 1 else None)
+    check_layer_norm(builder, node, tuple(shape) if isinstance(shape, list | tuple) else (shape,))
+    pin_normalised(builder, node, "LayerNorm")
+
+
+def check_layer_norm(builder: GraphBuilder, node: torch.fx.Node, normalized: tuple) -> None:
+    """Refuse a LayerNorm over more than the channels, or over a dim that is not theirs."""
+    source = builder.first_tensor(node)
+    shape = tensor_shape(source)
+    if shape is None or builder.channel_dim(source) != len(shape) - 1 or normalized != (shape[-1],):
+        raise MdakitError(f"unsupported op {describe(node)}: mdakit follows a LayerNorm over the channels only "
+                          f"(the last dim); this one normalises {list(normalized)} of a tensor of shape "
+                          f"{list(shape or ())} whose channels are on dim {builder.channel_dim(source)}")
 
 
 @register_module(nn.GroupNorm)
 def group_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.GroupNorm) -> None:
     """GroupNorm keeps channel ``j`` as ``j``, but its statistics span every channel of a group: removing one
     would change the others, so all its channels are pinned (kept), never approximated."""
-    source = builder.first_tensor(node)
-    builder.identity(node, source)
-    builder.pin(builder.ids[source.name])
-    builder.unmergeable[node.name] = "a GroupNorm's statistics span its channels, and would span the parts'"
+    pin_normalised(builder, node, "GroupNorm")
 
 
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d)

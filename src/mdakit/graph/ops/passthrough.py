@@ -35,11 +35,14 @@ def passthrough_module(builder: GraphBuilder, node: torch.fx.Node, module: nn.Mo
     builder.identity(node, builder.first_tensor(node))
 
 
-def register_passthrough(*ops: type[nn.Module] | Callable[..., Any] | str) -> None:
+def register_passthrough(*ops: type[nn.Module] | Callable[..., Any] | str, elementwise: bool = False) -> None:
     """Register ``ops`` as per-channel: module classes, functions, or tensor method names.
 
+    ``elementwise`` ops (activations) are followed wherever the channels are, also channels-last after a
+    permute; the others (pooling, padding) only on channels on dim 1.
+
     >>> from mdakit.graph import trace, unregister
-    >>> register_passthrough(torch.erf)
+    >>> register_passthrough(torch.erf, elementwise=True)
     >>> class Erf(nn.Module):
     ...     def forward(self, x): return torch.erf(x)
     >>> net = nn.Sequential(nn.Conv2d(1, 3, 1), Erf(), nn.Flatten(), nn.Linear(3, 2))
@@ -49,11 +52,11 @@ def register_passthrough(*ops: type[nn.Module] | Callable[..., Any] | str) -> No
     """
     for op in ops:
         if isinstance(op, str):
-            register_method(op)(passthrough)
+            register_method(op, channels_anywhere=elementwise)(passthrough)
         elif isinstance(op, type) and issubclass(op, nn.Module):
-            register_module(op)(passthrough_module)
+            register_module(op, channels_anywhere=elementwise)(passthrough_module)
         else:
-            register_function(op)(passthrough)
+            register_function(op, channels_anywhere=elementwise)(passthrough)
 
 
 def passthrough_ops() -> list[type[nn.Module] | Callable[..., Any] | str]:
@@ -73,16 +76,14 @@ def prelu(builder: GraphBuilder, node: torch.fx.Node, module: nn.PReLU) -> None:
 
 register_passthrough(
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Identity, nn.Dropout, nn.Dropout2d,
-    nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
-    nn.ZeroPad2d, nn.ConstantPad2d,
-)
-register_passthrough(
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Identity, nn.Dropout, nn.AlphaDropout,
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d, F.pad, torch.relu, torch.sigmoid, torch.tanh, torch.clone, F.relu_, stochastic_depth,
-)  # not F.sigmoid, F.tanh: fx records the tensor methods they call
-register_passthrough(
+    F.hardtanh, F.softplus, F.dropout, torch.relu, torch.sigmoid, torch.tanh, torch.clone, F.relu_, stochastic_depth,
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "clamp", "clamp_", "clamp_min",
     "clamp_min_", "detach", "float", "to", "type_as",
+    elementwise=True,
+)  # not F.sigmoid, F.tanh: fx records the tensor methods they call
+register_passthrough(  # over the spatial dims, so on channels at dim 1 only
+    nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.ZeroPad2d,
+    nn.ConstantPad2d, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.pad,
 )

@@ -12,7 +12,7 @@ from torch import nn
 
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe
-from mdakit.graph.registry import register_function, register_method, register_module
+from mdakit.graph.registry import register_function, register_module
 
 
 def shuffled(groups: int, per_group: int) -> torch.Tensor:
@@ -42,17 +42,11 @@ def shuffle_function(builder: GraphBuilder, node: torch.fx.Node) -> None:
     shuffle(builder, node, builder.first_tensor(node), int(groups))
 
 
-@register_function(torch.transpose, torch.permute)
-@register_method("transpose", "permute")
-def swap_groups(builder: GraphBuilder, node: torch.fx.Node) -> None:
-    """A transpose of a channel-group split (dims 1 and 2 of a 5-D tensor): a channel shuffle."""
-    source = builder.first_tensor(node)
-    dims = [a for a in (*node.args[1:], *node.kwargs.values()) if not isinstance(a, torch.fx.Node)]
-    dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], list | tuple) else dims
-    swaps = dims in ([1, 2], [2, 1], [0, 2, 1, 3, 4])
-    if source.name not in builder.grouped or not swaps:
-        raise MdakitError(f"unsupported op {describe(node)}: mdakit follows transposes and permutes only as "
-                          "the channel-group swap of a channel shuffle")
+def swap_groups(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node, order: list[int]) -> None:
+    """A transpose of a channel-group split (``order``: dims 1 and 2 of a 5-D tensor swapped): a channel shuffle."""
+    if order != [0, 2, 1, 3, 4]:
+        raise MdakitError(f"unsupported op {describe(node)}: of a view into channel groups, mdakit follows only "
+                          "the swap of the two group dims (a channel shuffle)")
     groups, per_group = builder.grouped[source.name]
     builder.permuted(node, source, shuffled(groups, per_group))
     builder.grouped[node.name] = (per_group, groups)
