@@ -44,7 +44,8 @@ def _method_cell(source, graph, confusion: torch.Tensor, method: str, per_class:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        masks, _, cost = compute_masks(source, classes, method, samples=SAMPLES, graph=graph)
+        masks, _, cost = compute_masks(source, classes, method, samples=SAMPLES, graph=graph,
+                                       thresholds="paper")
     mask_seconds = time.perf_counter() - start
     layers = [layer.name for layer in graph.layers if layer is not graph.output_layer]
     matrix = similarity_matrix(masks, classes, layers)

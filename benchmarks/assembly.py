@@ -59,7 +59,8 @@ def _parts(arch: str, classes: tuple[str, str], method: str, calibrate: float | 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parts.append(disassemble(ROOT / "runs" / "zoo" / f"{arch}-{dataset}", load_dataset(dataset, "train")[0],
-                                     chosen, method=method, calibrate=calibrate, seed=seed))
+                                     chosen, method=method, calibrate=calibrate, thresholds="paper",
+                                     seed=seed))
     return parts
 
 

@@ -83,7 +83,7 @@ def _cell(arch: str, dataset: str, finetune_images: int, path: Path) -> dict[str
     for method in ("contribution", "gradient"):
         if method not in row or (method == "contribution" and "contribution_ft" not in row):
             start = time.perf_counter()
-            compressed[method] = compress(model_dir, dataset, method).model
+            compressed[method] = compress(model_dir, dataset, method, thresholds="paper").model
             seconds = time.perf_counter() - start
             if method not in row:
                 row[method] = {**_entry(compressed[method], original, shape, test, classes), "seconds": seconds}

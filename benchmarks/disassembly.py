@@ -127,7 +127,7 @@ def _end_to_end(model_dir: Path, classes: str) -> dict:
     code = (
         "import json, sys; from mdakit.data import load_dataset; from mdakit.disassembly import disassemble\n"
         f"train, _ = load_dataset('{load_with_card(model_dir)[1].dataset}', 'train')\n"
-        f"part = disassemble('{model_dir}', train, '{classes}')\n"
+        f"part = disassemble('{model_dir}', train, '{classes}', thresholds='paper')\n"
         "print(json.dumps(part.report['steps']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -178,7 +178,7 @@ def _cell(model_dir: Path, classes: str, samples: int, tolerance: float, seed: i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             masks, _, cost = compute_masks(source, class_list, method, samples=samples, graph=graph,
-                                           calibrate=calibrate, seed=seed)
+                                           calibrate=calibrate, thresholds="paper", seed=seed)
             with measure() as step:
                 part, _, _ = extract(source, graph, masks, class_list)
             cost["extraction"] = step.to_dict()

@@ -34,7 +34,9 @@ def test_part_is_smaller_and_equals_masked_original(part, tiny_lenet_dir, mnist_
     for key in ("part_accuracy", "original_accuracy", "original_restricted_accuracy"):
         assert 0.0 <= report[key] <= 1.0
     assert report["original_restricted_accuracy"] >= report["original_accuracy"]
-    assert set(report["steps"]) == {"trace", "sample_selection", "attribution", "extraction"}
+    # given no thresholds, contribution attribution is calibrated on held-out training images
+    assert set(report["steps"]) == {"trace", "sample_selection", "attribution", "calibration", "extraction"}
+    assert report["thresholds"] == "calibrated by default" and report["calibration"]["tolerance_points"] == 0.5
     assert part.card.logit_classes == [2, 0]
 
 

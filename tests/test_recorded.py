@@ -15,7 +15,16 @@ import mdakit
 from mdakit.cli import run
 from mdakit.errors import MdakitError
 from mdakit.graph.recorded import NotRecordableError, record_graph, replay_graph
-from nets import ConcatPoolNet, ConvNeXtBlockNet, DepthwiseNet, GroupNormNet, RandomNet, ResidualNet, ShuffleNet, SliceNet
+from nets import (
+    ConcatPoolNet,
+    ConvNeXtBlockNet,
+    DepthwiseNet,
+    GroupNormNet,
+    RandomNet,
+    ResidualNet,
+    ShuffleNet,
+    SliceNet,
+)
 
 SHAPE = (1, 28, 28)
 NETS = {"concat-pool": ConcatPoolNet, "residual": ResidualNet, "depthwise": DepthwiseNet, "shuffle": ShuffleNet,

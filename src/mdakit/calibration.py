@@ -4,6 +4,10 @@ A method that exposes its per-class sums (:class:`~mdakit.attribution.base.SumsA
 them, and :func:`calibrate_thresholds` thresholds them again at smaller and smaller factors, cutting
 the part each time, until its accuracy on held-out training images (:func:`holdout_images`, never
 test images) comes within a tolerance of the original's.
+
+It is the default: a disassembly given no thresholds is calibrated within
+:data:`~mdakit.defaults.CALIBRATION_TOLERANCE` points (:func:`calibration_plan`), because the paper's
+thresholds, tuned on its models, can cut a model they were never tuned on far too deep.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from mdakit.attribution.base import AttributionMethod, ClassSums, available_meth
 from mdakit.attribution.run import AttributionRun, add_cost, samples_used
 from mdakit.component_masks import ComponentMasks
 from mdakit.data import labels_of, make_loader, stratified_split
+from mdakit.defaults import CALIBRATION_TOLERANCE, THRESHOLD_MODES
 from mdakit.errors import MdakitError
 from mdakit.profiling import measure
 from mdakit.surgery import keep_sets, rebuild
@@ -58,6 +63,40 @@ def _accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, col
     if columns is not None:
         logits = logits[:, columns]
     return float((logits.argmax(1) == targets).float().mean())
+
+
+def calibration_plan(method: AttributionMethod, thresholds: str, settings_given: bool, calibrate: float | None,
+                     chunked: bool) -> tuple[float | None, str]:
+    """``(tolerance or None, why)``: whether a run calibrates its thresholds, and the reason recorded with it.
+
+    ``calibrate`` (points) always calibrates (and is refused where it cannot run, :func:`check_calibration`);
+    else ``thresholds="calibrated"`` calibrates within :data:`~mdakit.defaults.CALIBRATION_TOLERANCE`
+    unless thresholds were given (``settings_given``), the method exposes no sums, or the run is chunked;
+    ``thresholds="paper"`` never does.
+
+    >>> calibration_plan(get_method("contribution"), "calibrated", False, None, chunked=False)
+    (0.5, 'calibrated by default')
+    >>> calibration_plan(get_method("contribution"), "paper", False, None, chunked=False)
+    (None, "the paper's thresholds, as asked")
+    >>> calibration_plan(get_method("gradient"), "calibrated", False, None, chunked=False)[1]
+    'not calibrated: only contribution attribution is, not gradient'
+    """
+    if thresholds not in THRESHOLD_MODES:
+        raise MdakitError(f"thresholds must be one of {', '.join(THRESHOLD_MODES)}, got {thresholds!r}")
+    if calibrate is not None:
+        check_calibration(method, calibrate, chunked)
+        return calibrate, "calibrated as asked"
+    if thresholds == "paper":
+        return None, "the paper's thresholds, as asked"
+    if settings_given:
+        return None, "the thresholds given"
+    if not method.exposes_sums:
+        able = " or ".join(name for name in available_methods() if get_method(name).exposes_sums)
+        return None, f"not calibrated: only {able} attribution is, not {method.name}"
+    if chunked:
+        return None, ("not calibrated: a run in class chunks (an output directory or several processes) keeps one "
+                      "chunk's sums at a time")
+    return CALIBRATION_TOLERANCE, "calibrated by default"
 
 
 def check_calibration(method: AttributionMethod, tolerance: float, chunked: bool) -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.attribution.nad import NADSettings
 from mdakit.component_masks import LayerMask
-from mdakit.disassembly import Part, compute_masks, extract
+from mdakit.disassembly import Part, compute_masks, extract, threshold_summary
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.graph import ChannelGraph, trace
@@ -45,13 +45,16 @@ def ratios(original: dict[str, int], smaller: dict[str, int]) -> dict[str, float
 def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | None = None,
              method: str = "contribution", *, samples: int = 50,
              settings: ContributionSettings | NADSettings | None = None, calibrate: float | None = None,
+             thresholds: str = "calibrated", thresholds_given: bool | None = None,
              test_data: Dataset | DataLoader | str | None = None, seed: int = 0, device: torch.device | str = "cpu",
              data_dir: str | Path | None = None, show_progress: bool = False) -> Part:
     """Compress ``model`` to the union of all its classes' components; every logit is kept, in order.
 
     Arguments are those of :func:`~mdakit.disassembly.disassemble` (``data`` defaults to the model's own
-    dataset). The report holds the sizes, ``macs_ratio``, ``params_ratio`` and, with test data, the
-    accuracy of the original and the compressed model over all classes.
+    dataset; by default the thresholds are calibrated so the compressed model stays within 0.5 points of the
+    original on held-out training images). The report holds the sizes, ``macs_ratio``, ``params_ratio``,
+    how the thresholds were chosen and, with test data, the accuracy of the original and the compressed model
+    over all classes.
 
     >>> small = compress("runs/zoo/vgg16-mnist", "mnist")  # doctest: +SKIP
     >>> small.report["macs_ratio"], small.report["accuracy"]  # doctest: +SKIP
@@ -59,14 +62,16 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
     source = Workspace.open(model, data, test_data, None, data_dir)
     classes = list(source.card.logit_classes)
     masks, graph, cost = compute_masks(source, classes, method, samples, settings, seed, device, graph=None,
-                                       calibrate=calibrate, show_progress=show_progress)
+                                       calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
+                                       thresholds_given=thresholds_given)
     with measure() as step:
         small, keep, _ = extract(source, graph, masks, classes)
     cost["extraction"] = step.to_dict()
     shape = source.card.input_shape
     original_size, size = model_size(source.model, shape), model_size(small, shape)
     report: dict[str, Any] = {"method": method, "classes": classes, "steps": cost, "original_size": original_size,
-                              "compressed_size": size, **ratios(original_size, size)}
+                              "compressed_size": size, **ratios(original_size, size),
+                              **threshold_summary(masks.settings)}
     if source.test is not None:
         report["original_accuracy"] = evaluate(source.model, source.test, classes, device=device).accuracy
         report["accuracy"] = evaluate(small, source.test, classes, device=device).accuracy

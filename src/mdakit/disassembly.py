@@ -8,7 +8,8 @@ from the union of the classes' masks, extracts a physically smaller model whose 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from mdakit.artifacts import ModelCard, save
 from mdakit.attribution.base import MethodSettings, get_method
 from mdakit.attribution.jobs import attribute_in_chunks, check_chunks, is_chunked
 from mdakit.attribution.run import AttributionRun
-from mdakit.calibration import calibrated_masks, check_calibration
+from mdakit.calibration import calibrated_masks, calibration_plan
 from mdakit.component_masks import ComponentMasks
 from mdakit.data import ClassSubset, parse_classes
 from mdakit.distributed import World
@@ -62,12 +63,13 @@ def _accuracies(source: Workspace, part: nn.Module, classes: list[int], device: 
             "test_images": len(labels)}
 
 
-def _describe(source: Workspace, run: AttributionRun, masks: ComponentMasks,
+def _describe(source: Workspace, run: AttributionRun, thresholds: str, masks: ComponentMasks,
               calibration: dict[str, Any] | None = None) -> None:
-    """Fill in what the whole run knows: class names, samples and seed, the model and the logit rows."""
+    """Fill in what the whole run knows: class names, samples and seed, how the thresholds were chosen, the
+    model and the logit rows."""
     names = source.card.class_names
     masks.class_names = {c: names[c] for c in run.classes if c < len(names)}
-    masks.settings.update(samples=run.samples, seed=run.seed, calibration=calibration)
+    masks.settings.update(samples=run.samples, seed=run.seed, thresholds=thresholds, calibration=calibration)
     masks.info = {"source": source.label, "rows": run.rows, "input_shape": list(source.card.input_shape),
                   "samples_used": {c: masks.info["samples_used"][c] for c in run.classes}}
 
@@ -75,7 +77,8 @@ def _describe(source: Workspace, run: AttributionRun, masks: ComponentMasks,
 def compute_masks(source: Workspace, classes: Sequence[int], method: str = "contribution", samples: int = 50,
                   settings: MethodSettings | None = None, seed: int = 0, device: torch.device | str = "cpu",
                   graph: ChannelGraph | None = None, calibrate: float | None = None, show_progress: bool = False,
-                  *, class_chunk: int | None = None, out: str | Path | None = None, world: World | None = None,
+                  *, thresholds: str = "calibrated", thresholds_given: bool | None = None,
+                  class_chunk: int | None = None, out: str | Path | None = None, world: World | None = None,
                   work_dir: str | Path | None = None, force: bool = False
                   ) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
     """Per-class masks of ``classes`` (dataset labels) by the registered ``method``, and the cost of each step.
@@ -83,9 +86,13 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     ``settings``: the method's (default: its defaults; :meth:`~mdakit.attribution.base.AttributionMethod.settings_for`);
     ``seed`` seeds the sample selection and, for NAD, the mask search.
 
-    ``calibrate`` (points of accuracy) relaxes the thresholds until the classes' part stays within
-    that tolerance of the original on held-out training images
-    (:func:`~mdakit.calibration.calibrate_thresholds`; methods that expose their sums).
+    Thresholds: given no ``settings``, a method that exposes its sums (contribution) is calibrated by default
+    (``thresholds="calibrated"``): its thresholds are relaxed until the classes' part stays within
+    :data:`~mdakit.defaults.CALIBRATION_TOLERANCE` points of the original restricted to them, on held-out
+    training images (:func:`~mdakit.calibration.calibrate_thresholds`). ``thresholds="paper"`` keeps the
+    paper's values; ``calibrate`` (points) calibrates with that tolerance, also from given ``settings``
+    (:func:`~mdakit.calibration.calibration_plan`; ``thresholds_given`` overrides whether ``settings`` count as
+    thresholds the user chose). The masks' settings record which it was.
 
     Many classes: ``class_chunk`` selects samples and attributes that many classes at a time. With
     ``out`` the masks are written there as they finish (:func:`~mdakit.attribution.jobs.attribute_in_chunks`:
@@ -94,10 +101,11 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     class's samples and masks do not depend on the chunk or rank that computes it.
     """
     attribution = get_method(method)
-    settings = attribution.settings_for(settings, seed)
     world = world or World()
-    if calibrate is not None:
-        check_calibration(attribution, calibrate, is_chunked(class_chunk, out, world))
+    given = settings is not None if thresholds_given is None else thresholds_given
+    tolerance, how = calibration_plan(attribution, thresholds, given, calibrate,
+                                      is_chunked(class_chunk, out, world))
+    settings = attribution.settings_for(settings, seed)
     check_chunks(attribution, settings, class_chunk, out, world)
     class_list = parse_classes(list(classes), source.card.class_names)
     rows = source.rows(class_list)
@@ -107,13 +115,39 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     cost["trace"] = step.to_dict()
     run = AttributionRun(attribution, settings, source.model, graph, source.train, class_list, rows, samples=samples,
                          seed=seed, device=world.device(device), show_progress=show_progress, cost=cost)
-    if calibrate is None:
+    if tolerance is None:
         masks = attribute_in_chunks(run, class_chunk, out=out, world=world, work_dir=work_dir, source=source.label,
-                                    finish=partial(_describe, source, run), force=force)
+                                    finish=partial(_describe, source, run, how), force=force)
     else:
-        masks, calibration = calibrated_masks(run, source, calibrate)
-        _describe(source, run, masks, calibration)
+        masks, calibration = calibrated_masks(run, source, tolerance)
+        _describe(source, run, how, masks, calibration)
+        if not calibration["met"]:
+            warnings.warn(unmet_warning(calibration), stacklevel=2)
     return masks, graph, cost
+
+
+def unmet_warning(calibration: Mapping[str, Any]) -> str:
+    """The line that says a calibration could not keep the part within its tolerance."""
+    best = calibration["trials"][-1]
+    return (f"the part could not be kept within {calibration['tolerance_points']:g} points of the original "
+            f"restricted to its classes: on {calibration['holdout_images']} held-out images it reaches "
+            f"{best['holdout_accuracy']:.1%} against {calibration['reference_accuracy']:.1%} at the loosest "
+            f"thresholds tried (factor {best['factor']:g})")
+
+
+def threshold_summary(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What a report says of the thresholds: how they were chosen and, if calibrated, the outcome.
+
+    >>> threshold_summary({"thresholds": "the paper's thresholds, as asked", "calibration": None})
+    {'thresholds': "the paper's thresholds, as asked", 'calibration': None}
+    """
+    calibration = settings.get("calibration")
+    summary = None if not calibration else {
+        key: calibration[key] for key in ("tolerance_points", "met", "chosen_factor", "reference_accuracy",
+                                          "holdout_images", "holdout")}
+    if summary is not None:
+        summary["holdout_accuracy"] = calibration["trials"][-1]["holdout_accuracy"]
+    return {"thresholds": settings.get("thresholds"), "calibration": summary}
 
 
 def extract(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, classes: Sequence[int],
@@ -130,8 +164,8 @@ def extract(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, class
 
 def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str | None, classes: Sequence[int] | str,
                 method: str = "contribution", *, samples: int = 50, settings: MethodSettings | None = None,
-                kernel_masks: bool = False, calibrate: float | None = None,
-                test_data: Dataset | DataLoader | str | None = None,
+                kernel_masks: bool = False, calibrate: float | None = None, thresholds: str = "calibrated",
+                thresholds_given: bool | None = None, test_data: Dataset | DataLoader | str | None = None,
                 input_shape: Sequence[int] | None = None, seed: int = 0, device: torch.device | str = "cpu",
                 data_dir: str | Path | None = None, show_progress: bool = False) -> Part:
     """Cut the part of ``model`` that ``classes`` rely on into a smaller classifier for them.
@@ -139,8 +173,10 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     ``model``: an ``nn.Module`` or a model directory; ``data``: a map-style dataset or DataLoader of
     ``(image, label)`` training pairs, or a dataset name (then its test split is used for the report).
     ``method``: a registered attribution method (:func:`~mdakit.attribution.base.available_methods`).
-    ``calibrate``: accuracy tolerance in points for :func:`~mdakit.calibration.calibrate_thresholds`
-    (default: the thresholds in ``settings`` are used as they are).
+    Thresholds (:func:`compute_masks`): given no ``settings``, contribution attribution is calibrated so the
+    part stays within 0.5 points of the original restricted to ``classes`` on held-out training images
+    (a warning and ``report["calibration"]["met"]`` say when it cannot); ``thresholds="paper"`` uses the
+    paper's values; ``calibrate``: another tolerance in points.
 
     >>> part = disassemble("runs/zoo/lenet5-mnist", "mnist", "0-2")  # doctest: +SKIP
     >>> part.report["part_accuracy"], part.report["part_size"]["params"]  # doctest: +SKIP
@@ -148,14 +184,16 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     source = Workspace.open(model, data, test_data, input_shape, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
     masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, device,
-                                       calibrate=calibrate, show_progress=show_progress)
+                                       calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
+                                       thresholds_given=thresholds_given)
     with measure() as step:
         part, keep, zeroed = extract(source, graph, masks, class_list, kernel_masks)
     cost["extraction"] = step.to_dict()
     report: dict[str, Any] = {"classes": class_list, "method": method, "steps": cost,
                               "original_size": model_size(source.model, source.card.input_shape),
                               "part_size": model_size(part, source.card.input_shape), "kernels_zeroed": zeroed,
-                              **_accuracies(source, part, class_list, device)}
+                              **_accuracies(source, part, class_list, device),
+                              **threshold_summary(masks.settings)}
     card = copy.deepcopy(source.card)
     card.logit_classes = class_list
     card.edits = [*card.edits, keep.to_dict()]

@@ -77,7 +77,7 @@ def load_target(path: str | Path, dataset: str | None = None, classes: str | Seq
         check_masks(graph, masks)
     else:
         masks, graph, _ = compute_masks(source, chosen, method, samples, seed=seed, device=device,
-                                        show_progress=show_progress)
+                                        show_progress=show_progress, thresholds="paper")  # as the papers analyse
     return Target(source, masks, graph, computed=not from_masks)
 
 

@@ -36,14 +36,17 @@ OutModelOpt = Annotated[Path, typer.Option(help="Output model directory.")]
 ClassesOpt = Annotated[str, typer.Option(help="Classes, e.g. 0-2, 0,3,5 or class names; order sets the logits.")]
 
 MethodOpt = Annotated[str, typer.Option(help="Attribution method: contribution, gradient or nad.")]
-AlphaConv = Annotated[float, typer.Option(help="α for conv layers (Eq. 7), in (0, 1].")]
-BetaConv = Annotated[float, typer.Option(help="β for conv layers (Eq. 9), in (0, 1].")]
-AlphaLinear = Annotated[float, typer.Option(help="α for linear layers, in (0, 1].")]
-BetaLinear = Annotated[float, typer.Option(help="β for linear layers, in (0, 1].")]
+AlphaConv = Annotated[float | None, typer.Option(help="α for conv layers (Eq. 7), in (0, 1] (the paper's: 0.3).")]
+BetaConv = Annotated[float | None, typer.Option(help="β for conv layers (Eq. 9), in (0, 1] (the paper's: 0.2).")]
+AlphaLinear = Annotated[float | None, typer.Option(help="α for linear layers, in (0, 1] (the paper's: 0.4).")]
+BetaLinear = Annotated[float | None, typer.Option(help="β for linear layers, in (0, 1] (the paper's: 0.3).")]
 LayersOpt = Annotated[int | None, typer.Option("--layers", help="Attribute only the last L layers.")]
 CalibrateOpt = Annotated[float | None, typer.Option(
-    help="Relax the thresholds until the part is within this many accuracy points of the original on "
-         "held-out training images (default: use the thresholds as given).")]
+    help="Relax the thresholds until the part is within this many accuracy points of the original restricted "
+         "to its classes, on held-out training images (default: 0.5 when --thresholds calibrated).")]
+ThresholdsOpt = Annotated[str, typer.Option(
+    help="Given no α or β: calibrated (the paper's relaxed until the part holds, contribution only) or paper "
+         "(the paper's as they are).")]
 NadBetaOpt = Annotated[str | None, typer.Option(
     "--beta", help="NAD: β (a positive number or 'auto' for the elbow method; default: per architecture).")]
 NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code) or paper (Eq. 12–14).")]
@@ -57,6 +60,22 @@ class NadOptions:
     beta: str | None = None
     loss: str = "code"
     linear: bool = False
+
+
+def threshold_settings(alpha_conv: float | None, beta_conv: float | None, alpha_linear: float | None,
+                       beta_linear: float | None, layers: int | None) -> tuple[ContributionSettings, bool]:
+    """The contribution settings of the threshold options (the paper's where not given), and whether any was.
+
+    >>> settings, given = threshold_settings(None, 0.1, None, None, None)
+    >>> settings.alpha_conv, settings.beta_conv, given
+    (0.3, 0.1, True)
+    """
+    from mdakit.attribution.contribution import ContributionSettings
+
+    given = {name: value for name, value in (("alpha_conv", alpha_conv), ("beta_conv", beta_conv),
+                                             ("alpha_linear", alpha_linear), ("beta_linear", beta_linear))
+             if value is not None}
+    return ContributionSettings(**given, layers=layers), bool(given)
 
 
 def attribution_settings(method: str, thresholds: ContributionSettings,

@@ -31,34 +31,36 @@ from mdakit.cli.options import (
     OutModelOpt,
     SamplesOpt,
     SeedOpt,
+    ThresholdsOpt,
     attribution_settings,
+    threshold_settings,
 )
 from mdakit.cli.output import check_out, emit
-from mdakit.defaults import DEFAULT_TIMEOUT, THRESHOLDS
+from mdakit.defaults import DEFAULT_TIMEOUT
 
 
 def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
                     out: Annotated[Path, typer.Option(help="Output part directory.")],
                     method: MethodOpt = "contribution", samples: SamplesOpt = 50,
-                    alpha_conv: AlphaConv = THRESHOLDS.alpha_conv, beta_conv: BetaConv = THRESHOLDS.beta_conv,
-                    alpha_linear: AlphaLinear = THRESHOLDS.alpha_linear,
-                    beta_linear: BetaLinear = THRESHOLDS.beta_linear, layers: LayersOpt = None,
+                    alpha_conv: AlphaConv = None, beta_conv: BetaConv = None,
+                    alpha_linear: AlphaLinear = None,
+                    beta_linear: BetaLinear = None, layers: LayersOpt = None,
                     beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
                     kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
-                    calibrate: CalibrateOpt = None, dataset: DatasetOpt = None, seed: SeedOpt = 0,
-                    device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
-                    as_json: JsonOpt = False) -> None:
+                    calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated",
+                    dataset: DatasetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu",
+                    data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
-    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.disassembly import disassemble
     from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     dev = resolve_device(device)
-    thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
-    settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
+    given_settings, given = threshold_settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = attribution_settings(method, given_settings, NadOptions(beta, nad_loss, nad_linear))
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
-                       kernel_masks=kernel_masks, calibrate=calibrate, seed=seed, device=dev, data_dir=data_dir,
+                       kernel_masks=kernel_masks, calibrate=calibrate, thresholds=thresholds,
+                       thresholds_given=given, seed=seed, device=dev, data_dir=data_dir,
                        show_progress=True)
     part.save(out, force=force)
     title = f"part of {model_path} for classes {part.report['classes']} ({method})"
@@ -68,9 +70,9 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
 def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
               out: Annotated[Path, typer.Option(help="Output masks directory.")],
               method: MethodOpt = "contribution", samples: SamplesOpt = 50,
-              alpha_conv: AlphaConv = THRESHOLDS.alpha_conv, beta_conv: BetaConv = THRESHOLDS.beta_conv,
-              alpha_linear: AlphaLinear = THRESHOLDS.alpha_linear, beta_linear: BetaLinear = THRESHOLDS.beta_linear,
-              layers: LayersOpt = None, calibrate: CalibrateOpt = None,
+              alpha_conv: AlphaConv = None, beta_conv: BetaConv = None,
+              alpha_linear: AlphaLinear = None, beta_linear: BetaLinear = None,
+              layers: LayersOpt = None, calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated",
               beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
               dataset: DatasetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
               force: ForceOpt = False,
@@ -88,7 +90,6 @@ def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
     Under ``torchrun --nproc-per-node N -m mdakit masks ...`` the classes are split across the processes
     and rank 0 gathers the masks into OUT; the result equals a single-process run.
     """
-    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.disassembly import compute_masks
     from mdakit.distributed import joined
     from mdakit.seeding import resolve_device
@@ -96,14 +97,15 @@ def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
 
     check_out(out, force, model_path)
     dev = resolve_device(device)
-    thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
-    settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
+    given_settings, given = threshold_settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = attribution_settings(method, given_settings, NadOptions(beta, nad_loss, nad_linear))
     source = Workspace.open(model_path, dataset, None, None, data_dir)
     class_list = source.classes(classes)
     with joined(dev, timeout) as world:
         chunked = class_chunk is not None or world.size > 1
         masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed,
-                                           world.device(dev), calibrate=calibrate,
+                                           world.device(dev), calibrate=calibrate, thresholds=thresholds,
+                                           thresholds_given=given,
                                            show_progress=world.rank == 0, class_chunk=class_chunk,
                                            out=out if chunked else None, world=world, work_dir=work_dir, force=force)
     if not chunked:
@@ -147,22 +149,22 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
 
 def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = None,
                  method: MethodOpt = "contribution", samples: SamplesOpt = 50,
-                 alpha_conv: AlphaConv = THRESHOLDS.alpha_conv, beta_conv: BetaConv = THRESHOLDS.beta_conv,
-                 alpha_linear: AlphaLinear = THRESHOLDS.alpha_linear,
-                 beta_linear: BetaLinear = THRESHOLDS.beta_linear, layers: LayersOpt = None,
+                 alpha_conv: AlphaConv = None, beta_conv: BetaConv = None,
+                 alpha_linear: AlphaLinear = None, beta_linear: BetaLinear = None, layers: LayersOpt = None,
                  beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
-                 calibrate: CalibrateOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu",
-                 data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+                 calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated", seed: SeedOpt = 0,
+                 device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
+                 as_json: JsonOpt = False) -> None:
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
-    from mdakit.attribution.contribution import ContributionSettings
     from mdakit.compression import compress
     from mdakit.seeding import resolve_device
 
     check_out(out, force, model_path)
     dev = resolve_device(device)
-    thresholds = ContributionSettings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
-    settings = attribution_settings(method, thresholds, NadOptions(beta, nad_loss, nad_linear))
+    given_settings, given = threshold_settings(alpha_conv, beta_conv, alpha_linear, beta_linear, layers)
+    settings = attribution_settings(method, given_settings, NadOptions(beta, nad_loss, nad_linear))
     small = compress(model_path, dataset, method, samples=samples, settings=settings, calibrate=calibrate,
+                     thresholds=thresholds, thresholds_given=given,
                      seed=seed, device=dev, data_dir=data_dir, show_progress=True)
     small.save(out, force=force)
     title = f"{model_path} compressed ({method}, all {len(small.report['classes'])} logits kept)"

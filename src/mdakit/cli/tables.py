@@ -71,13 +71,30 @@ def logits_table(title: str, logits: Sequence[Mapping[str, Any]], caption: str) 
     return built
 
 
+def threshold_line(report: Mapping[str, Any]) -> str:
+    """How the thresholds were chosen, and a calibration's outcome on its held-out images.
+
+    >>> threshold_line({"thresholds": "calibrated by default", "calibration": {"tolerance_points": 0.5, "met": True,
+    ...     "chosen_factor": 0.75, "holdout_accuracy": 0.98, "reference_accuracy": 0.985, "holdout_images": 600}})
+    'thresholds calibrated by default (× 0.75): 98.00% vs 98.50% of the original on 600 held-out images'
+    """
+    calibration = report.get("calibration")
+    how = report.get("thresholds") or "as given"
+    if not calibration:
+        return f"thresholds: {how}"
+    outcome = "" if calibration["met"] else f" — NOT within {calibration['tolerance_points']:g} points"
+    return (f"thresholds {how} (× {calibration['chosen_factor']:g}): {pct(calibration['holdout_accuracy'])} "
+            f"vs {pct(calibration['reference_accuracy'])} of the original on {calibration['holdout_images']} "
+            f"held-out images{outcome}")
+
+
 def part_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
     """``mdakit disassemble``: the original (all and restricted logits) against the part, and each step's cost."""
     osz, psz = report["original_size"], report["part_size"]
     steps = ", ".join(f"{k} {v['seconds']:.2f} s" + (f" / {v['peak_rss_mb']:.0f} MB" if v["peak_rss_mb"] else "")
                       for k, v in report["steps"].items())
     built = table(title, "model", "accuracy", "params", "non-zero", "MACs",
-                  caption=f"saved to {out}; time / peak RSS: {steps}")
+                  caption=f"{threshold_line(report)}; saved to {out}; time / peak RSS: {steps}")
     built.add_row("original, all logits", pct(report["original_accuracy"]), _count(osz["params"]),
                   _count(osz["nonzero_params"]), _count(osz["macs"]))
     built.add_row("original, restricted logits", pct(report["original_restricted_accuracy"]), "", "", "")
@@ -122,7 +139,7 @@ def assembly_table(report: Mapping[str, Any], names: Sequence[str], title: str) 
 def compressed_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
     """``mdakit compress``: the original against the compressed model."""
     osz, csz = report["original_size"], report["compressed_size"]
-    built = table(title, "model", "accuracy", "params", "MACs", caption=f"saved to {out}")
+    built = table(title, "model", "accuracy", "params", "MACs", caption=f"{threshold_line(report)}; saved to {out}")
     built.add_row("original", pct(report["original_accuracy"]) if "original_accuracy" in report else "n/a",
                   _count(osz["params"]), _count(osz["macs"]))
     built.add_row("compressed", pct(report["accuracy"]) if "accuracy" in report else "n/a",
