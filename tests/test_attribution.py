@@ -129,7 +129,8 @@ def test_a_registered_stub_runs_through_compute_masks_and_disassemble(registry, 
 
     assert available_methods() == ["contribution", "everything", "gradient", "nad"]
     masks, _, _ = compute_masks(lenet, CLASSES, "everything", samples=4)
-    assert masks.method == "everything" and masks.settings == {"samples": 4, "seed": 0, "calibration": None}
+    assert masks.method == "everything" and masks.settings == {"samples": 4, "seed": 0, "calibration": None,
+                                                               "thresholds": "the paper's thresholds"}
     with pytest.raises(MdakitError, match="only available for contribution attribution"):
         compute_masks(lenet, CLASSES, "everything", calibrate=1.0)
     with pytest.raises(MdakitError, match="already registered"):

@@ -77,7 +77,7 @@ def calibration_plan(method: AttributionMethod, thresholds: str, settings_given:
     >>> calibration_plan(get_method("contribution"), "calibrated", False, None, chunked=False)
     (0.5, 'calibrated by default')
     >>> calibration_plan(get_method("contribution"), "paper", False, None, chunked=False)
-    (None, "the paper's thresholds, as asked")
+    (None, "the paper's thresholds")
     >>> calibration_plan(get_method("gradient"), "calibrated", False, None, chunked=False)[1]
     'not calibrated: only contribution attribution is, not gradient'
     """
@@ -87,7 +87,7 @@ def calibration_plan(method: AttributionMethod, thresholds: str, settings_given:
         check_calibration(method, calibrate, chunked)
         return calibrate, "calibrated as asked"
     if thresholds == "paper":
-        return None, "the paper's thresholds, as asked"
+        return None, "the paper's thresholds"
     if settings_given:
         return None, "the thresholds given"
     if not method.exposes_sums:

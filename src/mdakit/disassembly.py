@@ -77,7 +77,7 @@ def _describe(source: Workspace, run: AttributionRun, thresholds: str, masks: Co
 def compute_masks(source: Workspace, classes: Sequence[int], method: str = "contribution", samples: int = 50,
                   settings: MethodSettings | None = None, seed: int = 0, device: torch.device | str = "cpu",
                   graph: ChannelGraph | None = None, calibrate: float | None = None, show_progress: bool = False,
-                  *, thresholds: str = "calibrated", thresholds_given: bool | None = None,
+                  *, thresholds: str = "paper", thresholds_given: bool | None = None,
                   class_chunk: int | None = None, out: str | Path | None = None, world: World | None = None,
                   work_dir: str | Path | None = None, force: bool = False
                   ) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
@@ -86,11 +86,13 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     ``settings``: the method's (default: its defaults; :meth:`~mdakit.attribution.base.AttributionMethod.settings_for`);
     ``seed`` seeds the sample selection and, for NAD, the mask search.
 
-    Thresholds: given no ``settings``, a method that exposes its sums (contribution) is calibrated by default
-    (``thresholds="calibrated"``): its thresholds are relaxed until the classes' part stays within
-    :data:`~mdakit.defaults.CALIBRATION_TOLERANCE` points of the original restricted to them, on held-out
-    training images (:func:`~mdakit.calibration.calibrate_thresholds`). ``thresholds="paper"`` keeps the
-    paper's values; ``calibrate`` (points) calibrates with that tolerance, also from given ``settings``
+    Thresholds: per-class masks alone use the paper's (``thresholds="paper"``, the default here: they are
+    what the analyses compare, and a run in class chunks gives the same). With ``thresholds="calibrated"``
+    (the default of :func:`disassemble` and :func:`~mdakit.compression.compress`, which cut a part) and no
+    ``settings``, a method that exposes its sums (contribution) is relaxed until the classes' part stays
+    within :data:`~mdakit.defaults.CALIBRATION_TOLERANCE` points of the original restricted to them, on
+    held-out training images (:func:`~mdakit.calibration.calibrate_thresholds`). ``calibrate`` (points)
+    calibrates with that tolerance, also from given ``settings``
     (:func:`~mdakit.calibration.calibration_plan`; ``thresholds_given`` overrides whether ``settings`` count as
     thresholds the user chose). The masks' settings record which it was.
 
@@ -138,8 +140,8 @@ def unmet_warning(calibration: Mapping[str, Any]) -> str:
 def threshold_summary(settings: Mapping[str, Any]) -> dict[str, Any]:
     """What a report says of the thresholds: how they were chosen and, if calibrated, the outcome.
 
-    >>> threshold_summary({"thresholds": "the paper's thresholds, as asked", "calibration": None})
-    {'thresholds': "the paper's thresholds, as asked", 'calibration': None}
+    >>> threshold_summary({"thresholds": "the paper's thresholds", "calibration": None})
+    {'thresholds': "the paper's thresholds", 'calibration': None}
     """
     calibration = settings.get("calibration")
     summary = None if not calibration else {
