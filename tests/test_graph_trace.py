@@ -335,4 +335,4 @@ def test_group_norm_pins_its_channels_and_keeps_the_rest_removable():
     pinned = g.pinned_mask()
     assert all(pinned[g.find(int(i))] for i in g.layer("stem.0").out_ids)
     assert not any(pinned[g.find(int(i))] for i in g.layer("wide.0").out_ids)
-    assert set(g.unmergeable) == {"stem_1", "block_1"}
+    assert g.group_norms == {"stem.1": "stem_1", "block.1": "block_1"} and not g.unmergeable

@@ -15,7 +15,7 @@ from mdakit.data import ClassSubset
 from mdakit.errors import MdakitError
 from mdakit.examples import quadrant_images
 from mdakit.graph import trace
-from mdakit.padding import merge_padded, padded_widths, split_normalize
+from mdakit.padding import merge_padded, padded_widths, replay_padded, split_normalize
 from mdakit.surgery import keep_sets, rebuild
 from mdakit.zoo import build_model
 from nets import (
@@ -157,9 +157,18 @@ def test_chunk_pieces_merge_when_each_merged_piece_holds_every_parts_piece():
         _assert_merges(parts, (1, 8, 8), x)
 
 
-def test_group_norms_are_refused():
-    with pytest.raises(MdakitError, match="a GroupNorm's statistics span its channels"):
-        merge_padded([GroupNormNet().eval(), GroupNormNet().eval()], (1, 8, 8))
+def test_group_norms_merge_group_by_group():
+    """GroupNorm(G, C) of each part side by side is GroupNorm(P·G, P·C) on a part-by-part layout."""
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for seed in (0, 1):
+        parts = _parts_of(GroupNormNet, seed)
+        for part in parts:  # GroupNorms with random affine parameters
+            for norm in (m for m in part.modules() if isinstance(m, torch.nn.GroupNorm)):
+                torch.nn.init.normal_(norm.weight)
+                torch.nn.init.normal_(norm.bias)
+        merged = _assert_merges(parts, (1, 8, 8), x)
+        assert (merged.net.stem[1].num_groups, merged.net.stem[1].num_channels) == (6, 24)
+        assert (merged.net.block[1].num_groups, merged.net.block[1].num_channels) == (12, 24)
 
 
 def _torchvision_parts(arch, shape=(3, 32, 32), with_keep=False):
@@ -196,6 +205,7 @@ class _Refused(torch.nn.Module):
         self.kind = kind
         self.a, self.b = torch.nn.Conv2d(1, 3, 1), torch.nn.Conv2d(1, 5, 3, padding=1)
         self.grouped = torch.nn.Conv2d(8, 4, 1, groups=2)
+        self.norm = torch.nn.GroupNorm(1, 8)
         self.odd, self.c = torch.nn.Conv2d(1, 5, 1), torch.nn.Conv2d(1, 3, 1)
         self.fc = torch.nn.Linear(4 if kind == "grouped" else 8, 2)
 
@@ -203,6 +213,8 @@ class _Refused(torch.nn.Module):
         y = torch.cat([self.a(x), self.b(x)], 1)
         if self.kind == "grouped":
             y = self.grouped(y)
+        elif self.kind == "group-norm":
+            y = self.norm(y)
         elif self.kind == "split":
             first, second = y.split([2, 6], 1)
             y = torch.cat([second, first], 1)
@@ -218,6 +230,8 @@ class _Refused(torch.nn.Module):
 @pytest.mark.parametrize("kind, message", [
     ("grouped", "cannot merge node 'grouped': the grouped convolution 'grouped' needs each group of each part's input "
                 "channels side by side, and its input is laid out otherwise; no Conv2d or Linear layer produces 'cat'"),
+    ("group-norm", "cannot merge node 'norm': GroupNorm 'norm' needs each group of each part's channels side by side, "
+                   "and its input is laid out otherwise; no Conv2d or Linear layer produces 'cat'"),
     ("split", "cannot merge node 'getitem': it is a piece of a split whose sizes are numbers in the model's code"),
     ("odd-chunk", r"cannot merge node 'getitem': chunk\(2\) of the parts' 10 stacked channels gives pieces of "
                   r"\[5, 5\], not the parts' pieces side by side \(\[6, 4\]\)"),
@@ -310,11 +324,11 @@ def test_residual_add_after_concat_reorders_the_branch(images):
         assert (merged(images) - torch.cat([p(images) for p in parts], 1)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("cls", [GroupedNet, ShuffleNet, ChunkNet])
+@pytest.mark.parametrize("cls", [GroupedNet, ShuffleNet, ChunkNet, GroupNormNet])
 def test_group_wise_merges_round_trip_through_files(cls, tmp_path):
     """Parts of two user-built nets (their cards recording the module, then the keep-sets), assembled padded,
     saved and loaded again: the merged network is rebuilt from the recorded structure and the ``padded`` edit
-    (grouped convs' groups), and still equals the parts side by side."""
+    (grouped convs' groups, GroupNorms' groups and widths), and still equals the parts side by side."""
     from mdakit.graph.recorded import record_graph
 
     shape = (1, 8, 8)
@@ -334,6 +348,9 @@ def test_group_wise_merges_round_trip_through_files(cls, tmp_path):
         want = torch.cat([part(images) for part, _ in specs], 1)
         assert (standard(images) - want).abs().max() <= 1e-5
     assert padded_widths(standard, card.input_shape) == edit
+    if cls is GroupNormNet:
+        assert edit["group_norms"] == {"net.stem.1": {"channels": 16, "groups": 4},
+                                       "net.block.1": {"channels": 16, "groups": 8}}
 
 
 def test_torchvision_regnet_round_trips_through_files(tmp_path):
@@ -352,3 +369,13 @@ def test_torchvision_regnet_round_trips_through_files(tmp_path):
         assert (standard(x) - want).abs().max() <= 1e-5
     groups = {name: w["groups"] for name, w in padded_widths(standard, shape)["layers"].items() if w["groups"] > 1}
     assert groups and all(g % 2 == 0 for g in groups.values())
+
+
+def test_replay_padded_rebuilds_group_norms_from_the_base_architecture():
+    parts = _parts_of(GroupNormNet, rows=([0, 2], [1]))
+    merged = merge_padded(parts, (1, 8, 8))
+    rebuilt = replay_padded(GroupNormNet(), padded_widths(merged, (1, 8, 8)))
+    rebuilt.load_state_dict(merged.state_dict())
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), merged(x))

@@ -65,8 +65,8 @@ def merged_layouts(graphs: Sequence[ChannelGraph]) -> dict[str, Layout]:
     """For every node, which part and channel each merged channel holds.
 
     A layer's filters are laid out part by part unless a node needs them in another order (a residual
-    add the order of its other operand, a grouped convolution each group's channels side by side, a
-    chunk each piece's channels in its merged piece); then that layer takes that order.
+    add the order of its other operand, a grouped convolution or GroupNorm each group's channels side
+    by side, a chunk each piece's channels in its merged piece); then that layer takes that order.
     """
     overrides: dict[str, Layout] = {}
     for _ in range(len(graphs[0].layers) + 1):
@@ -144,6 +144,7 @@ def _blocks(layout: Layout, size: int) -> list[tuple[int, int]] | None:
 def _layouts(graphs: Sequence[ChannelGraph], overrides: dict[str, Layout]) -> dict[str, Layout]:
     base = graphs[0]
     layers = {layer.node: i for i, layer in enumerate(base.layers)}
+    norms = {node: module for module, node in base.group_norms.items()}
     layouts: dict[str, Layout] = {}
     for name in base.order:
         if name not in base.node_ids:
@@ -170,6 +171,8 @@ def _layouts(graphs: Sequence[ChannelGraph], overrides: dict[str, Layout]) -> di
         if name in base.shuffles:
             layouts[name] = _shuffle_layout(graphs, name, layouts)
             continue
+        if name in norms:
+            _group_norm_blocks(graphs, norms[name], name, edges[0].input, layouts)
         kind = _edge_kind(edges, sizes[0], [len(graphs[0].node_ids[e.input]) for e in edges])
         inputs = [layouts[e.input] for e in edges]
         if kind == "identity":
@@ -209,6 +212,23 @@ def _grouped_layout(graphs: Sequence[ChannelGraph], i: int, widths: tuple[int, i
                         f"the {kind} convolution {layer.name!r} needs each group of each part's input channels side "
                         "by side, and its input is laid out otherwise")
     return [(p, g * out_width + o) for p, g in blocks for o in range(out_width)]
+
+
+def _group_norm_blocks(graphs: Sequence[ChannelGraph], module: str, name: str, source: str,
+                       layouts: dict[str, Layout]) -> list[tuple[int, int]]:
+    """The (part, group) runs a GroupNorm's input is laid out in: each part's group normalised on its own
+    is one group of the merged GroupNorm."""
+    norms = [g.model.get_submodule(module) for g in graphs]
+    shapes = {(n.num_channels // n.num_groups, n.eps, n.affine) for n in norms}
+    if len(shapes) != 1:
+        raise MdakitError(f"the padded layout cannot merge node {name!r}: the parts' GroupNorms {module!r} differ "
+                          "in group width, eps or affine")
+    blocks = _blocks(layouts[source], norms[0].num_channels // norms[0].num_groups)
+    if blocks is None:
+        raise _Mismatch(name, source, _part_major([len(g.node_ids[source]) for g in graphs]),
+                        f"GroupNorm {module!r} needs each group of each part's channels side by side, and its input "
+                        "is laid out otherwise")
+    return blocks
 
 
 def _piece_layout(graphs: Sequence[ChannelGraph], name: str, layouts: dict[str, Layout]) -> Layout:
@@ -323,6 +343,35 @@ def _merge_batchnorm(modules: Sequence[nn.Module], layout: Layout) -> nn.Module:
     return merged.to(first.running_mean.device if first.running_mean is not None else "cpu")
 
 
+def resized_group_norm(norm: nn.GroupNorm, channels: int, groups: int) -> nn.GroupNorm:
+    """A copy of ``norm`` over ``channels`` channels in ``groups`` groups, affine parameters fresh (1 and 0).
+
+    >>> norm = resized_group_norm(nn.GroupNorm(2, 4, eps=1e-3), 8, 4)
+    >>> norm.num_groups, norm.num_channels, norm.eps, norm.weight.shape
+    (4, 8, 0.001, torch.Size([8]))
+    """
+    new = copy.deepcopy(norm)
+    new.num_channels, new.num_groups = channels, groups
+    for name, fill in (("weight", torch.ones), ("bias", torch.zeros)):
+        old = getattr(norm, name)
+        if old is not None:
+            setattr(new, name, nn.Parameter(fill(channels, dtype=old.dtype, device=old.device),
+                                            requires_grad=old.requires_grad))
+    return new
+
+
+def _merge_group_norm(modules: Sequence[nn.GroupNorm], layout: Layout) -> nn.GroupNorm:
+    """GroupNorm(G, C) of each part side by side is GroupNorm(P·G, P·C) when every part's group is a run of
+    the layout (:func:`_group_norm_blocks`), its affine parameters in layout order."""
+    first = modules[0]
+    merged = resized_group_norm(first, len(layout), len(layout) // (first.num_channels // first.num_groups))
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            if getattr(first, name) is not None:
+                getattr(merged, name).copy_(torch.stack([getattr(modules[p], name)[c] for p, c in layout]))
+    return merged
+
+
 def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.Module:
     """One network of the parts' architecture whose logits equal the parts' logits concatenated.
 
@@ -352,6 +401,8 @@ def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.M
         set_module(body, layer.name, merged)
     for name, node in base.channel_modules.items():
         set_module(body, name, _merge_batchnorm([bod.get_submodule(name) for bod in bodies], layouts[node]))
+    for name, node in base.group_norms.items():
+        set_module(body, name, _merge_group_norm([bod.get_submodule(name) for bod in bodies], layouts[node]))
     channels = input_shape[0]
     if norms[0] is None:
         means, stds = [[0.0] * channels] * len(parts), [[1.0] * channels] * len(parts)
@@ -371,9 +422,12 @@ def padded_widths(model: nn.Module, input_shape: Sequence[int]) -> dict:
     layers = {f"net.{layer.name}": {"in": layer.module.weight.shape[1] * getattr(layer.module, "groups", 1),
                                     "out": layer.out_size, "groups": getattr(layer.module, "groups", 1)}
               for layer in graph.layers}
+    group_norms = {f"net.{name}": {"channels": body.get_submodule(name).num_channels,
+                                   "groups": body.get_submodule(name).num_groups} for name in graph.group_norms}
     return {"kind": "padded", "copies": norm.copies, "channels": input_shape[0], "layers": layers,
             "channel_modules": {f"net.{name}": len(graph.node_ids[node])
-                                for name, node in graph.channel_modules.items()}}
+                                for name, node in graph.channel_modules.items()},
+            **({"group_norms": group_norms} if group_norms else {})}
 
 
 def replay_padded(model: nn.Module, edit: Mapping) -> nn.Module:
@@ -399,6 +453,11 @@ def replay_padded(model: nn.Module, edit: Mapping) -> nn.Module:
         set_module(model, name, new)
     for name, size in edit["channel_modules"].items():
         set_module(model, name, resized_batchnorm(model.get_submodule(name), size))
+    for name, widths in edit.get("group_norms", {}).items():
+        old = model.get_submodule(name)
+        if not isinstance(old, nn.GroupNorm):
+            raise MdakitError(f"edit names {name!r}, which is not a GroupNorm")
+        set_module(model, name, resized_group_norm(old, widths["channels"], widths["groups"]))
     return model
 
 

@@ -118,7 +118,7 @@ class ChannelGraph:
     output_node: str = ""
     unmergeable: dict[str, str] = field(default_factory=dict)
     """Nodes that cannot run on several models' channels stacked (the padded layout), with why: code that
-    picks channels at fixed positions (``x[:, :16]``), a norm whose statistics span all its channels."""
+    picks channels at fixed positions (``x[:, :16]``)."""
     shuffles: dict[str, Shuffle] = field(default_factory=dict)
     """The nodes whose edge is a channel shuffle (``nn.ChannelShuffle``, or the transpose of a view into
     groups), with their grouping."""
