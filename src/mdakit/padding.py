@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
@@ -290,14 +291,17 @@ def _merge_layer(modules: Sequence[nn.Module], in_layout: Layout, out_layout: La
     if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in modules):
         return _merge_grouped(modules, in_layout, out_layout)
     pos_in, pos_out = _positions(in_layout), _positions(out_layout)
-    if isinstance(first, nn.Conv2d):
-        merged = nn.Conv2d(len(in_layout), len(out_layout), first.kernel_size, first.stride, first.padding,
-                           first.dilation, 1, first.bias is not None, first.padding_mode, device=ref.device,
-                           dtype=ref.dtype)
+    if isinstance(first, nn.Conv2d):  # skip_init: every weight is written below, a random init is wasted time
+        merged = skip_init(nn.Conv2d, len(in_layout), len(out_layout), first.kernel_size, first.stride,
+                           first.padding, first.dilation, 1, first.bias is not None, first.padding_mode,
+                           device=ref.device, dtype=ref.dtype)
     else:
-        merged = nn.Linear(len(in_layout), len(out_layout), first.bias is not None, device=ref.device, dtype=ref.dtype)
+        merged = skip_init(nn.Linear, len(in_layout), len(out_layout), first.bias is not None, device=ref.device,
+                           dtype=ref.dtype)
     with torch.no_grad():
         merged.weight.zero_()
+        if merged.bias is not None:
+            merged.bias.zero_()
         for p, module in enumerate(modules):
             rows = torch.tensor([pos_out[(p, k)] for k in range(module.weight.shape[0])])
             cols = torch.tensor([pos_in[(p, n)] for n in range(module.weight.shape[1])])
@@ -315,9 +319,9 @@ def _merge_grouped(convs: Sequence[nn.Conv2d], in_layout: Layout, out_layout: La
     blocks = _blocks(in_layout, in_width)
     assert blocks is not None and out_layout == [(p, g * out_width + o) for p, g in blocks for o in range(out_width)]
     ref = first.weight
-    merged = nn.Conv2d(len(in_layout), len(out_layout), first.kernel_size, first.stride, first.padding,
+    merged = skip_init(nn.Conv2d, len(in_layout), len(out_layout), first.kernel_size, first.stride, first.padding,
                        first.dilation, len(blocks), first.bias is not None, first.padding_mode, device=ref.device,
-                       dtype=ref.dtype)
+                       dtype=ref.dtype)  # every group's weights and bias are written below
     weight = merged.weight.detach().view(len(blocks), out_width, *merged.weight.shape[1:])
     bias = merged.bias.detach().view(len(blocks), out_width) if merged.bias is not None else None
     columns = torch.tensor([c % in_width for _, c in in_layout]).view(len(blocks), in_width)
@@ -337,10 +341,18 @@ def _merge_batchnorm(modules: Sequence[nn.Module], layout: Layout) -> nn.Module:
     merged = resized_batchnorm(first, len(layout))
     names = [n for n in ("weight", "bias", "running_mean", "running_var") if getattr(first, n) is not None]
     with torch.no_grad():
-        for i, (p, c) in enumerate(layout):
-            for n in names:
-                getattr(merged, n)[i] = getattr(modules[p], n)[c]
+        for n in names:
+            getattr(merged, n).copy_(_gathered([getattr(m, n) for m in modules], layout))
     return merged.to(first.running_mean.device if first.running_mean is not None else "cpu")
+
+
+def _gathered(values: Sequence[torch.Tensor], layout: Layout) -> torch.Tensor:
+    """Per-channel ``values`` of each part, in layout order."""
+    offsets = [0]
+    for v in values[:-1]:
+        offsets.append(offsets[-1] + len(v))
+    index = torch.tensor([offsets[p] + c for p, c in layout], dtype=torch.long, device=values[0].device)
+    return torch.cat([v.detach() for v in values])[index]
 
 
 def resized_group_norm(norm: nn.GroupNorm, channels: int, groups: int) -> nn.GroupNorm:
@@ -368,7 +380,7 @@ def _merge_group_norm(modules: Sequence[nn.GroupNorm], layout: Layout) -> nn.Gro
     with torch.no_grad():
         for name in ("weight", "bias"):
             if getattr(first, name) is not None:
-                getattr(merged, name).copy_(torch.stack([getattr(modules[p], name)[c] for p, c in layout]))
+                getattr(merged, name).copy_(_gathered([getattr(m, name) for m in modules], layout))
     return merged
 
 
