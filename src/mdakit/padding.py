@@ -9,10 +9,33 @@ different statistics still see their own normalised input.
 Channel order follows the real graph: a layer's outputs are laid out part by part, but a concat puts
 all of its first input's channels (of every part) before its second input's, so inside and after an
 inception block the channels are interleaved per branch. Each merged layer places part p's kernels at
-the positions its input channels really have (tracked per node), which keeps the merge exact after
-concats, residual adds and flattens (App. C.1 of the contribution paper).
-"""
+the positions its input channels really have (tracked per node as a *layout*: which part and channel
+each merged channel holds), which keeps the merge exact after concats, residual adds and flattens
+(App. C.1 of the contribution paper). When a node needs its input in another order than it arrives
+in, the dense layer producing that input (through channel-preserving ops, depthwise convs included)
+is laid out in that order instead; if there is none, or it is already ordered for another node, the
+merge is refused with one line naming the node and why.
 
+Patterns whose code works on groups of channels are merged as the same pattern on more channels:
+
+- A grouped convolution keeps all its channels in every part (they are pinned), so each part has
+  all G groups. The merged conv has one group per (part, group), P·G groups with the parts' filters
+  one after another, provided every run of C/G merged input channels is one group of one part (part
+  by part, or the branches of a concat that are its groups). Depthwise convs are the case C/G = 1.
+- A channel shuffle is a permutation its code computes from the tensor's width; on the merged width
+  it is the same shuffle: the fixed size (the number of groups of ``nn.ChannelShuffle``,
+  ``channel_shuffle`` or ``view(b, g, c // g, h, w)``; the group size of ``view(b, c // k, k, h, w)``)
+  stays and the other grows. A view fixing both sizes is refused.
+- ``chunk(n)`` cuts the merged channels into n equal pieces, which is exact only when merged piece k
+  holds exactly every part's piece k; a chunk of a dense layer's output gets that layer laid out
+  piece by piece. A ``split`` with sizes written in the code would cut the merged channels at the same
+  numbers and is refused. torchvision's ShuffleNetV2 is refused: its stride-1 blocks chunk the output
+  of the previous block's shuffle, which no layer can reorder, and no order could do, since the
+  channels a block passes on unchanged move from merged position i to 2i block after block, so after
+  enough blocks the merged and the parts' surviving counts differ (⌈P·m/2^k⌉ ≠ P·⌈m/2^k⌉).
+- GroupNorm(G, C) of each part side by side is GroupNorm(P·G, P·C), its affine parameters in layout
+  order, under the same condition as a grouped conv's input (each run of C/G channels one part's group).
+"""
 from __future__ import annotations
 
 import copy
