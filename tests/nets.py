@@ -82,6 +82,52 @@ class DepthwiseNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class GroupedNet(nn.Module):
+    """Grouped convolutions between removable channels: a depthwise convolution with a channel multiplier
+    (2 filters per input channel), a ResNeXt-style bottleneck (1×1, 3×3 in 4 groups, 1×1, residual add) and
+    a grouped 1×1 reading a concat whose two branches are its two groups."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, 4, 3, padding=1)
+        self.multiplier = nn.Conv2d(4, 8, 3, padding=1, groups=4)
+        self.mid = nn.Conv2d(8, 6, 1)
+        self.reduce = nn.Sequential(nn.Conv2d(6, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.BatchNorm2d(8), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6))
+        self.a = nn.Conv2d(6, 3, 1)
+        self.b = nn.Conv2d(6, 3, 3, padding=1)
+        self.pair = nn.Conv2d(6, 4, 1, groups=2)
+        self.wide = nn.Conv2d(4, 7, 1)
+        self.fc = nn.Linear(7, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.multiplier(torch.relu(self.stem(x))))
+        x = torch.relu(self.mid(x))
+        x = torch.relu(x + self.expand(self.grouped(self.reduce(x))))
+        x = torch.relu(self.pair(torch.cat([self.a(x), torch.relu(self.b(x))], 1)))
+        return self.fc(torch.relu(self.wide(x)).mean((2, 3)))
+
+
+class ChunkNet(nn.Module):
+    """Chunks along channels: a conv's output in three pieces (two of them added), and a concat of two
+    branches chunked back into them."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, 6, 3, padding=1)
+        self.left = nn.Sequential(nn.Conv2d(2, 5, 1), nn.ReLU(), nn.Conv2d(5, 3, 3, padding=1))
+        self.right = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1))
+        self.head = nn.Conv2d(3, 5, 1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        p, q, r = torch.relu(self.stem(x)).chunk(3, dim=1)
+        y = torch.cat([self.left(p), self.right(q + r)], 1)
+        a, b = torch.chunk(y, 2, 1)
+        return self.fc(torch.cat([torch.relu(self.head(a)), b], 1).mean((2, 3)))
+
+
 class ShuffleNet(nn.Module):
     """A ShuffleNet-style unit: chunk along channels, a branch, concat, then two channel shuffles (the
     module and the view → transpose → view form), and stochastic depth on a residual branch."""

@@ -138,6 +138,53 @@ def test_channel_shuffles_and_chunks_permute_and_slice_ids():
     assert not any(pinned[g.find(int(i))] for i in g.layer("branch.0").out_ids)  # inside the branch: prunable
 
 
+class _Grouping(nn.Module):
+    """Channel shuffles and splits written each way the tracer records differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, c, h, w = x.size()
+        x = x.view(b, c // 4, 4, h, w).transpose(1, 2).reshape(b, c, h, w)  # 4 channels a group: fixed
+        x = x.reshape(b, 2, 4, h, w).transpose(1, 2).reshape(b, c, h, w)  # both sizes literal
+        x = torch.channel_shuffle(x, 2)
+        a, rest = x.split([3, 5], dim=1)
+        x = torch.cat([a, torch.chunk(rest, 1, 1)[0]], 1)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_shuffles_and_pieces_are_recorded_with_what_their_code_fixes():
+    from mdakit.graph import Piece, Shuffle
+
+    g = trace(ShuffleNet(), (1, 8, 8))
+    assert g.shuffles == {"shuffle": Shuffle(2, 4, "groups"), "transpose": Shuffle(4, 2, "groups")}
+    assert g.pieces == {"getitem": Piece("relu", 0, 2), "getitem_1": Piece("relu", 1, 2)}
+    g = trace(_Grouping(), (1, 2, 2))
+    assert g.shuffles == {"transpose": Shuffle(2, 4, "per_group"), "transpose_1": Shuffle(2, 4, "both"),
+                          "channel_shuffle": Shuffle(2, 4, "groups")}
+    assert g.pieces == {"getitem_4": Piece("channel_shuffle", 0, None),  # getitem .. getitem_3 unpack the size
+                        "getitem_5": Piece("channel_shuffle", 1, None), "getitem_6": Piece("getitem_5", 0, 1)}
+    assert g.output_layer.name == "fc"
+
+
+def test_piece_zero_of_a_chunk_is_not_the_identity():
+    """Piece 0 reads channels 0..k-1 of more: logits taken from it do not come straight from the layer."""
+    class HalfLogits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)).chunk(2, 1)[0]
+
+    with pytest.raises(MdakitError, match="do not come straight from one Linear"):
+        trace(HalfLogits(), (1, 2, 2))
+
+
 class _ChannelsLast(nn.Module):
     """Channels-last, then a mean over the spatial dims there (an op followed on channels at dim 1 only)."""
 
@@ -288,4 +335,4 @@ def test_group_norm_pins_its_channels_and_keeps_the_rest_removable():
     pinned = g.pinned_mask()
     assert all(pinned[g.find(int(i))] for i in g.layer("stem.0").out_ids)
     assert not any(pinned[g.find(int(i))] for i in g.layer("wide.0").out_ids)
-    assert set(g.unmergeable) == {"stem_1", "block_1"}
+    assert g.group_norms == {"stem.1": "stem_1", "block.1": "block_1"} and not g.unmergeable

@@ -47,13 +47,13 @@ The same edges drive the backward "needed" walk of attribution (:meth:`ChannelGr
 
 from mdakit.graph import ops
 from mdakit.graph.builder import GraphBuilder, Tracer, describe, fx_trace, tensor_shape, trace
-from mdakit.graph.channel_graph import ChannelGraph, Edge, PrunableLayer
+from mdakit.graph.channel_graph import ChannelGraph, Edge, Piece, PrunableLayer, Shuffle
 from mdakit.graph.fx_edit import insert_after
 from mdakit.graph.ops.passthrough import passthrough_ops, register_passthrough
 from mdakit.graph.registry import register_function, register_method, register_module, unregister
 
 __all__ = [
-    "ChannelGraph", "Edge", "GraphBuilder", "PrunableLayer", "Tracer", "describe", "fx_trace", "insert_after", "ops",
-    "passthrough_ops", "register_function", "register_method", "register_module", "register_passthrough",
-    "tensor_shape", "trace", "unregister",
+    "ChannelGraph", "Edge", "GraphBuilder", "Piece", "PrunableLayer", "Shuffle", "Tracer", "describe", "fx_trace",
+    "insert_after", "ops", "passthrough_ops", "register_function", "register_method", "register_module",
+    "register_passthrough", "tensor_shape", "trace", "unregister",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mdakit.errors import MdakitError
-from mdakit.graph.channel_graph import ChannelGraph, Edge, PrunableLayer, find_root
+from mdakit.graph.channel_graph import ChannelGraph, Edge, Piece, PrunableLayer, Shuffle, find_root
 from mdakit.graph.registry import CHANNELS_ANYWHERE, MODULES, handled_class, module_handler, op_entry
 
 
@@ -135,11 +135,14 @@ class GraphBuilder:
 
     Handlers read and write its state: ``ids`` (node name -> channel ids of its result), ``edges``,
     ``layers``, ``channel_modules`` (per-channel modules whose parameters follow the channels kept),
-    and two records of multi-node patterns: ``grouped`` (5-D node -> (dim 1, dim 2) sizes, the
-    channels of a view into groups, as a channel shuffle starts) and ``pieces`` (chunk/split node ->
-    (source node, piece sizes)); ``unmergeable`` says why a node cannot run on several models' channels
-    stacked (a slice at fixed positions, a norm over all channels); ``channel_dims`` holds the nodes whose
-    channels are not on dim 1 (channels-last after a permute), with their dim.
+    and two records of multi-node patterns: ``grouped`` (5-D node -> its
+    :class:`~mdakit.graph.channel_graph.Shuffle` grouping, the channels of a view into groups, as a
+    channel shuffle starts) and ``splits`` (chunk/split node -> (source node, piece sizes, number of
+    chunks or None for a split)). What the padded layout reads is recorded for the graph too:
+    ``unmergeable`` says why a node cannot run on several models' channels stacked (a slice at fixed
+    positions), ``shuffles`` and ``pieces`` name the channel shuffles and chunk/split pieces, and
+    ``group_norms`` the GroupNorm modules; ``channel_dims`` holds the nodes whose channels are not on
+    dim 1 (channels-last after a permute), with their dim.
     """
 
     def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]):
@@ -153,9 +156,12 @@ class GraphBuilder:
         self.edges: dict[str, list[Edge]] = {}
         self.layers: list[PrunableLayer] = []
         self.channel_modules: dict[str, str] = {}
-        self.grouped: dict[str, tuple[int, int]] = {}
-        self.pieces: dict[str, tuple[str, list[int]]] = {}
+        self.grouped: dict[str, Shuffle] = {}
+        self.splits: dict[str, tuple[str, list[int], int | None]] = {}
         self.unmergeable: dict[str, str] = {}
+        self.shuffles: dict[str, Shuffle] = {}
+        self.pieces: dict[str, Piece] = {}
+        self.group_norms: dict[str, str] = {}
         self.channel_dims: dict[str, int] = {}
         self.constants: set[str] = set()
 
@@ -270,8 +276,8 @@ class GraphBuilder:
         return ChannelGraph(model=self.model, input_shape=self.input_shape, layers=self.layers,
                             output_layer=output, node_ids=self.ids, edges=self.edges, order=order,
                             channel_modules=self.channel_modules, parent=self.parent, pinned_ids=self.pinned,
-                            output_node=output_node.name, unmergeable=self.unmergeable,
-                            channel_dims=self.channel_dims)
+                            output_node=output_node.name, unmergeable=self.unmergeable, shuffles=self.shuffles,
+                            pieces=self.pieces, group_norms=self.group_norms, channel_dims=self.channel_dims)
 
     def output_layer(self, output_node: torch.fx.Node) -> PrunableLayer:
         """The layer whose output the logits are, through pass-through ops only."""
@@ -279,8 +285,7 @@ class GraphBuilder:
         name = output_node.name
         while name not in by_node:
             edges = self.edges.get(name, [])
-            if len(edges) != 1 or edges[0].src is None or not torch.equal(
-                    edges[0].src, torch.arange(len(self.ids[name]))):
+            if len(edges) != 1 or not edges[0].is_identity(len(self.ids[edges[0].input])):
                 raise MdakitError(f"the logits (node {output_node.name!r}) do not come straight from one Linear or "
                                   "Conv2d layer (through pass-through ops only); such heads are not supported")
             name = edges[0].input

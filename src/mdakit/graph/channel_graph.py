@@ -46,6 +46,48 @@ class Edge:
     input: str
     src: torch.Tensor | None  # None: every output channel depends on every input channel (mixing)
 
+    def is_identity(self, in_size: int) -> bool:
+        """Whether the output is the input channel for channel, all ``in_size`` of them (piece 0 of a chunk
+        reads ``0..k-1`` of more channels: not the identity).
+
+        >>> Edge("x", torch.arange(2)).is_identity(2), Edge("x", torch.arange(2)).is_identity(4)
+        (True, False)
+        """
+        return self.src is not None and len(self.src) == in_size and torch.equal(self.src, torch.arange(in_size))
+
+
+@dataclass(frozen=True)
+class Shuffle:
+    """A channel shuffle: the source's channels viewed as ``groups × per_group`` and read column by column.
+
+    ``fixed`` says which of the two the model's code fixes, the other following the tensor's width at run
+    time: ``"groups"`` (``nn.ChannelShuffle``, ``channel_shuffle``, ``x.view(b, g, c // g, h, w)``),
+    ``"per_group"`` (``x.view(b, c // k, k, h, w)``), ``"both"`` (two literal sizes) or None (neither
+    is a literal: mdakit cannot tell).
+    """
+
+    groups: int
+    per_group: int
+    fixed: str | None
+
+    def swapped(self) -> Shuffle:
+        """The grouping after its two group dimensions are transposed."""
+        fixed = {"groups": "per_group", "per_group": "groups"}.get(self.fixed, self.fixed)
+        return Shuffle(self.per_group, self.groups, fixed)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Piece ``index`` of a ``chunk`` or ``split`` of node ``source`` along channels.
+
+    ``chunks``: the number of pieces of a ``chunk(chunks)``, whose sizes follow the width at run time;
+    None for a ``split``, whose sizes the model's code fixes.
+    """
+
+    source: str
+    index: int
+    chunks: int | None
+
 
 def find_root(parent: list[int], i: int) -> int:
     """Union-find root of ``i`` in the forest ``parent`` (with path halving).
@@ -76,7 +118,13 @@ class ChannelGraph:
     output_node: str = ""
     unmergeable: dict[str, str] = field(default_factory=dict)
     """Nodes that cannot run on several models' channels stacked (the padded layout), with why: code that
-    picks channels at fixed positions (``x[:, :16]``), a norm whose statistics span all its channels."""
+    picks channels at fixed positions (``x[:, :16]``)."""
+    shuffles: dict[str, Shuffle] = field(default_factory=dict)
+    """The nodes whose edge is a channel shuffle (``nn.ChannelShuffle``, or the transpose of a view into
+    groups), with their grouping."""
+    pieces: dict[str, Piece] = field(default_factory=dict)
+    """The nodes that are a piece of a ``chunk`` or ``split`` along channels."""
+    group_norms: dict[str, str] = field(default_factory=dict)  # GroupNorm module name -> its node
     channel_dims: dict[str, int] = field(default_factory=dict)
     """Nodes whose channels are not on dim 1 (channels-last between a permute and the permute back), with
     their dim."""

@@ -130,8 +130,12 @@ def check_layer_norm(builder: GraphBuilder, node: torch.fx.Node, normalized: tup
 @register_module(nn.GroupNorm)
 def group_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.GroupNorm) -> None:
     """GroupNorm keeps channel ``j`` as ``j``, but its statistics span every channel of a group: removing one
-    would change the others, so all its channels are pinned (kept), never approximated."""
-    pin_normalised(builder, node, "GroupNorm")
+    would change the others, so all its channels are pinned (kept), never approximated. It is recorded in
+    ``group_norms``: the padded layout merges it group by group."""
+    source = builder.first_tensor(node)
+    builder.identity(node, source)
+    builder.pin(builder.ids[source.name])
+    builder.group_norms[str(node.target)] = node.name
 
 
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
-from mdakit.graph.channel_graph import Edge
+from mdakit.graph.channel_graph import Edge, Shuffle
 from mdakit.graph.registry import register_function, register_method, register_module
 
 
@@ -36,13 +36,24 @@ def flatten(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node) -
         # transpose, and the group sizes are fixed, so every channel is kept
         builder.pin(builder.ids[source.name])
         builder.identity(node, source)
-        builder.grouped[node.name] = (out_shape[1], out_shape[2])
+        builder.grouped[node.name] = Shuffle(out_shape[1], out_shape[2], fixed_group_sizes(node))
         return
     if source.name in builder.grouped and len(out_shape) == 4 and out_shape[1] == in_shape[1] * in_shape[2] \
             and out_shape[2:] == in_shape[3:]:
         builder.identity(node, source)
         return
     raise MdakitError(f"unsupported reshape {describe(node)} from {list(in_shape)} to {list(out_shape)}")
+
+
+def fixed_group_sizes(node: torch.fx.Node) -> str | None:
+    """Which of dims 1 and 2 of a view into groups the code fixes (``"groups"``, ``"per_group"``,
+    ``"both"``), or None: a literal size stays when the width changes, ``-1`` or a computed one follows it."""
+    sizes = list(node.args[1:]) if node.op == "call_method" else []
+    sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else sizes
+    if len(sizes) != 5:
+        return None
+    literal = [isinstance(s, int) and s != -1 for s in sizes[1:3]]
+    return {(True, False): "groups", (False, True): "per_group", (True, True): "both"}.get(tuple(literal))
 
 
 @register_module(nn.Flatten)

@@ -2,6 +2,7 @@
 
 Both forms are followed: ``nn.ChannelShuffle`` / ``channel_shuffle``, and a view into groups
 (:mod:`mdakit.graph.ops.reshape`) followed by a transpose of the two group dims and a view back.
+The shuffle's node is recorded (``shuffles``) with its grouping and which of its sizes the code fixes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe
+from mdakit.graph.channel_graph import Shuffle
 from mdakit.graph.registry import register_function, register_module
 
 
@@ -29,6 +31,7 @@ def shuffle(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node, g
     size = len(builder.ids[source.name])
     builder.pin(builder.ids[source.name])
     builder.permuted(node, source, shuffled(groups, size // groups))
+    builder.shuffles[node.name] = Shuffle(groups, size // groups, "groups")
 
 
 @register_module(nn.ChannelShuffle)
@@ -47,6 +50,7 @@ def swap_groups(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Nod
     if order != [0, 2, 1, 3, 4]:
         raise MdakitError(f"unsupported op {describe(node)}: of a view into channel groups, mdakit follows only "
                           "the swap of the two group dims (a channel shuffle)")
-    groups, per_group = builder.grouped[source.name]
-    builder.permuted(node, source, shuffled(groups, per_group))
-    builder.grouped[node.name] = (per_group, groups)
+    grouping = builder.grouped[source.name]
+    builder.permuted(node, source, shuffled(grouping.groups, grouping.per_group))
+    builder.shuffles[node.name] = grouping
+    builder.grouped[node.name] = grouping.swapped()

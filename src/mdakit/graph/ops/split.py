@@ -1,8 +1,9 @@
 """``chunk``/``split`` along channels and the pieces read from them, and slices of tensors with channels.
 
 The split sizes and slice bounds are fixed, so every channel of the source is pinned (a slice that keeps
-every channel excepted). ``getitem`` on anything else without channels (a shape, a tuple of sizes) is
-bookkeeping.
+every channel excepted). Each piece is recorded (``pieces``) with whether its sizes follow the width at
+run time (``chunk(n)``) or are fixed in the code (``split``), which the padded layout needs to know.
+``getitem`` on anything else without channels (a shape, a tuple of sizes) is bookkeeping.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.fx
 
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
-from mdakit.graph.channel_graph import Edge
+from mdakit.graph.channel_graph import Edge, Piece
 from mdakit.graph.registry import register_function, register_method
 
 FIXED_POSITIONS = "its code picks channels at fixed positions, which stacking the parts' channels would move"
@@ -31,7 +32,9 @@ def chunk(builder: GraphBuilder, node: torch.fx.Node) -> None:
     if in_shape is None or not isinstance(metas, list | tuple) or dim not in (1, 1 - len(in_shape)):
         raise MdakitError(f"unsupported op {describe(node)}: only chunks and splits along channels are supported")
     builder.pin(builder.ids[source.name])
-    builder.pieces[node.name] = (source.name, [int(m.shape[1]) for m in metas])
+    chunks = node.kwargs.get("chunks", node.args[1] if len(node.args) > 1 else None)
+    follows_width = node.target in ("chunk", torch.chunk) and isinstance(chunks, int)
+    builder.splits[node.name] = (source.name, [int(m.shape[1]) for m in metas], chunks if follows_width else None)
 
 
 @register_function(operator.getitem, any_result=True)
@@ -39,15 +42,16 @@ def piece(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """Piece ``i`` of a chunk or split: the slice of the source's ids at its offset; or a slice of a tensor
     with channels (:func:`channel_slice`)."""
     container = node.args[0]
-    if container.name not in builder.pieces:
+    if container.name not in builder.splits:
         if container.name in builder.ids:
             channel_slice(builder, node)
         return
-    name, sizes = builder.pieces[container.name]
+    name, sizes, chunks = builder.splits[container.name]
     index = int(node.args[1])
     start = sum(sizes[:index])
     builder.assign(node, builder.ids[name][start:start + sizes[index]],
                    [Edge(name, torch.arange(start, start + sizes[index]))])
+    builder.pieces[node.name] = Piece(name, index, chunks)
 
 
 def channel_slice(builder: GraphBuilder, node: torch.fx.Node) -> None:
