@@ -20,6 +20,7 @@ from mdakit.surgery import keep_sets, rebuild
 from mdakit.zoo import build_model
 from nets import (
     ChunkNet,
+    ConvNeXtBlockNet,
     DepthwiseNet,
     GroupedNet,
     GroupNormNet,
@@ -379,3 +380,79 @@ def test_replay_padded_rebuilds_group_norms_from_the_base_architecture():
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), merged(x))
+
+
+def _convnext_parts(net_factory, shape):
+    torch.manual_seed(0)
+    nets = [net_factory().eval() for _ in range(2)]
+    for i, net in enumerate(nets):  # random affine parameters and layer scales, so that every part differs
+        torch.manual_seed(i + 1)
+        for norm in (m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)):
+            torch.nn.init.normal_(norm.weight)
+            torch.nn.init.normal_(norm.bias)
+    return [_part(net, shape, i, rows) for i, (net, rows) in enumerate(zip(nets, ([0, 2], [1])))]
+
+
+def _small_torchvision_convnext():
+    import torchvision
+
+    net = torchvision.models.convnext_tiny(num_classes=3)
+    net.features = net.features[:4]
+    net.classifier[0] = type(net.classifier[0])(192, eps=1e-6)
+    net.classifier[2] = torch.nn.Linear(192, 3)
+    return net
+
+
+def _timm_convnext(conv_mlp):
+    timm = pytest.importorskip("timm")
+    return lambda: timm.create_model("convnext_atto", num_classes=3, conv_mlp=conv_mlp, depths=(1, 1, 1, 1),
+                                     ls_init_value=0.5)
+
+
+@pytest.mark.parametrize("factory, shape", [
+    (ConvNeXtBlockNet, (1, 8, 8)), (_small_torchvision_convnext, (3, 32, 32)),
+    (_timm_convnext(False), (3, 32, 32)), (_timm_convnext(True), (3, 32, 32)),
+], ids=["block", "torchvision", "timm", "timm-conv-mlp"])
+def test_layer_norms_and_layer_scales_merge_part_by_part(factory, shape):
+    """ConvNeXt: every LayerNorm (channels-last, or a LayerNorm2d permuting inside) becomes a part-wise
+    LayerNorm, every layer scale is stacked in layout order; the merge equals the parts and the padded edit
+    rebuilds it from the base architecture."""
+    parts = _convnext_parts(factory, shape)
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    merged = _assert_merges(parts, shape, x)
+    edit = padded_widths(merged, shape)
+    assert edit["layer_norms"] and edit["channel_params"]
+    rebuilt = replay_padded(factory(), edit)
+    rebuilt.load_state_dict(merged.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), merged(x))
+
+
+def test_a_functional_layer_norm_of_a_rebuilt_module_is_refused(tmp_path):
+    """A user-built module's LayerNorm2d-style subclass is traced through: in the module its card rebuilds it
+    is a function call of no LayerNorm module, which no part-wise norm can take the place of."""
+    from mdakit.graph.recorded import record_graph, replay_graph
+
+    net = ConvNeXtBlockNet().eval()
+    rebuilt = replay_graph(None, record_graph(net, (1, 8, 8)))
+    rebuilt.load_state_dict(net.state_dict())
+    parts = [_part(rebuilt.eval(), (1, 8, 8), i, rows) for i, rows in enumerate(([0, 2], [1]))]
+    with pytest.raises(MdakitError, match="node 'layer_norm': a LayerNorm's statistics span its channels, and would "
+                                          "span the parts'; use the parallel layout"):
+        merge_padded(parts, (1, 8, 8))
+
+
+def test_a_per_channel_constant_computed_in_the_code_is_refused():
+    class Computed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Linear(4, 3)
+            self.gamma = torch.nn.Parameter(torch.ones(4, 1, 1))
+
+        def forward(self, x):
+            return self.fc((self.conv(x) * self.gamma.exp()).mean((2, 3)))
+
+    net = Computed().eval()
+    assert trace(net, (1, 8, 8)).channel_params == {}
+    with pytest.raises(MdakitError, match="a per-channel constant computed in the code would need stacking"):
+        merge_padded([_part(net, (1, 8, 8), i, [0]) for i in range(2)], (1, 8, 8))

@@ -35,6 +35,9 @@ Patterns whose code works on groups of channels are merged as the same pattern o
   enough blocks the merged and the parts' surviving counts differ (⌈P·m/2^k⌉ ≠ P·⌈m/2^k⌉).
 - GroupNorm(G, C) of each part side by side is GroupNorm(P·G, P·C), its affine parameters in layout
   order, under the same condition as a grouped conv's input (each run of C/G channels one part's group).
+- A LayerNorm over channels (ConvNeXt's, channels-last or a ``LayerNorm2d`` that permutes inside its
+  forward) becomes a :class:`PartwiseLayerNorm` in its module's place: each part's C channels, one run
+  of the merged ones, normalised on their own, affine parameters in layout order.
 """
 from __future__ import annotations
 
@@ -43,17 +46,61 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.fx
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import skip_init
 
 from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
-from mdakit.graph import ChannelGraph, Edge, trace
+from mdakit.graph import ChannelGraph, Edge, GraphBuilder, register_module, trace
+from mdakit.graph.channel_graph import NormSite
+from mdakit.graph.ops.layers import pin_normalised
 from mdakit.graph.ops.shuffle import shuffled
 from mdakit.surgery import resized_batchnorm, set_module
 from mdakit.zoo import MultiNormalize, Normalize
 
 Layout = list[tuple[int, int]]  # merged channel position -> (part, channel index in that part)
+
+
+class PartwiseLayerNorm(nn.Module):
+    """LayerNorm over ``parts`` runs of ``channels`` channels each, on dim ``dim`` of its input: each part's
+    channels normalised on their own, as each part's own LayerNorm would.
+
+    >>> norm = PartwiseLayerNorm(2, 3, dim=1)
+    >>> x = torch.randn(4, 6, 5, 5)
+    >>> own = nn.functional.layer_norm(x[:, 3:].movedim(1, -1), (3,)).movedim(-1, 1)
+    >>> torch.allclose(norm(x)[:, 3:], own, atol=1e-6)
+    True
+    """
+
+    def __init__(self, parts: int, channels: int, dim: int = -1, eps: float = 1e-5, weight: bool = True,
+                 bias: bool = True):
+        super().__init__()
+        self.parts, self.channels, self.dim, self.eps = parts, channels, dim, eps
+        self.weight = nn.Parameter(torch.ones(parts * channels)) if weight else None
+        self.bias = nn.Parameter(torch.zeros(parts * channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.movedim(self.dim, -1)
+        shape = y.shape
+        y = F.layer_norm(y.reshape(*shape[:-1], self.parts, self.channels), (self.channels,), eps=self.eps)
+        y = y.reshape(shape)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y.movedim(-1, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"parts={self.parts}, channels={self.channels}, dim={self.dim}, eps={self.eps}"
+
+
+@register_module(PartwiseLayerNorm, channels_anywhere=True)
+def partwise_layer_norm(builder: GraphBuilder, node: torch.fx.Node, module: PartwiseLayerNorm) -> None:
+    """A merged network's part-wise LayerNorm: its channels pinned, recorded as a LayerNorm site."""
+    pin_normalised(builder, node)
+    builder.layer_norms[str(node.target)] = NormSite(node.name, module.dim)
 
 
 def split_normalize(model: nn.Module) -> tuple[Normalize | None, nn.Module]:
@@ -169,6 +216,7 @@ def _layouts(graphs: Sequence[ChannelGraph], overrides: dict[str, Layout]) -> di
     base = graphs[0]
     layers = {layer.node: i for i, layer in enumerate(base.layers)}
     norms = {node: module for module, node in base.group_norms.items()}
+    layer_norms = {site.node: module for module, site in base.layer_norms.items()}
     layouts: dict[str, Layout] = {}
     for name in base.order:
         if name not in base.node_ids:
@@ -197,6 +245,8 @@ def _layouts(graphs: Sequence[ChannelGraph], overrides: dict[str, Layout]) -> di
             continue
         if name in norms:
             _group_norm_blocks(graphs, norms[name], name, edges[0].input, layouts)
+        if name in layer_norms:
+            _layer_norm_runs(graphs, layer_norms[name], name, edges[0].input, layouts)
         kind = _edge_kind(edges, sizes[0], [len(graphs[0].node_ids[e.input]) for e in edges])
         inputs = [layouts[e.input] for e in edges]
         if kind == "identity":
@@ -253,6 +303,17 @@ def _group_norm_blocks(graphs: Sequence[ChannelGraph], module: str, name: str, s
                         f"GroupNorm {module!r} needs each group of each part's channels side by side, and its input "
                         "is laid out otherwise")
     return blocks
+
+
+def _layer_norm_runs(graphs: Sequence[ChannelGraph], module: str, name: str, source: str,
+                     layouts: dict[str, Layout]) -> None:
+    """Check that a LayerNorm's input holds each part's channels as one run (any order inside it)."""
+    widths = {len(g.node_ids[source]) for g in graphs}
+    blocks = _blocks(layouts[source], widths.pop()) if len(widths) == 1 else None
+    if blocks is None or sorted(blocks) != [(p, 0) for p in range(len(graphs))]:
+        raise _Mismatch(name, source, _part_major([len(g.node_ids[source]) for g in graphs]),
+                        f"LayerNorm {module!r} needs each part's channels side by side, and its input is laid "
+                        "out otherwise")
 
 
 def _piece_layout(graphs: Sequence[ChannelGraph], name: str, layouts: dict[str, Layout]) -> Layout:
@@ -407,6 +468,51 @@ def _merge_group_norm(modules: Sequence[nn.GroupNorm], layout: Layout) -> nn.Gro
     return merged
 
 
+def _tensor_at(module: nn.Module, path: str) -> torch.Tensor:
+    """The parameter or buffer at ``path``."""
+    owner, _, attr = path.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
+
+
+def _set_tensor(module: nn.Module, path: str, value: torch.Tensor) -> None:
+    """Put ``value`` at ``path`` in place of the parameter or buffer there."""
+    owner_path, _, attr = path.rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    if attr in owner._parameters:
+        owner._parameters[attr] = nn.Parameter(value, requires_grad=owner._parameters[attr].requires_grad)
+    else:
+        owner._buffers[attr] = value
+
+
+def _stacked(values: Sequence[torch.Tensor], dim: int, layout: Layout) -> torch.Tensor:
+    """Each part's per-channel tensor (``values``, channels along ``dim``) stacked along it in layout order."""
+    first = values[0]
+    gathered = _gathered([v.detach().reshape(-1) for v in values], layout)
+    shape = list(first.shape)
+    shape[dim] = len(layout)
+    return gathered.reshape(shape).to(first.dtype).clone()
+
+
+def _called_modules(gm: torch.fx.GraphModule) -> set[str]:
+    return {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+
+
+def _merge_layer_norm(modules: Sequence[nn.Module], site: NormSite, layout: Layout) -> PartwiseLayerNorm:
+    """Each part's LayerNorm over its C channels as one :class:`PartwiseLayerNorm` (checked by
+    :func:`_layer_norm_runs`): every run of C merged channels one part's, normalised on its own."""
+    first = modules[0]
+    if isinstance(first, PartwiseLayerNorm):
+        raise MdakitError("a padded assembly is merged from parts, not from other padded assemblies")
+    channels = int(first.normalized_shape[0])
+    merged = PartwiseLayerNorm(len(modules), channels, site.dim, first.eps, first.weight is not None,
+                               first.bias is not None).to(first.weight.device if first.weight is not None else "cpu")
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            if getattr(first, name) is not None:
+                getattr(merged, name).copy_(_gathered([getattr(m, name) for m in modules], layout))
+    return merged
+
+
 def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.Module:
     """One network of the parts' architecture whose logits equal the parts' logits concatenated.
 
@@ -438,6 +544,15 @@ def merge_padded(parts: Sequence[nn.Module], input_shape: Sequence[int]) -> nn.M
         set_module(body, name, _merge_batchnorm([bod.get_submodule(name) for bod in bodies], layouts[node]))
     for name, node in base.group_norms.items():
         set_module(body, name, _merge_group_norm([bod.get_submodule(name) for bod in bodies], layouts[node]))
+    for name, (node, dim) in base.channel_params.items():
+        _set_tensor(body, name, _stacked([_tensor_at(bod, name) for bod in bodies], dim, layouts[node]))
+    for name, site in base.layer_norms.items():
+        if isinstance(body, torch.fx.GraphModule) and name not in _called_modules(body):
+            raise MdakitError(f"the padded layout cannot merge node {site.node!r}: the LayerNorm {name!r} of a "
+                              "rebuilt user-built module is a function call, not a module; use the parallel layout")
+        source = base.edges[site.node][0].input
+        set_module(body, name, _merge_layer_norm([bod.get_submodule(name) for bod in bodies], site,
+                                                 layouts[source]))
     channels = input_shape[0]
     if norms[0] is None:
         means, stds = [[0.0] * channels] * len(parts), [[1.0] * channels] * len(parts)
@@ -459,10 +574,21 @@ def padded_widths(model: nn.Module, input_shape: Sequence[int]) -> dict:
               for layer in graph.layers}
     group_norms = {f"net.{name}": {"channels": body.get_submodule(name).num_channels,
                                    "groups": body.get_submodule(name).num_groups} for name in graph.group_norms}
+    layer_norms = {f"net.{name}": _norm_record(body.get_submodule(name)) for name in graph.layer_norms}
+    params = {f"net.{name}": list(_tensor_at(body, name).shape) for name in graph.channel_params}
     return {"kind": "padded", "copies": norm.copies, "channels": input_shape[0], "layers": layers,
             "channel_modules": {f"net.{name}": len(graph.node_ids[node])
                                 for name, node in graph.channel_modules.items()},
-            **({"group_norms": group_norms} if group_norms else {})}
+            **({"group_norms": group_norms} if group_norms else {}),
+            **({"layer_norms": layer_norms} if layer_norms else {}),
+            **({"channel_params": params} if params else {})}
+
+
+def _norm_record(norm: nn.Module) -> dict:
+    if not isinstance(norm, PartwiseLayerNorm):
+        raise MdakitError(f"a padded assembly holds a {type(norm).__name__} where a part-wise LayerNorm belongs")
+    return {"parts": norm.parts, "channels": norm.channels, "dim": norm.dim, "eps": norm.eps,
+            "weight": norm.weight is not None, "bias": norm.bias is not None}
 
 
 def replay_padded(model: nn.Module, edit: Mapping) -> nn.Module:
@@ -493,6 +619,14 @@ def replay_padded(model: nn.Module, edit: Mapping) -> nn.Module:
         if not isinstance(old, nn.GroupNorm):
             raise MdakitError(f"edit names {name!r}, which is not a GroupNorm")
         set_module(model, name, resized_group_norm(old, widths["channels"], widths["groups"]))
+    for name, shape in edit.get("channel_params", {}).items():
+        _set_tensor(model, name, torch.zeros([int(n) for n in shape]))
+    for name, norm in edit.get("layer_norms", {}).items():
+        if not isinstance(model.get_submodule(name), nn.LayerNorm) or (
+                isinstance(model, torch.fx.GraphModule) and name not in _called_modules(model)):
+            raise MdakitError(f"edit names {name!r}, which is not a LayerNorm module the network calls")
+        set_module(model, name, PartwiseLayerNorm(int(norm["parts"]), int(norm["channels"]), int(norm["dim"]),
+                                                  float(norm["eps"]), bool(norm["weight"]), bool(norm["bias"])))
     return model
 
 

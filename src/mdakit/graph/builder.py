@@ -19,7 +19,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mdakit.errors import MdakitError
-from mdakit.graph.channel_graph import ChannelGraph, Edge, Piece, PrunableLayer, Shuffle, find_root
+from mdakit.graph.channel_graph import ChannelGraph, Edge, NormSite, Piece, PrunableLayer, Shuffle, find_root
 from mdakit.graph.registry import CHANNELS_ANYWHERE, MODULES, handled_class, module_handler, op_entry
 
 
@@ -140,9 +140,10 @@ class GraphBuilder:
     channel shuffle starts) and ``splits`` (chunk/split node -> (source node, piece sizes, number of
     chunks or None for a split)). What the padded layout reads is recorded for the graph too:
     ``unmergeable`` says why a node cannot run on several models' channels stacked (a slice at fixed
-    positions), ``shuffles`` and ``pieces`` name the channel shuffles and chunk/split pieces, and
-    ``group_norms`` the GroupNorm modules; ``channel_dims`` holds the nodes whose channels are not on
-    dim 1 (channels-last after a permute), with their dim.
+    positions), ``shuffles`` and ``pieces`` name the channel shuffles and chunk/split pieces,
+    ``group_norms`` and ``layer_norms`` the GroupNorm and LayerNorm modules, and ``channel_params`` the
+    per-channel parameters (a layer scale) with the dim of theirs that runs along the channels;
+    ``channel_dims`` holds the nodes whose channels are not on dim 1 (channels-last after a permute).
     """
 
     def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]):
@@ -162,6 +163,8 @@ class GraphBuilder:
         self.shuffles: dict[str, Shuffle] = {}
         self.pieces: dict[str, Piece] = {}
         self.group_norms: dict[str, str] = {}
+        self.layer_norms: dict[str, NormSite] = {}
+        self.channel_params: dict[str, tuple[str, int]] = {}
         self.channel_dims: dict[str, int] = {}
         self.constants: set[str] = set()
 
@@ -277,7 +280,8 @@ class GraphBuilder:
                             output_layer=output, node_ids=self.ids, edges=self.edges, order=order,
                             channel_modules=self.channel_modules, parent=self.parent, pinned_ids=self.pinned,
                             output_node=output_node.name, unmergeable=self.unmergeable, shuffles=self.shuffles,
-                            pieces=self.pieces, group_norms=self.group_norms, channel_dims=self.channel_dims)
+                            pieces=self.pieces, group_norms=self.group_norms, channel_dims=self.channel_dims,
+                            layer_norms=self.layer_norms, channel_params=self.channel_params)
 
     def output_layer(self, output_node: torch.fx.Node) -> PrunableLayer:
         """The layer whose output the logits are, through pass-through ops only."""

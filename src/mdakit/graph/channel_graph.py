@@ -77,6 +77,16 @@ class Shuffle:
 
 
 @dataclass(frozen=True)
+class NormSite:
+    """A LayerNorm over the channels at module path ``module``: its normalising node, and the dim the channels
+    are on in the module's input (``-1``: channels-last; ``1``: a channels-first ``LayerNorm2d`` that permutes
+    inside its forward)."""
+
+    node: str
+    dim: int
+
+
+@dataclass(frozen=True)
 class Piece:
     """Piece ``index`` of a ``chunk`` or ``split`` of node ``source`` along channels.
 
@@ -125,6 +135,11 @@ class ChannelGraph:
     pieces: dict[str, Piece] = field(default_factory=dict)
     """The nodes that are a piece of a ``chunk`` or ``split`` along channels."""
     group_norms: dict[str, str] = field(default_factory=dict)  # GroupNorm module name -> its node
+    layer_norms: dict[str, NormSite] = field(default_factory=dict)
+    """The LayerNorms over channels the padded layout can merge part by part (module path -> site)."""
+    channel_params: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Per-channel parameters or buffers (a layer scale): path -> (the node whose channels they scale, their
+    dim along those channels). Their channels are pinned; the padded layout stacks them."""
     channel_dims: dict[str, int] = field(default_factory=dict)
     """Nodes whose channels are not on dim 1 (channels-last between a permute and the permute back), with
     their dim."""

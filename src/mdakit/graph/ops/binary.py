@@ -33,6 +33,23 @@ def per_channel(shape: tuple[int, ...], out_rank: int, dim: int, size: int) -> b
     return size > 1 and 0 <= axis < len(shape) and shape[axis] == size
 
 
+RESHAPES = ("reshape", "view", "unsqueeze", "to", "contiguous")
+
+
+def record_constant(builder: GraphBuilder, node: torch.fx.Node, constant: torch.fx.Node, size: int) -> None:
+    """Record the parameter or buffer behind a per-channel constant (directly, or reshaped) and its dim of
+    ``size`` values, for the padded layout to stack; a constant computed otherwise cannot be stacked."""
+    root = constant
+    while root.op == "call_method" and root.target in RESHAPES and isinstance(root.args[0], torch.fx.Node):
+        root = root.args[0]
+    shape = tensor_shape(root) or ()
+    dims = [d for d, n in enumerate(shape) if n == size]
+    if root.op != "get_attr" or len(dims) != 1 or shape.count(1) != len(shape) - 1:
+        builder.unmergeable[node.name] = "a per-channel constant computed in the code would need stacking"
+        return
+    builder.channel_params[str(root.target)] = (node.name, dims[0])
+
+
 @register_function(operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
                    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
                    channels_anywhere=True)
@@ -57,5 +74,7 @@ def binary(builder: GraphBuilder, node: torch.fx.Node) -> None:
                  and per_channel(tensor_shape(a), len(out_shape), dim, size)]
     if constants:  # a per-channel constant: removing a channel would need slicing it, so keep them all
         builder.pin(base)
+        for constant in constants:
+            record_constant(builder, node, constant, size)
     builder.assign(node, base, [Edge(a.name, torch.arange(size)) for a in full])
     builder.moved(node, dim)

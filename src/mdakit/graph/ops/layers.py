@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
-from mdakit.graph.channel_graph import PrunableLayer
+from mdakit.graph.channel_graph import NormSite, PrunableLayer
 from mdakit.graph.registry import register_function, register_module
 
 
@@ -92,29 +92,66 @@ def add_layer(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn
 NORM_SPANS = "a {}'s statistics span its channels, and would span the parts'"
 
 
-def pin_normalised(builder: GraphBuilder, node: torch.fx.Node, kind: str) -> None:
+def pin_normalised(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """``node`` normalises its input's channels together: channel ``j`` stays ``j``, but removing one
     would change the statistics of the others, so all are pinned (kept), never approximated."""
     source = builder.first_tensor(node)
     builder.identity(node, source)
     builder.pin(builder.ids[source.name])
-    builder.unmergeable[node.name] = NORM_SPANS.format(kind)
 
 
 @register_module(nn.LayerNorm, channels_anywhere=True)
 def layer_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.LayerNorm) -> None:
     """LayerNorm over the channels alone (the last dim, as in ConvNeXt's channels-last blocks or on B×C
-    features): its channels are pinned."""
+    features): its channels are pinned, and it is recorded in ``layer_norms`` (the padded layout normalises
+    each part's channels on their own)."""
     check_layer_norm(builder, node, tuple(module.normalized_shape))
-    pin_normalised(builder, node, "LayerNorm")
+    pin_normalised(builder, node)
+    builder.layer_norms[str(node.target)] = NormSite(node.name, -1)
 
 
 @register_function(F.layer_norm, channels_anywhere=True)
 def functional_layer_norm(builder: GraphBuilder, node: torch.fx.Node) -> None:
-    """``F.layer_norm`` (inside a LayerNorm subclass such as a channels-first ``LayerNorm2d``), as LayerNorm."""
+    """``F.layer_norm`` (inside a LayerNorm subclass such as a channels-first ``LayerNorm2d``), as LayerNorm.
+
+    It is recorded as its module's (:func:`norm_owner`) when that module does nothing but permutes and this
+    call on its own weight and bias, so the padded layout can put a part-wise norm in the module's place;
+    else the padded layout refuses it."""
     shape = node.kwargs.get("normalized_shape", node.args[1] if len(node.args) > 1 else None)
     check_layer_norm(builder, node, tuple(shape) if isinstance(shape, list | tuple) else (shape,))
-    pin_normalised(builder, node, "LayerNorm")
+    pin_normalised(builder, node)
+    owner = norm_owner(builder, node)
+    if owner is None:
+        builder.unmergeable[node.name] = NORM_SPANS.format("LayerNorm")
+    else:
+        builder.layer_norms[owner[0]] = NormSite(node.name, owner[1])
+
+
+def norm_owner(builder: GraphBuilder, node: torch.fx.Node) -> tuple[str, int] | None:
+    """``(path, channel dim of its input)`` of the LayerNorm module whose forward is ``node`` between permutes."""
+    stack = list(node.meta.get("nn_module_stack", {}))
+    owner = stack[-1] if stack else ""
+    module = builder.modules.get(owner)
+    if not owner or not isinstance(module, nn.LayerNorm):
+        return None
+    params = [node.kwargs.get(key, node.args[i] if len(node.args) > i else None)
+              for i, key in ((2, "weight"), (3, "bias"))]
+    expected = [f"{owner}.weight" if module.weight is not None else None,
+                f"{owner}.bias" if module.bias is not None else None]
+    if [p.target if isinstance(p, torch.fx.Node) and p.op == "get_attr" else p for p in params] != expected:
+        return None
+    inside = [n for n in node.graph.nodes if n.op.startswith("call_")
+              and list(n.meta.get("nn_module_stack", {}))[-1:] == [owner]]
+    if any(n is not node and n.target not in ("permute", "contiguous", torch.permute) for n in inside):
+        return None
+    outside = [a for a in builder.tensor_args(inside[0])
+               if list(a.meta.get("nn_module_stack", {}))[-1:] != [owner]]
+    last = inside[-1]
+    if len(outside) != 1 or builder.channel_dim(outside[0]) != builder.channel_dim(last) or (
+            any(u.op != "output" and list(u.meta.get("nn_module_stack", {}))[-1:] == [owner] for u in last.users)):
+        return None
+    dim = builder.channel_dim(outside[0])
+    return owner, -1 if dim == len(tensor_shape(outside[0])) - 1 else dim
 
 
 def check_layer_norm(builder: GraphBuilder, node: torch.fx.Node, normalized: tuple) -> None:
@@ -132,9 +169,7 @@ def group_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.GroupNorm)
     """GroupNorm keeps channel ``j`` as ``j``, but its statistics span every channel of a group: removing one
     would change the others, so all its channels are pinned (kept), never approximated. It is recorded in
     ``group_norms``: the padded layout merges it group by group."""
-    source = builder.first_tensor(node)
-    builder.identity(node, source)
-    builder.pin(builder.ids[source.name])
+    pin_normalised(builder, node)
     builder.group_norms[str(node.target)] = node.name
 
 
