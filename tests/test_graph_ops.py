@@ -29,11 +29,13 @@ SHAPE = (1, 8, 8)
 
 # how to call the pass-through ops that need more than the tensor (the others: ``Op()``, ``op(x)``, ``x.op()``)
 MODULE_ARGS = {nn.MaxPool2d: (2,), nn.AvgPool2d: (2,), nn.AdaptiveAvgPool2d: (2,), nn.AdaptiveMaxPool2d: (2,),
-               nn.LPPool2d: (2, 2), nn.ZeroPad2d: (1,), nn.ConstantPad2d: (1, 0.5)}
+               nn.LPPool2d: (2, 2), nn.ZeroPad2d: (1,), nn.ConstantPad2d: (1, 0.5), nn.Upsample: (None, 2.0),
+               nn.UpsamplingNearest2d: (None, 2.0), nn.UpsamplingBilinear2d: (None, 2.0)}
 CALLS = {
     F.max_pool2d: lambda x: F.max_pool2d(x, 2), F.avg_pool2d: lambda x: F.avg_pool2d(x, 2),
     F.adaptive_avg_pool2d: lambda x: F.adaptive_avg_pool2d(x, 2),
     F.adaptive_max_pool2d: lambda x: F.adaptive_max_pool2d(x, 2), F.pad: lambda x: F.pad(x, (1, 1, 1, 1)),
+    F.interpolate: lambda x: F.interpolate(x, scale_factor=2.0),
     F.dropout: lambda x: F.dropout(x, 0.5, False), F.dropout2d: lambda x: F.dropout2d(x, 0.5, False),
     stochastic_depth: StochasticDepth(0.5, "row"),  # fx records the function only where torchvision calls it
     "clamp": lambda x: x.clamp(0.0), "clamp_": lambda x: x.clamp_(0.0), "clamp_min": lambda x: x.clamp_min(0.0),

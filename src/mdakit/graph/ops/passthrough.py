@@ -2,7 +2,7 @@
 
 Activations, dropout (stochastic depth too: it drops whole samples' branches while training and is
 the identity in eval mode; torchvision's module is traced through to its ``stochastic_depth``
-function), pooling, padding, copies and casts. One line registers another: a module class, a
+function), pooling, padding, upsampling, copies and casts. One line registers another: a module class, a
 function, or the name of a tensor method.
 """
 
@@ -85,5 +85,6 @@ register_passthrough(
 )  # not F.sigmoid, F.tanh: fx records the tensor methods they call
 register_passthrough(  # over the spatial dims, so on channels at dim 1 only
     nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.ZeroPad2d,
-    nn.ConstantPad2d, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.pad,
+    nn.ConstantPad2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.dropout2d, F.max_pool2d,
+    F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.pad, F.interpolate,
 )
