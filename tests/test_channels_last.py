@@ -170,3 +170,40 @@ def test_a_per_channel_constant_pins_its_channels(scale_shape):
             return self.fc((self.gamma.reshape(scale_shape) * y).mean((2, 3)))
     graph = trace(Scaled().eval(), SHAPE)
     assert graph.pinned_mask()[graph.groups(graph.layer("conv").out_ids)].all()
+
+
+class EcaNet(nn.Module):
+    """conv → efficient channel attention (a Conv1d along the pooled channels, viewed B×1×C) → conv → head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.eca, self.mid = nn.Conv2d(1, 6, 3, padding=1), nn.Conv1d(1, 1, 3, padding=1), nn.Conv2d(6, 5, 1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = self.eca(x.mean((2, 3)).view(x.shape[0], 1, -1)).sigmoid().view(x.shape[0], -1, 1, 1)
+        return self.fc(self.mid(x * y.expand_as(x)).mean((2, 3)))
+
+
+def test_efficient_channel_attention_pins_the_channels_it_slides_along():
+    graph, keep, part, reference = extract(EcaNet(), SHAPE)
+    assert graph.pinned_mask()[graph.groups(graph.layer("conv").out_ids)].all()
+    assert len(keep.layers["mid"]["out"]) < 5  # the channels after the gate can still go
+    images = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(part(images), reference(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_conv1d_that_is_not_channel_attention_is_refused():
+    class Wide(EcaNet):  # two output channels: no longer a gate per channel
+        def __init__(self):
+            super().__init__()
+            self.eca = nn.Conv1d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            y = self.eca(x.mean((2, 3)).view(x.shape[0], 1, -1)).mean(1).view(x.shape[0], -1, 1, 1)
+            return self.fc(self.mid(x * y).mean((2, 3)))
+    with pytest.raises(MdakitError, match="mdakit follows a Conv1d only with one channel sliding along"):
+        trace(Wide().eval(), SHAPE)

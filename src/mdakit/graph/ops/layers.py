@@ -89,6 +89,20 @@ def add_layer(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv2d | nn
                                         input_node=source.name, in_ids=in_ids, out_ids=out_ids))
 
 
+@register_module(nn.Conv1d, channels_anywhere=True)
+def conv1d_across_channels(builder: GraphBuilder, node: torch.fx.Node, module: nn.Conv1d) -> None:
+    """A one-in, one-out Conv1d sliding along the channels of a B×1×C tensor (efficient channel attention):
+    each result channel mixes its neighbours, so all are pinned. Conv1d layers over channels-first
+    sequences are refused."""
+    source = builder.first_tensor(node)
+    shape, out_shape = tensor_shape(source), tensor_shape(node)
+    if builder.channel_dim(source) != 2 or not module.in_channels == module.out_channels == 1 or shape != out_shape:
+        raise MdakitError(f"unsupported module Conv1d ({str(node.target)!r}) at node {node.name!r}: mdakit follows "
+                          "a Conv1d only with one channel sliding along the channels of a B×1×C tensor")
+    builder.mixing(node, [source], shape[-1])
+    builder.moved(node, 2)
+
+
 NORM_SPANS = "a {}'s statistics span its channels, and would span the parts'"
 
 

@@ -26,6 +26,9 @@ def flatten(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node) -
     if in_shape == out_shape:
         builder.identity(node, source)
         return
+    if builder.channel_dim(source) != 1 or (len(in_shape) == 2 and out_shape == (in_shape[0], 1, in_shape[1])):
+        channels_as_length(builder, node, source, in_shape, out_shape)
+        return
     if len(in_shape) == 4 and len(out_shape) == 2 and out_shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
         src = torch.arange(out_shape[1]) // (in_shape[2] * in_shape[3])
         builder.assign(node, builder.ids[source.name][src], [Edge(source.name, src)])
@@ -56,13 +59,41 @@ def fixed_group_sizes(node: torch.fx.Node) -> str | None:
     return {(True, False): "groups", (False, True): "per_group", (True, True): "both"}.get(tuple(literal))
 
 
-@register_module(nn.Flatten)
+def channels_as_length(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node,
+                       in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+    """B×C viewed as B×1×C (the channels become the length a Conv1d slides along, as efficient channel
+    attention does), and B×1×C viewed back as B×C×1×1 or B×C; any other reshape of moved channels is refused."""
+    if len(in_shape) == 2 and out_shape == (in_shape[0], 1, in_shape[1]):
+        builder.identity(node, source)
+        builder.moved(node, 2)
+        return
+    if builder.channel_dim(source) == 2 and len(in_shape) == 3 and in_shape[1] == 1 \
+            and out_shape in ((in_shape[0], in_shape[2], 1, 1), (in_shape[0], in_shape[2])):
+        builder.identity(node, source)
+        builder.moved(node, 1)
+        return
+    raise MdakitError(f"unsupported reshape {describe(node)} from {list(in_shape)} to {list(out_shape)} of a tensor "
+                      f"whose channels are on dim {builder.channel_dim(source)}")
+
+
+@register_method("expand_as", "expand", channels_anywhere=True)
+def expand(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """``y.expand_as(x)`` over the spatial dims: the channels stay (a change of their count is refused)."""
+    source = builder.first_tensor(node)
+    in_shape, out_shape = tensor_shape(source), tensor_shape(node)
+    dim = builder.channel_dim(source)
+    if in_shape is None or out_shape is None or len(in_shape) != len(out_shape) or in_shape[dim] != out_shape[dim]:
+        raise MdakitError(f"unsupported op {describe(node)}: mdakit follows expands that keep the channels only")
+    builder.identity(node, source)
+
+
+@register_module(nn.Flatten, channels_anywhere=True)
 def flatten_module(builder: GraphBuilder, node: torch.fx.Node, module: nn.Flatten) -> None:
     flatten(builder, node, builder.first_tensor(node))
 
 
-@register_function(torch.flatten)
-@register_method("flatten", "view", "reshape")
+@register_function(torch.flatten, channels_anywhere=True)
+@register_method("flatten", "view", "reshape", channels_anywhere=True)
 def reshape(builder: GraphBuilder, node: torch.fx.Node) -> None:
     source = builder.first_tensor(node)
     if node.op == "call_method" and node.target in ("view", "reshape"):
