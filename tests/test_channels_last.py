@@ -207,3 +207,31 @@ def test_a_conv1d_that_is_not_channel_attention_is_refused():
             return self.fc(self.mid(x * y).mean((2, 3)))
     with pytest.raises(MdakitError, match="mdakit follows a Conv1d only with one channel sliding along"):
         trace(Wide().eval(), SHAPE)
+
+
+def test_shapes_are_read_wherever_the_channels_are():
+    class Reads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.LayerNorm(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.norm(self.conv(x).permute(0, 2, 3, 1))
+            b, h, w, c = y.shape
+            return self.fc(y.reshape(b, h, w, c).permute(0, 3, 1, 2).mean((2, 3)))
+    graph = trace(Reads().eval(), SHAPE)
+    assert torch.equal(graph.layer("fc").in_ids, graph.layer("conv").out_ids)
+
+
+def test_a_functional_group_norm_pins_its_channels():
+    class GroupNorm1(nn.GroupNorm):  # timm's: one group, called through F.group_norm
+        def forward(self, x):
+            return nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), GroupNorm1(1, 4), nn.Conv2d(4, 5, 1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(5, 3))
+    graph, keep, part, reference = extract(net, SHAPE)
+    assert graph.pinned_mask()[graph.groups(graph.layer("0").out_ids)].all() and graph.unmergeable
+    images = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(part(images), reference(images), rtol=1e-5, atol=1e-5)

@@ -178,6 +178,14 @@ def check_layer_norm(builder: GraphBuilder, node: torch.fx.Node, normalized: tup
                           f"{list(shape or ())} whose channels are on dim {builder.channel_dim(source)}")
 
 
+@register_function(F.group_norm)
+def functional_group_norm(builder: GraphBuilder, node: torch.fx.Node) -> None:
+    """``F.group_norm`` (inside a GroupNorm subclass, as timm's ``GroupNorm1``): its channels pinned as a
+    GroupNorm's; the padded layout, which merges GroupNorm modules, refuses the function."""
+    pin_normalised(builder, node)
+    builder.unmergeable[node.name] = NORM_SPANS.format("functional group norm")
+
+
 @register_module(nn.GroupNorm)
 def group_norm(builder: GraphBuilder, node: torch.fx.Node, module: nn.GroupNorm) -> None:
     """GroupNorm keeps channel ``j`` as ``j``, but its statistics span every channel of a group: removing one

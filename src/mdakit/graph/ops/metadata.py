@@ -1,4 +1,5 @@
-"""Reading a tensor's metadata (``x.size()``, ``x.dim()``, ``x.shape``, ``x.device``...): no channels flow."""
+"""Reading a tensor's metadata (``x.size()``, ``x.dim()``, ``x.shape``, ``x.device``...): no channels flow,
+wherever the channels are."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from mdakit.graph.registry import register_function, register_method
 ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
 
 
-@register_method("size", "dim", any_result=True)
+@register_method("size", "dim", any_result=True, channels_anywhere=True)
 def metadata(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """Nothing to record."""
 
 
-@register_function(getattr, any_result=True)
+@register_function(getattr, any_result=True, channels_anywhere=True)
 def attribute(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """``getattr(x, name)``: metadata, unless ``name`` is an attribute whose channels mdakit cannot follow."""
     if node.args[1] not in ATTRIBUTES:
