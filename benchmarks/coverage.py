@@ -392,13 +392,14 @@ def markdown(rows: list[dict[str, Any]], tally: dict[str, dict[str, int]], liste
              "| library | models | " + " | ".join(OUTCOMES) + " |", "|" + " --- |" * (len(OUTCOMES) + 2)]
     lines += [f"| {family} | {t['models']} | " + " | ".join(str(t[o]) for o in OUTCOMES) + " |"
               for family, t in tally.items()]
-    lines += ["", "| library | model | input | " + " | ".join(CHECKS) + " | largest diff. | seconds | failures |",
-              "|" + " --- |" * (len(CHECKS) + 6)]
+    lines += ["", "| library | model | input | " + " | ".join(CHECKS)
+              + " | largest diff. | seconds | commit | failures |",
+              "|" + " --- |" * (len(CHECKS) + 7)]
     for r in rows:
         diff = largest_difference(r)
         lines.append(f"| {r['family']} | {r['name']} | {'×'.join(map(str, r['input_shape'] or [])) or '-'} | "
                      + " | ".join(r["checks"][c]["status"] for c in CHECKS)
-                     + f" | {'-' if diff is None else f'{diff:.1e}'} | {r['seconds']:.0f} | "
+                     + f" | {'-' if diff is None else f'{diff:.1e}'} | {r['seconds']:.0f} | {r.get('commit', '-')} | "
                      + _failures(r).replace("|", "\\|") + " |")
     return "\n".join(lines) + "\n"
 
@@ -433,6 +434,15 @@ def summarise(listed: list[tuple[str, str]]) -> None:
     print(f"{len(rows)} models: " + ", ".join(f"{o} {tally['all'][o]}" for o in OUTCOMES))
 
 
+def _commit() -> str:
+    """The commit of the checkout that ran a model ("+" when its tree had uncommitted changes)."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], cwd=root,
+                           capture_output=True, text=True)
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=FAMILIES)
@@ -444,7 +454,8 @@ def main() -> None:
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        _write_text(cache_path(*args.worker), json.dumps(check_model(*args.worker), indent=2) + "\n")
+        row = {**check_model(*args.worker), "commit": _commit()}
+        _write_text(cache_path(*args.worker), json.dumps(row, indent=2) + "\n")
         return
     listed = models(args.family, args.only, args.limit)
     for i, (family, name) in enumerate(listed, 1):
