@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.attribution.nad import NADSettings
 from mdakit.component_masks import LayerMask
-from mdakit.disassembly import Part, compute_masks, extract, threshold_summary
+from mdakit.disassembly import Part, compute_masks, extract, threshold_summary, timed
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.graph import ChannelGraph, trace
+from mdakit.latency import LatencySettings
 from mdakit.metrics import count_macs, model_size
 from mdakit.profiling import measure
 from mdakit.surgery import KeepSets, keep_sets
@@ -47,14 +48,15 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
              settings: ContributionSettings | NADSettings | None = None, calibrate: float | None = None,
              thresholds: str = "calibrated", thresholds_given: bool | None = None,
              test_data: Dataset | DataLoader | str | None = None, seed: int = 0, device: torch.device | str = "cpu",
-             data_dir: str | Path | None = None, show_progress: bool = False) -> Part:
+             data_dir: str | Path | None = None, show_progress: bool = False,
+             latency: bool | LatencySettings | None = None) -> Part:
     """Compress ``model`` to the union of all its classes' components; every logit is kept, in order.
 
     Arguments are those of :func:`~mdakit.disassembly.disassemble` (``data`` defaults to the model's own
     dataset; by default the thresholds are calibrated so the compressed model stays within 0.5 points of the
     original on held-out training images). The report holds the sizes, ``macs_ratio``, ``params_ratio``,
     how the thresholds were chosen and, with test data, the accuracy of the original and the compressed model
-    over all classes.
+    over all classes; ``latency`` (on by default) times the compressed model against the original.
 
     >>> small = compress("runs/zoo/vgg16-mnist", "mnist")  # doctest: +SKIP
     >>> small.report["macs_ratio"], small.report["accuracy"]  # doctest: +SKIP
@@ -75,6 +77,7 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
     if source.test is not None:
         report["original_accuracy"] = evaluate(source.model, source.test, classes, device=device).accuracy
         report["accuracy"] = evaluate(small, source.test, classes, device=device).accuracy
+    report.update(timed(small, source, device, latency))
     card = copy.deepcopy(source.card)
     card.edits = [*card.edits, keep.to_dict()]
     card.provenance = {**card.provenance, "compressed_from": source.label, "method": method,

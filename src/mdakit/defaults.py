@@ -33,3 +33,7 @@ holds, :mod:`mdakit.calibration`) or ``paper`` (the paper's §6 values as they a
 
 DEFAULT_TIMEOUT = 1800.0
 """Seconds a process waits for the others under ``torchrun`` before failing (:mod:`mdakit.distributed`)."""
+
+MEASURE_LATENCY = True
+"""Whether ``disassemble``, ``compress`` and ``assemble`` time the result against its original
+(:mod:`mdakit.latency`) unless told otherwise (``latency=False``, ``--no-latency``)."""

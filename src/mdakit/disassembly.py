@@ -29,6 +29,7 @@ from mdakit.data import ClassSubset, parse_classes
 from mdakit.distributed import World
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.graph import ChannelGraph, trace
+from mdakit.latency import LatencySettings, compare_latency, latency_settings
 from mdakit.metrics import model_size
 from mdakit.profiling import measure
 from mdakit.surgery import KeepSets, apply_kernel_masks, keep_sets, rebuild
@@ -164,12 +165,22 @@ def extract(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, class
     return part, keep, zeroed
 
 
+def timed(part: nn.Module, source: Workspace, device: torch.device | str,
+          latency: bool | LatencySettings | None) -> dict[str, Any]:
+    """``{"latency": ...}``, the part timed against the source's model, or nothing when ``latency`` says not to."""
+    settings = latency_settings(latency)
+    if settings is None:
+        return {}
+    return {"latency": compare_latency(part, source.model, source.card.input_shape, settings, device)}
+
+
 def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str | None, classes: Sequence[int] | str,
                 method: str = "contribution", *, samples: int = 50, settings: MethodSettings | None = None,
                 kernel_masks: bool = False, calibrate: float | None = None, thresholds: str = "calibrated",
                 thresholds_given: bool | None = None, test_data: Dataset | DataLoader | str | None = None,
                 input_shape: Sequence[int] | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                data_dir: str | Path | None = None, show_progress: bool = False) -> Part:
+                data_dir: str | Path | None = None, show_progress: bool = False,
+                latency: bool | LatencySettings | None = None) -> Part:
     """Cut the part of ``model`` that ``classes`` rely on into a smaller classifier for them.
 
     ``model``: an ``nn.Module`` or a model directory; ``data``: a map-style dataset or DataLoader of
@@ -179,6 +190,8 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     part stays within 0.5 points of the original restricted to ``classes`` on held-out training images
     (a warning and ``report["calibration"]["met"]`` say when it cannot); ``thresholds="paper"`` uses the
     paper's values; ``calibrate``: another tolerance in points.
+    ``latency``: time the part against the original (:func:`~mdakit.latency.compare_latency`; on by default,
+    ``False`` skips it) into ``report["latency"]`` and the card's metrics.
 
     >>> part = disassemble("runs/zoo/lenet5-mnist", "mnist", "0-2")  # doctest: +SKIP
     >>> part.report["part_accuracy"], part.report["part_size"]["params"]  # doctest: +SKIP
@@ -195,7 +208,8 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
                               "original_size": model_size(source.model, source.card.input_shape),
                               "part_size": model_size(part, source.card.input_shape), "kernels_zeroed": zeroed,
                               **_accuracies(source, part, class_list, device),
-                              **threshold_summary(masks.settings)}
+                              **threshold_summary(masks.settings),
+                              **timed(part, source, device, latency)}
     card = copy.deepcopy(source.card)
     card.logit_classes = class_list
     card.edits = [*card.edits, keep.to_dict()]

@@ -9,8 +9,6 @@ against the PyTorch model (:func:`check_export`) before they are put in place, a
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import warnings
 from collections.abc import Sequence
@@ -26,10 +24,9 @@ from mdakit.assembly import AssemblyCard, is_assembled, load_assembled
 from mdakit.data import load_dataset
 from mdakit.errors import MdakitError
 from mdakit.files import write_file
+from mdakit.onnx_file import INPUT_NAME, METADATA_KEY, write_onnx
 
 FORMATS = ("onnx", "torchscript")
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-METADATA_KEY = "mdakit"
 ABS_TOLERANCE, REL_TOLERANCE = 1e-4, 1e-5
 """An exported logit may differ from PyTorch's by ``ABS_TOLERANCE + REL_TOLERANCE * |logit|`` (another
 runtime sums in another order, so large logits carry proportionally larger rounding)."""
@@ -100,24 +97,6 @@ def as_exportable(item: Any, input_shape: Sequence[int] | None = None) -> Export
 
 def _example(input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
     return torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
-
-
-def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, Any]) -> None:
-    import onnx
-
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=({0: batch},),
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
-                                        external_data=False)
-        except Exception as exc:  # torch.export raises many types for unsupported code
-            raise MdakitError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from exc
-    proto = program.model_proto
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save_model(proto, str(out))
 
 
 def _write_torchscript(module: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, Any]) -> None:
@@ -217,7 +196,7 @@ def export_model(item: Exportable, out: str | Path, fmt: str = "onnx", force: bo
     measured: list[tuple[float, float]] = []
 
     def write(tmp: Path) -> None:
-        writer = _write_onnx if fmt == "onnx" else _write_torchscript
+        writer = write_onnx if fmt == "onnx" else _write_torchscript
         writer(module, _example(item.input_shape), tmp, {**item.metadata, "input_shape": item.input_shape})
         measured.extend(compare_export(tmp, module, images, fmt) for images in batches)
         if max(share for _, share in measured) > 1:

@@ -22,18 +22,19 @@ from pathlib import Path
 import torch
 
 from mdakit.assembly.card import FORMAT, FORMAT_VERSION, AssemblyCard
-from mdakit.assembly.evaluation import evaluate_assembled, finetune_assembled
+from mdakit.assembly.evaluation import evaluate_assembled, finetune_assembled, time_assembly
 from mdakit.assembly.files import ASSEMBLY_FILE, is_assembled, load_assembled, merged_card, save_assembled
 from mdakit.assembly.layouts import LAYOUTS, Layout, check_compatible, register_layout
 from mdakit.assembly.models import AssembledModel, PaddedAssembly, fold_rescaling
 from mdakit.assembly.parts import DataSpec, PartSpec, check_width, part_datasets, resolve_part
 from mdakit.assembly.rescaling import RESCALES, calibrate, fit_rescaling, paper_scales, register_rescaling
 from mdakit.errors import MdakitError
+from mdakit.latency import LatencySettings
 
 __all__ = ["ASSEMBLY_FILE", "FORMAT", "FORMAT_VERSION", "LAYOUTS", "RESCALES", "AssembledModel", "AssemblyCard",
            "DataSpec", "Layout", "PaddedAssembly", "PartSpec", "assemble", "calibrate", "check_compatible",
            "evaluate_assembled", "finetune_assembled", "fold_rescaling", "is_assembled", "load_assembled",
-           "merged_card", "paper_scales", "register_layout", "register_rescaling", "save_assembled"]
+           "merged_card", "paper_scales", "register_layout", "register_rescaling", "save_assembled", "time_assembly"]
 
 
 def _check_options(layout: str, rescale: str, samples: int) -> None:
@@ -47,7 +48,8 @@ def _check_options(layout: str, rescale: str, samples: int) -> None:
 
 def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str = "none", data: DataSpec = None,
              samples: int = 50, seed: int = 0, data_dir: str | Path | None = None,
-             device: torch.device | str = "cpu") -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
+             device: torch.device | str = "cpu", latency: bool | LatencySettings | None = None
+             ) -> tuple[AssembledModel | PaddedAssembly, AssemblyCard]:
     """Join parts (model directories, :class:`~mdakit.disassembly.Part` objects or ``(module, ModelCard)``
     pairs) into one classifier whose logits are the parts' logits in the order of the parts.
 
@@ -56,7 +58,9 @@ def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str =
     merges parts of one zoo architecture (and constructor arguments) into one network of it (rescaling
     folded into its last layer). ``rescale`` other than ``none`` fits on the training images of each
     part's classes: ``samples`` per class, chosen by the part itself, from ``data`` (part index ->
-    dataset or dataset name) or, by default, the train split of the part's dataset.
+    dataset or dataset name) or, by default, the train split of the part's dataset. ``latency`` (on by
+    default, ``False`` skips it) times the assembly against the parts' originals side by side into
+    ``card.metrics["latency"]`` (:func:`time_assembly`).
 
     >>> from torch import nn
     >>> from mdakit.artifacts import ModelCard
@@ -77,4 +81,6 @@ def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str =
     card = AssemblyCard(list(cards), list(sources), layout, rescale)
     if RESCALES[rescale] is not None:
         card.fit = fit_rescaling(model, card, part_datasets(data, cards, "train", data_dir), samples, seed, device)
-    return LAYOUTS[layout].build(model, card.input_shape), card
+    built = LAYOUTS[layout].build(model, card.input_shape)
+    card.metrics.update(time_assembly(built, card, device, latency))
+    return built, card

@@ -21,6 +21,7 @@ from mdakit.assembly.parts import DataSpec, part_datasets
 from mdakit.data import ClassSubset, ClassUnion, per_class_subset
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate, predict_logits
+from mdakit.latency import LatencySettings, compare_latency, latency_settings
 from mdakit.metrics import model_size
 from mdakit.train import TrainConfig, TrainResult
 from mdakit.train import train as train_model
@@ -92,6 +93,36 @@ def evaluate_assembled(model: AssembledModel, card: AssemblyCard, test_data: Dat
             "originals_missing": [e["part"] for e in parts if e["original_accuracy"] is None],
             "cross_part_confusion": [e["into_parts"] for e in parts], "parts": parts,
             "size": model_size(model, card.input_shape)}
+
+
+def originals_side_by_side(model: AssembledModel | nn.Module, card: AssemblyCard) -> tuple[AssembledModel | None, str]:
+    """What a user would run without the assembly: every distinct model the parts were cut from, side by
+    side on one input (a whole-model part is its own original); or ``None`` and why not."""
+    originals: dict[str, tuple[nn.Module, int]] = {}
+    for p, part_card in enumerate(card.part_cards):
+        original, original_card, note = _original(part_card, model.parts[p])
+        if original is None:
+            return None, f"part {p}: {note}"
+        key = part_card.provenance.get("disassembled_from") or f"part {p}"
+        originals.setdefault(key, (original, len(original_card.logit_classes)))
+    modules, sizes = zip(*originals.values(), strict=True)
+    return AssembledModel(modules, sizes).eval(), f"{len(modules)} original model(s)"
+
+
+def time_assembly(model: nn.Module, card: AssemblyCard, device: torch.device | str = "cpu",
+                  latency: bool | LatencySettings | None = None) -> dict[str, Any]:
+    """``{"latency": ...}``: the assembled model timed against its parts' originals run side by side
+    (:func:`~mdakit.latency.compare_latency`), or nothing when ``latency`` says not to. When an original
+    cannot be read, the timing says so under ``skipped``."""
+    settings = latency_settings(latency)
+    if settings is None:
+        return {}
+    labels = ("assembled", "originals")
+    reference, note = originals_side_by_side(model, card)
+    if reference is None:
+        return {"latency": {"labels": list(labels), "rows": [], "skipped": dict.fromkeys(settings.runtimes, note),
+                            "settings": None, "environment": None}}
+    return {"latency": compare_latency(model, reference, card.input_shape, settings, device, labels)}
 
 
 def finetune_assembled(model: AssembledModel, card: AssemblyCard, epochs: int = 1, per_class: int | None = None,

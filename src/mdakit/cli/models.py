@@ -135,7 +135,7 @@ def _info_assembled(model_path: Path, as_json: bool) -> None:
     size = model_size(assembled, assembly.input_shape)
     title = f"{model_path}: {len(assembly.part_cards)} parts, {len(assembly.logits)} logits"
     emit(as_json, {"assembly": assembly.to_dict(), **size},
-         tables.logits_table(title, assembly.logits, tables.size_caption(size)))
+         tables.with_latency(tables.logits_table(title, assembly.logits, tables.size_caption(size)), assembly.metrics))
 
 
 def _info_masks(path: Path, as_json: bool) -> None:
@@ -177,7 +177,16 @@ def info_cmd(model_path: ModelArg, as_json: JsonOpt = False) -> None:
                          else "user-built module (opens in Python with into= only)")
     title = f"{model_path}: {arch} for {card.dataset or 'unnamed data'}, {len(card.logit_classes)} logits"
     caption = f"{tables.size_caption(size)} per {'x'.join(map(str, card.input_shape))} input"
-    emit(as_json, {"card": card.to_dict(), "layers": layers, **size}, tables.layers_table(title, layers, caption))
+    emit(as_json, {"card": card.to_dict(), "layers": layers, **size},
+         tables.with_latency(tables.layers_table(title, layers, caption), card.metrics, _macs_ratio(card.metrics)))
+
+
+def _macs_ratio(metrics: dict) -> float | None:
+    """The MACs ratio a part's or compressed model's card records, if any."""
+    if "macs_ratio" in metrics:
+        return metrics["macs_ratio"]
+    sizes = metrics.get("part_size"), metrics.get("original_size")
+    return sizes[0]["macs"] / sizes[1]["macs"] if all(sizes) else None
 
 
 def import_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help=".pt/.pth/.safetensors file")],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mdakit.defaults import MEASURE_LATENCY
 from mdakit.errors import OptionError
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ NadBetaOpt = Annotated[str | None, typer.Option(
 NadLossOpt = Annotated[str, typer.Option(help="NAD loss: code (the authors' code) or paper (Eq. 12–14).")]
 NadLinearOpt = Annotated[bool, typer.Option(
     help="NAD: also mask the outputs of hidden fully connected blocks (default: conv blocks only).")]
+LatencyOpt = Annotated[bool | None, typer.Option(
+    "--latency/--no-latency", show_default=False,
+    help="Time the result against the original per image (batch 1 and 64, one and all threads, PyTorch and ONNX "
+         f"Runtime; default: {'on' if MEASURE_LATENCY else 'off'}); --no-latency is quicker.")]
+
 
 @dataclass(frozen=True)
 class NadOptions:

@@ -21,6 +21,7 @@ from mdakit.cli.options import (
     DeviceOpt,
     ForceOpt,
     JsonOpt,
+    LatencyOpt,
     LayersOpt,
     MethodOpt,
     ModelArg,
@@ -49,7 +50,8 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
                     kernel_masks: Annotated[bool, typer.Option(help="Also zero the dropped kernels.")] = False,
                     calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated",
                     dataset: DatasetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu",
-                    data_dir: DataDirOpt = None, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+                    data_dir: DataDirOpt = None, force: ForceOpt = False, latency: LatencyOpt = None,
+                    as_json: JsonOpt = False) -> None:
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
     from mdakit.disassembly import disassemble
     from mdakit.seeding import resolve_device
@@ -61,10 +63,12 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
                        kernel_masks=kernel_masks, calibrate=calibrate, thresholds=thresholds,
                        thresholds_given=given, seed=seed, device=dev, data_dir=data_dir,
-                       show_progress=True)
+                       show_progress=True, latency=latency)
     part.save(out, force=force)
     title = f"part of {model_path} for classes {part.report['classes']} ({method})"
-    emit(as_json, {"out": str(out), **part.report}, tables.part_table(title, part.report, out))
+    macs = part.report["part_size"]["macs"] / part.report["original_size"]["macs"]
+    emit(as_json, {"out": str(out), **part.report},
+         tables.with_latency(tables.part_table(title, part.report, out), part.report, macs))
 
 
 def masks_cmd(model_path: ModelArg, classes: ClassesOpt,
@@ -128,15 +132,16 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                                                            "offset per logit) or calibrated-part (per part); "
                                                            "fitted on training images only.")] = "none",
                  samples: SamplesOpt = 50, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
-                 force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+                 force: ForceOpt = False, latency: LatencyOpt = None, as_json: JsonOpt = False) -> None:
     """Join parts of models (one input shape; padded: one architecture) into one classifier over all their classes."""
     from mdakit.assembly import assemble, evaluate_assembled, save_assembled
     from mdakit.seeding import resolve_device
 
     check_out(out, force, *parts)
     dev = resolve_device(device)
-    model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev)
-    report = evaluate_assembled(model, card, data_dir=data_dir, device=dev)
+    model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev,
+                           latency=latency)
+    report = {**evaluate_assembled(model, card, data_dir=data_dir, device=dev), **card.metrics}
     card.metrics = report
     save_assembled(model, out, card, force=force)
     table = tables.assembly_table(report, [path.name or str(path) for path in parts],
@@ -144,7 +149,7 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
     table.caption = f"saved to {out}; " + table.caption
     fit = {k: v for k, v in card.fit.items() if k != "samples"}
     emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "logits": card.logits, "fit": fit,
-                   **report}, table)
+                   **report}, tables.with_latency(table, report))
 
 
 def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = None,
@@ -154,7 +159,7 @@ def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = N
                  beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
                  calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated", seed: SeedOpt = 0,
                  device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
-                 as_json: JsonOpt = False) -> None:
+                 latency: LatencyOpt = None, as_json: JsonOpt = False) -> None:
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
     from mdakit.compression import compress
     from mdakit.seeding import resolve_device
@@ -165,10 +170,12 @@ def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = N
     settings = attribution_settings(method, given_settings, NadOptions(beta, nad_loss, nad_linear))
     small = compress(model_path, dataset, method, samples=samples, settings=settings, calibrate=calibrate,
                      thresholds=thresholds, thresholds_given=given,
-                     seed=seed, device=dev, data_dir=data_dir, show_progress=True)
+                     seed=seed, device=dev, data_dir=data_dir, show_progress=True, latency=latency)
     small.save(out, force=force)
     title = f"{model_path} compressed ({method}, all {len(small.report['classes'])} logits kept)"
-    emit(as_json, {"out": str(out), **small.report}, tables.compressed_table(title, small.report, out))
+    human = tables.compressed_table(title, small.report, out)
+    emit(as_json, {"out": str(out), **small.report},
+         tables.with_latency(human, small.report, small.report["macs_ratio"]))
 
 
 def export_cmd(model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model, part, compressed or "

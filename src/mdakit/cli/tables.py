@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from mdakit.cli.output import pct
@@ -227,3 +228,36 @@ def patterns_table(title: str, layers: Sequence[Mapping[str, Any]]) -> Table:
         built.add_row(e["layer"], str(e["unit"]), *("n/a" if v is None else f"{v:.3f}" for v in (
             e["total_cosine_within_class"], e["total_cosine_between_classes"])))
     return built
+
+
+def latency_table(latency: Mapping[str, Any], macs_ratio: float | None = None) -> Table:
+    """Milliseconds per image of the result and its original in each timed setting, and the speed-up.
+
+    >>> t = latency_table({"labels": ["part", "original"], "environment": {"cpu": "x", "torch": "2"},
+    ...     "rows": [{"runtime": "eager", "device": "cpu", "threads": 1, "batch": 1,
+    ...               "ms_per_image": {"part": 1.0, "original": 3.0}, "speedup": 3.0}]}, 0.25)
+    >>> t.row_count, t.caption
+    (1, 'median of interleaved passes on x (torch 2); MACs promise 4.00×')
+    """
+    mine, theirs = latency["labels"]
+    built = table("measured latency", "runtime", "device", "threads", "batch", f"{mine} ms/image",
+                  f"{theirs} ms/image", "speed-up", right=["threads", "batch", f"{mine} ms/image",
+                                                            f"{theirs} ms/image", "speed-up"])
+    for row in latency["rows"]:
+        ms = row["ms_per_image"]
+        built.add_row(row["runtime"], row["device"], str(row["threads"]), str(row["batch"]), f"{ms[mine]:.3g}",
+                      f"{ms[theirs]:.3g}", f"{row['speedup']:.2f}×")
+    env = latency.get("environment")
+    notes = [f"median of interleaved passes on {env['cpu']} (torch {env['torch']})"] if env else []
+    if macs_ratio:
+        notes.append(f"MACs promise {1 / macs_ratio:.2f}×")
+    notes += [f"{runtime} not timed: {why}" for runtime, why in latency.get("skipped", {}).items()]
+    built.caption = "; ".join(notes)
+    return built
+
+
+def with_latency(human: Any, report: Mapping[str, Any], macs_ratio: float | None = None) -> Any:
+    """``human`` followed by the latency table when ``report`` holds a timing, else ``human`` alone."""
+    if "latency" not in report:
+        return human
+    return Group(human, latency_table(report["latency"], macs_ratio))
