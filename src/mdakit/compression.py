@@ -23,14 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.attribution.nad import NADSettings
 from mdakit.component_masks import LayerMask
-from mdakit.disassembly import Part, compute_masks, extract, threshold_summary, timed
+from mdakit.disassembly import Part, compute_masks, extract, threshold_summary, timed, width_rounding
 from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate
 from mdakit.graph import ChannelGraph, trace
 from mdakit.latency import LatencySettings
 from mdakit.metrics import count_macs, model_size
 from mdakit.profiling import measure
-from mdakit.surgery import KeepSets, keep_sets
+from mdakit.surgery import KeepSets, check_width_multiple, keep_sets
 from mdakit.workspace import Workspace
 
 
@@ -49,30 +49,33 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
              thresholds: str = "calibrated", thresholds_given: bool | None = None,
              test_data: Dataset | DataLoader | str | None = None, seed: int = 0, device: torch.device | str = "cpu",
              data_dir: str | Path | None = None, show_progress: bool = False,
-             latency: bool | LatencySettings | None = None) -> Part:
+             latency: bool | LatencySettings | None = None, width_multiple: int = 1) -> Part:
     """Compress ``model`` to the union of all its classes' components; every logit is kept, in order.
 
     Arguments are those of :func:`~mdakit.disassembly.disassemble` (``data`` defaults to the model's own
     dataset; by default the thresholds are calibrated so the compressed model stays within 0.5 points of the
     original on held-out training images). The report holds the sizes, ``macs_ratio``, ``params_ratio``,
     how the thresholds were chosen and, with test data, the accuracy of the original and the compressed model
-    over all classes; ``latency`` (on by default) times the compressed model against the original.
+    over all classes; ``latency`` (on by default) times the compressed model against the original;
+    ``width_multiple`` rounds kept widths up as in :func:`~mdakit.disassembly.disassemble`.
 
     >>> small = compress("runs/zoo/vgg16-mnist", "mnist")  # doctest: +SKIP
     >>> small.report["macs_ratio"], small.report["accuracy"]  # doctest: +SKIP
     """
+    check_width_multiple(width_multiple)
     source = Workspace.open(model, data, test_data, None, data_dir)
     classes = list(source.card.logit_classes)
     masks, graph, cost = compute_masks(source, classes, method, samples, settings, seed, device, graph=None,
                                        calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
                                        thresholds_given=thresholds_given)
     with measure() as step:
-        small, keep, _ = extract(source, graph, masks, classes)
+        small, keep, _ = extract(source, graph, masks, classes, width_multiple=width_multiple)
     cost["extraction"] = step.to_dict()
     shape = source.card.input_shape
     original_size, size = model_size(source.model, shape), model_size(small, shape)
     report: dict[str, Any] = {"method": method, "classes": classes, "steps": cost, "original_size": original_size,
                               "compressed_size": size, **ratios(original_size, size),
+                              **width_rounding(source, graph, masks, classes, width_multiple),
                               **threshold_summary(masks.settings)}
     if source.test is not None:
         report["original_accuracy"] = evaluate(source.model, source.test, classes, device=device).accuracy
@@ -81,7 +84,7 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
     card = copy.deepcopy(source.card)
     card.edits = [*card.edits, keep.to_dict()]
     card.provenance = {**card.provenance, "compressed_from": source.label, "method": method,
-                       "settings": masks.settings}
+                       "settings": masks.settings, "width_multiple": width_multiple}
     card.metrics = {k: v for k, v in report.items() if k != "classes"}
     return Part(small, card, masks, keep, report)
 

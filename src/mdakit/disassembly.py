@@ -32,7 +32,7 @@ from mdakit.graph import ChannelGraph, trace
 from mdakit.latency import LatencySettings, compare_latency, latency_settings
 from mdakit.metrics import model_size
 from mdakit.profiling import measure
-from mdakit.surgery import KeepSets, apply_kernel_masks, keep_sets, rebuild
+from mdakit.surgery import KeepSets, apply_kernel_masks, check_width_multiple, keep_sets, rebuild
 from mdakit.workspace import Workspace
 
 
@@ -154,15 +154,26 @@ def threshold_summary(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def extract(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, classes: Sequence[int],
-            kernel_masks: bool = False) -> tuple[nn.Module, KeepSets, int]:
-    """Physically extract the part for ``classes`` from the union of their masks."""
+            kernel_masks: bool = False, width_multiple: int = 1) -> tuple[nn.Module, KeepSets, int]:
+    """Physically extract the part for ``classes`` from the union of their masks (every kept width rounded
+    up to a multiple of ``width_multiple``, :func:`~mdakit.surgery.round_widths`)."""
     class_list = list(classes)
     union = masks.union(class_list)
     rows = list(source.rows(class_list).values())
-    keep = keep_sets(graph, union, rows)
+    keep = keep_sets(graph, union, rows, width_multiple)
     part = rebuild(source.model, keep).eval()
     zeroed = apply_kernel_masks(part, keep, union) if kernel_masks else 0
     return part, keep, zeroed
+
+
+def width_rounding(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, classes: Sequence[int],
+                   multiple: int) -> dict[str, Any]:
+    """``{"width_rounding": ...}``: the multiple and the size the part would have without rounding, when
+    widths are rounded; else nothing."""
+    if multiple == 1:
+        return {}
+    unrounded, _, _ = extract(source, graph, masks, classes)
+    return {"width_rounding": {"multiple": multiple, "unrounded_size": model_size(unrounded, source.card.input_shape)}}
 
 
 def timed(part: nn.Module, source: Workspace, device: torch.device | str,
@@ -180,7 +191,7 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
                 thresholds_given: bool | None = None, test_data: Dataset | DataLoader | str | None = None,
                 input_shape: Sequence[int] | None = None, seed: int = 0, device: torch.device | str = "cpu",
                 data_dir: str | Path | None = None, show_progress: bool = False,
-                latency: bool | LatencySettings | None = None) -> Part:
+                latency: bool | LatencySettings | None = None, width_multiple: int = 1) -> Part:
     """Cut the part of ``model`` that ``classes`` rely on into a smaller classifier for them.
 
     ``model``: an ``nn.Module`` or a model directory; ``data``: a map-style dataset or DataLoader of
@@ -191,22 +202,26 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     (a warning and ``report["calibration"]["met"]`` say when it cannot); ``thresholds="paper"`` uses the
     paper's values; ``calibrate``: another tolerance in points.
     ``latency``: time the part against the original (:func:`~mdakit.latency.compare_latency`; on by default,
-    ``False`` skips it) into ``report["latency"]`` and the card's metrics.
+    ``False`` skips it) into ``report["latency"]`` and the card's metrics. ``width_multiple``: round every
+    kept width up to a multiple of it with the layer's next-strongest filters (e.g. 8, for the runtime's
+    kernels); the report's ``width_rounding`` says what that cost in parameters and MACs.
 
     >>> part = disassemble("runs/zoo/lenet5-mnist", "mnist", "0-2")  # doctest: +SKIP
     >>> part.report["part_accuracy"], part.report["part_size"]["params"]  # doctest: +SKIP
     """
+    check_width_multiple(width_multiple)
     source = Workspace.open(model, data, test_data, input_shape, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
     masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, device,
                                        calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
                                        thresholds_given=thresholds_given)
     with measure() as step:
-        part, keep, zeroed = extract(source, graph, masks, class_list, kernel_masks)
+        part, keep, zeroed = extract(source, graph, masks, class_list, kernel_masks, width_multiple)
     cost["extraction"] = step.to_dict()
     report: dict[str, Any] = {"classes": class_list, "method": method, "steps": cost,
                               "original_size": model_size(source.model, source.card.input_shape),
                               "part_size": model_size(part, source.card.input_shape), "kernels_zeroed": zeroed,
+                              **width_rounding(source, graph, masks, class_list, width_multiple),
                               **_accuracies(source, part, class_list, device),
                               **threshold_summary(masks.settings),
                               **timed(part, source, device, latency)}
@@ -214,6 +229,6 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     card.logit_classes = class_list
     card.edits = [*card.edits, keep.to_dict()]
     card.provenance = {**card.provenance, "disassembled_from": source.label, "method": method,
-                       "settings": masks.settings, "kernel_masks": kernel_masks}
+                       "settings": masks.settings, "kernel_masks": kernel_masks, "width_multiple": width_multiple}
     card.metrics = {k: v for k, v in report.items() if k != "classes"}
     return Part(part, card, masks, keep, report)

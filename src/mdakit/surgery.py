@@ -55,11 +55,66 @@ def kept_groups(graph: ChannelGraph, masks: Mapping[str, LayerMask]) -> torch.Te
     return keep
 
 
-def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequence[int]) -> KeepSets:
+def _filter_strength(layer_module: nn.Module) -> torch.Tensor:
+    """L1 norm of each output channel's weights: which of a layer's filters are the strongest."""
+    return layer_module.weight.detach().flatten(1).abs().sum(1).cpu()
+
+
+def check_width_multiple(multiple: object) -> None:
+    """Refuse a width multiple that is not a positive integer.
+
+    >>> check_width_multiple(0)
+    Traceback (most recent call last):
+    ...
+    mdakit.errors.MdakitError: the width multiple must be a positive integer, got 0
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise MdakitError(f"the width multiple must be a positive integer, got {multiple!r}")
+
+
+def round_widths(graph: ChannelGraph, keep: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``keep`` with every layer's kept width rounded up to a multiple of ``multiple`` (or to the layer's full
+    width), the added channels the layer's strongest unkept filters (largest L1 weight norm).
+
+    Coupled channels move together, so adding to one layer can widen the layers it shares channels
+    with; the rounding repeats until no width changes.
+
+    >>> from mdakit.zoo import build_model
+    >>> from mdakit.graph import trace
+    >>> g = trace(build_model("lenet5", (1, 28, 28), 10), (1, 28, 28))
+    >>> keep = torch.zeros(g.num_ids, dtype=torch.bool); keep[g.groups(g.layers[0].out_ids[:3])] = True
+    >>> int(round_widths(g, keep, 4)[g.groups(g.layers[0].out_ids)].sum())
+    4
+    """
+    check_width_multiple(multiple)
+    keep = keep.clone()
+    changed = multiple > 1
+    while changed:
+        changed = False
+        for layer in graph.layers:
+            if layer is graph.output_layer:
+                continue
+            groups = graph.groups(layer.out_ids)
+            kept = keep[groups]
+            target = min(-(-int(kept.sum()) // multiple) * multiple, len(groups))
+            missing = target - int(kept.sum())
+            if missing > 0:
+                strength = _filter_strength(layer.module)
+                if strength.numel() != len(groups):  # a layer whose weights are not one row per output channel
+                    strength = torch.zeros(len(groups))
+                strength = strength.masked_fill(kept, -1.0)
+                keep[groups[torch.argsort(strength, descending=True, stable=True)[:missing]]] = True
+                changed = True
+    return keep
+
+
+def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequence[int],
+              width_multiple: int = 1) -> KeepSets:
     """Keep-sets for a part with the given logit ``rows`` (in that order).
 
     A layer left with no output channel keeps its strongest one (most needed by the masks, then
-    largest weight norm), with a warning.
+    largest weight norm), with a warning. ``width_multiple`` > 1 then rounds every kept width up to a
+    multiple of it (:func:`round_widths`), so the runtime's kernels see friendly sizes.
     """
     rows = [int(r) for r in rows]
     out_size = graph.output_layer.out_size
@@ -71,11 +126,11 @@ def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequenc
             continue
         groups = graph.groups(layer.out_ids)
         if not keep[groups].any():
-            weight = layer.module.weight.detach().flatten(1).abs().sum(1).cpu()
-            strongest = int(torch.argmax(weight))
+            strongest = int(torch.argmax(_filter_strength(layer.module)))
             keep[groups[strongest]] = True
             warnings.warn(f"layer {layer.name!r} would keep no channel; keeping its strongest one ({strongest})",
                           stacklevel=2)
+    keep = round_widths(graph, keep, width_multiple)
     layers: dict[str, dict[str, list[int]]] = {}
     for layer in graph.layers:
         ins = torch.nonzero(keep[graph.groups(layer.in_ids)]).flatten().tolist()

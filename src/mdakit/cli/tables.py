@@ -89,13 +89,30 @@ def threshold_line(report: Mapping[str, Any]) -> str:
             f"held-out images{outcome}")
 
 
+def rounding_note(report: Mapping[str, Any], size: Mapping[str, int]) -> str:
+    """What rounding the kept widths up cost, against the part it would be without (empty when not rounded).
+
+    >>> rounding_note({"width_rounding": {"multiple": 8, "unrounded_size": {"params": 100, "macs": 1000}}},
+    ...               {"params": 120, "macs": 1100})
+    '; widths rounded up to multiples of 8: +20 params (+20.0%), +100 MACs (+10.0%)'
+    """
+    rounding = report.get("width_rounding")
+    if not rounding:
+        return ""
+    before = rounding["unrounded_size"]
+    extra = [f"+{size[k] - before[k]:,} {label} (+{size[k] / before[k] - 1:.1%})"
+             for k, label in (("params", "params"), ("macs", "MACs"))]
+    return f"; widths rounded up to multiples of {rounding['multiple']}: " + ", ".join(extra)
+
+
 def part_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
     """``mdakit disassemble``: the original (all and restricted logits) against the part, and each step's cost."""
     osz, psz = report["original_size"], report["part_size"]
     steps = ", ".join(f"{k} {v['seconds']:.2f} s" + (f" / {v['peak_rss_mb']:.0f} MB" if v["peak_rss_mb"] else "")
                       for k, v in report["steps"].items())
     built = table(title, "model", "accuracy", "params", "non-zero", "MACs",
-                  caption=f"{threshold_line(report)}; saved to {out}; time / peak RSS: {steps}")
+                  caption=f"{threshold_line(report)}{rounding_note(report, psz)}; saved to {out}; "
+                          f"time / peak RSS: {steps}")
     built.add_row("original, all logits", pct(report["original_accuracy"]), _count(osz["params"]),
                   _count(osz["nonzero_params"]), _count(osz["macs"]))
     built.add_row("original, restricted logits", pct(report["original_restricted_accuracy"]), "", "", "")
@@ -140,7 +157,8 @@ def assembly_table(report: Mapping[str, Any], names: Sequence[str], title: str) 
 def compressed_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
     """``mdakit compress``: the original against the compressed model."""
     osz, csz = report["original_size"], report["compressed_size"]
-    built = table(title, "model", "accuracy", "params", "MACs", caption=f"{threshold_line(report)}; saved to {out}")
+    built = table(title, "model", "accuracy", "params", "MACs",
+                  caption=f"{threshold_line(report)}{rounding_note(report, csz)}; saved to {out}")
     built.add_row("original", pct(report["original_accuracy"]) if "original_accuracy" in report else "n/a",
                   _count(osz["params"]), _count(osz["macs"]))
     built.add_row("compressed", pct(report["accuracy"]) if "accuracy" in report else "n/a",
