@@ -56,8 +56,9 @@ def holdout_images(source: Workspace, classes: list[int], chosen: dict[int, torc
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, columns: list[int] | None,
+def holdout_accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, columns: list[int] | None,
               device: torch.device | str) -> float:
+    """Accuracy of ``model`` on held-out ``images`` (argmax over ``columns`` of the logits, or all of them)."""
     model.eval().to(device)
     logits = torch.cat([model(images[i:i + 256].to(device)).cpu() for i in range(0, len(images), 256)])
     if columns is not None:
@@ -118,22 +119,24 @@ def check_calibration(method: AttributionMethod, tolerance: float, chunked: bool
 
 
 def calibrate_thresholds(run: AttributionRun, source: Workspace, sums: ClassSums, chosen: dict[int, torch.Tensor],
-                         tolerance: float, per_class: int = 300) -> tuple[ComponentMasks, dict[str, Any]]:
+                         tolerance: float, per_class: int = 300, width_multiple: int = 1
+                         ) -> tuple[ComponentMasks, dict[str, Any]]:
     """Relax all thresholds of ``run`` together (factors 1, 0.75, 0.5, ...) until the part's accuracy on
     held-out training images is within ``tolerance`` points of the original's restricted-logit
     accuracy on the same images; the first (smallest part) that does is kept, with what was tried.
-    ``sums`` and ``chosen``: the run's per-class sums and selected samples (:meth:`AttributionRun.sums`)."""
+    ``sums`` and ``chosen``: the run's per-class sums and selected samples (:meth:`AttributionRun.sums`);
+    each part is cut with its widths rounded to ``width_multiple``, as the delivered part will be."""
     images, targets, kind = holdout_images(source, run.classes, chosen, per_class, run.seed)
     if len(images) == 0:
         raise MdakitError("no held-out training images are left to calibrate the thresholds on")
     row_list = [run.rows[c] for c in run.classes]
-    reference = _accuracy(source.model, images, targets, row_list, run.device)
+    reference = holdout_accuracy(source.model, images, targets, row_list, run.device)
     trials = []
     for factor in CALIBRATION_FACTORS:
         candidate = run.method.relaxed(run.settings, factor)
         masks = run.method.masks_from_sums(run.graph, sums, run.rows, candidate)
-        part = rebuild(source.model, keep_sets(run.graph, masks.union(run.classes), row_list))
-        accuracy = _accuracy(part, images, targets, None, run.device)
+        part = rebuild(source.model, keep_sets(run.graph, masks.union(run.classes), row_list, width_multiple))
+        accuracy = holdout_accuracy(part, images, targets, None, run.device)
         trials.append({"factor": factor, "holdout_accuracy": accuracy})
         if accuracy >= reference - tolerance / 100.0:
             break
@@ -144,12 +147,14 @@ def calibrate_thresholds(run: AttributionRun, source: Workspace, sums: ClassSums
     return masks, info
 
 
-def calibrated_masks(run: AttributionRun, source: Workspace, tolerance: float) -> tuple[ComponentMasks, dict]:
+def calibrated_masks(run: AttributionRun, source: Workspace, tolerance: float, width_multiple: int = 1
+                     ) -> tuple[ComponentMasks, dict]:
     """Every class's masks of ``run`` at calibrated thresholds (:func:`calibrate_thresholds`) and what
     the calibration found; its cost goes to ``run.cost["calibration"]``."""
     chosen, sums = run.sums()
     with measure() as step:
-        masks, calibration = calibrate_thresholds(run, source, sums, chosen, tolerance)
+        masks, calibration = calibrate_thresholds(run, source, sums, chosen, tolerance,
+                                                  width_multiple=width_multiple)
     add_cost(run.cost, "calibration", step)
     masks.info = samples_used(chosen)
     return masks, calibration

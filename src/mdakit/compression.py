@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mdakit.attribution.contribution import ContributionSettings
 from mdakit.attribution.nad import NADSettings
+from mdakit.budget import Budget
 from mdakit.component_masks import LayerMask
 from mdakit.disassembly import Part, compute_masks, extract, threshold_summary, timed, width_rounding
 from mdakit.errors import MdakitError
@@ -49,7 +50,8 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
              thresholds: str = "calibrated", thresholds_given: bool | None = None,
              test_data: Dataset | DataLoader | str | None = None, seed: int = 0, device: torch.device | str = "cpu",
              data_dir: str | Path | None = None, show_progress: bool = False,
-             latency: bool | LatencySettings | None = None, width_multiple: int = 1) -> Part:
+             latency: bool | LatencySettings | None = None, width_multiple: int = 1,
+             budget: Budget | str | None = None) -> Part:
     """Compress ``model`` to the union of all its classes' components; every logit is kept, in order.
 
     Arguments are those of :func:`~mdakit.disassembly.disassemble` (``data`` defaults to the model's own
@@ -57,7 +59,8 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
     original on held-out training images). The report holds the sizes, ``macs_ratio``, ``params_ratio``,
     how the thresholds were chosen and, with test data, the accuracy of the original and the compressed model
     over all classes; ``latency`` (on by default) times the compressed model against the original;
-    ``width_multiple`` rounds kept widths up as in :func:`~mdakit.disassembly.disassemble`.
+    ``width_multiple`` rounds kept widths up and ``budget`` searches the thresholds as in
+    :func:`~mdakit.disassembly.disassemble`.
 
     >>> small = compress("runs/zoo/vgg16-mnist", "mnist")  # doctest: +SKIP
     >>> small.report["macs_ratio"], small.report["accuracy"]  # doctest: +SKIP
@@ -67,7 +70,8 @@ def compress(model: nn.Module | str | Path, data: Dataset | DataLoader | str | N
     classes = list(source.card.logit_classes)
     masks, graph, cost = compute_masks(source, classes, method, samples, settings, seed, device, graph=None,
                                        calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
-                                       thresholds_given=thresholds_given)
+                                       thresholds_given=thresholds_given, budget=budget,
+                                       width_multiple=width_multiple)
     with measure() as step:
         small, keep, _ = extract(source, graph, masks, classes, width_multiple=width_multiple)
     cost["extraction"] = step.to_dict()

@@ -23,7 +23,8 @@ from mdakit.artifacts import ModelCard, save
 from mdakit.attribution.base import MethodSettings, get_method
 from mdakit.attribution.jobs import attribute_in_chunks, check_chunks, is_chunked
 from mdakit.attribution.run import AttributionRun
-from mdakit.calibration import calibrated_masks, calibration_plan
+from mdakit.budget import Budget, budget_line, budgeted_masks, check_budget
+from mdakit.calibration import calibrated_masks, calibration_plan, check_calibration
 from mdakit.component_masks import ComponentMasks
 from mdakit.data import ClassSubset, parse_classes
 from mdakit.distributed import World
@@ -65,12 +66,13 @@ def _accuracies(source: Workspace, part: nn.Module, classes: list[int], device: 
 
 
 def _describe(source: Workspace, run: AttributionRun, thresholds: str, masks: ComponentMasks,
-              calibration: dict[str, Any] | None = None) -> None:
+              calibration: dict[str, Any] | None = None, budget: dict[str, Any] | None = None) -> None:
     """Fill in what the whole run knows: class names, samples and seed, how the thresholds were chosen, the
     model and the logit rows."""
     names = source.card.class_names
     masks.class_names = {c: names[c] for c in run.classes if c < len(names)}
-    masks.settings.update(samples=run.samples, seed=run.seed, thresholds=thresholds, calibration=calibration)
+    masks.settings.update(samples=run.samples, seed=run.seed, thresholds=thresholds, calibration=calibration,
+                          **({"budget": budget} if budget else {}))
     masks.info = {"source": source.label, "rows": run.rows, "input_shape": list(source.card.input_shape),
                   "samples_used": {c: masks.info["samples_used"][c] for c in run.classes}}
 
@@ -80,8 +82,8 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
                   graph: ChannelGraph | None = None, calibrate: float | None = None, show_progress: bool = False,
                   *, thresholds: str = "paper", thresholds_given: bool | None = None,
                   class_chunk: int | None = None, out: str | Path | None = None, world: World | None = None,
-                  work_dir: str | Path | None = None, force: bool = False
-                  ) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
+                  work_dir: str | Path | None = None, force: bool = False, budget: Budget | str | None = None,
+                  width_multiple: int = 1) -> tuple[ComponentMasks, ChannelGraph, dict[str, Any]]:
     """Per-class masks of ``classes`` (dataset labels) by the registered ``method``, and the cost of each step.
 
     ``settings``: the method's (default: its defaults; :meth:`~mdakit.attribution.base.AttributionMethod.settings_for`);
@@ -102,12 +104,24 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     resumable, split across the ranks of ``world``, default chunk :data:`~mdakit.distributed.DEFAULT_CHUNK`)
     and returned lazily loaded, so memory is set by the chunk, not by the number of classes. A
     class's samples and masks do not depend on the chunk or rank that computes it.
+
+    A ``budget`` (:class:`~mdakit.budget.Budget` or ``"macs=0.3"``) replaces the calibration: the thresholds
+    are searched for the most accurate part within it (:func:`~mdakit.budget.search_budget`), within
+    ``calibrate`` points too when that is given. Calibration and search cut their candidate parts with
+    widths rounded to ``width_multiple``, as the delivered part is.
     """
     attribution = get_method(method)
     world = world or World()
     given = settings is not None if thresholds_given is None else thresholds_given
-    tolerance, how = calibration_plan(attribution, thresholds, given, calibrate,
-                                      is_chunked(class_chunk, out, world))
+    chunked = is_chunked(class_chunk, out, world)
+    if budget is not None:
+        budget = Budget.parse(budget)
+        check_budget(attribution, chunked)
+        if calibrate is not None:
+            check_calibration(attribution, calibrate, chunked)
+        tolerance, how = None, f"searched for the budget {budget.kind} ≤ {budget.ratio:g}"
+    else:
+        tolerance, how = calibration_plan(attribution, thresholds, given, calibrate, chunked)
     settings = attribution.settings_for(settings, seed)
     check_chunks(attribution, settings, class_chunk, out, world)
     class_list = parse_classes(list(classes), source.card.class_names)
@@ -118,11 +132,16 @@ def compute_masks(source: Workspace, classes: Sequence[int], method: str = "cont
     cost["trace"] = step.to_dict()
     run = AttributionRun(attribution, settings, source.model, graph, source.train, class_list, rows, samples=samples,
                          seed=seed, device=world.device(device), show_progress=show_progress, cost=cost)
-    if tolerance is None:
+    if budget is not None:
+        masks, search = budgeted_masks(run, source, budget, calibrate, width_multiple)
+        _describe(source, run, how, masks, budget=search)
+        if not search["met"] or search["tolerance_met"] is False:
+            warnings.warn(budget_line(search), stacklevel=2)
+    elif tolerance is None:
         masks = attribute_in_chunks(run, class_chunk, out=out, world=world, work_dir=work_dir, source=source.label,
                                     finish=partial(_describe, source, run, how), force=force)
     else:
-        masks, calibration = calibrated_masks(run, source, tolerance)
+        masks, calibration = calibrated_masks(run, source, tolerance, width_multiple)
         _describe(source, run, how, masks, calibration)
         if not calibration["met"]:
             warnings.warn(unmet_warning(calibration), stacklevel=2)
@@ -150,7 +169,8 @@ def threshold_summary(settings: Mapping[str, Any]) -> dict[str, Any]:
                                           "holdout_images", "holdout")}
     if summary is not None:
         summary["holdout_accuracy"] = calibration["trials"][-1]["holdout_accuracy"]
-    return {"thresholds": settings.get("thresholds"), "calibration": summary}
+    searched = {"budget": settings["budget"]} if settings.get("budget") else {}
+    return {"thresholds": settings.get("thresholds"), "calibration": summary, **searched}
 
 
 def extract(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, classes: Sequence[int],
@@ -191,7 +211,8 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
                 thresholds_given: bool | None = None, test_data: Dataset | DataLoader | str | None = None,
                 input_shape: Sequence[int] | None = None, seed: int = 0, device: torch.device | str = "cpu",
                 data_dir: str | Path | None = None, show_progress: bool = False,
-                latency: bool | LatencySettings | None = None, width_multiple: int = 1) -> Part:
+                latency: bool | LatencySettings | None = None, width_multiple: int = 1,
+                budget: Budget | str | None = None) -> Part:
     """Cut the part of ``model`` that ``classes`` rely on into a smaller classifier for them.
 
     ``model``: an ``nn.Module`` or a model directory; ``data``: a map-style dataset or DataLoader of
@@ -204,7 +225,9 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     ``latency``: time the part against the original (:func:`~mdakit.latency.compare_latency`; on by default,
     ``False`` skips it) into ``report["latency"]`` and the card's metrics. ``width_multiple``: round every
     kept width up to a multiple of it with the layer's next-strongest filters (e.g. 8, for the runtime's
-    kernels); the report's ``width_rounding`` says what that cost in parameters and MACs.
+    kernels); the report's ``width_rounding`` says what that cost in parameters and MACs. ``budget``
+    (``"macs=0.3"``, ``"params=0.2"``, ``"latency=0.4"``: ratios to the original) searches the thresholds for the
+    most accurate part within it on held-out training images; ``report["budget"]`` records the search.
 
     >>> part = disassemble("runs/zoo/lenet5-mnist", "mnist", "0-2")  # doctest: +SKIP
     >>> part.report["part_accuracy"], part.report["part_size"]["params"]  # doctest: +SKIP
@@ -214,7 +237,8 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     class_list = parse_classes(classes, source.card.class_names)
     masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, device,
                                        calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
-                                       thresholds_given=thresholds_given)
+                                       thresholds_given=thresholds_given, budget=budget,
+                                       width_multiple=width_multiple)
     with measure() as step:
         part, keep, zeroed = extract(source, graph, masks, class_list, kernel_masks, width_multiple)
     cost["extraction"] = step.to_dict()

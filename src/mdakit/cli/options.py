@@ -58,6 +58,10 @@ LatencyOpt = Annotated[bool | None, typer.Option(
     help="Time the result against the original per image (batch 1 and 64, one and all threads, PyTorch and ONNX "
          f"Runtime; default: {'on' if MEASURE_LATENCY else 'off'}); --no-latency is quicker.")]
 
+BudgetOpt = Annotated[str | None, typer.Option(
+    help="Instead of thresholds: the most accurate part within a cost ratio to the original, macs=R, params=R or "
+         "latency=R (e.g. macs=0.3), searched on held-out training images; with --calibrate, within that "
+         "tolerance too.")]
 WidthMultipleOpt = Annotated[int, typer.Option(
     help="Round every kept width up to a multiple of N with the layer's next-strongest filters (e.g. 8), so the "
          "runtime's kernels see friendly sizes; the table says what it costs.")]

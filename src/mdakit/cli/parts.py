@@ -14,6 +14,7 @@ from mdakit.cli.options import (
     AlphaLinear,
     BetaConv,
     BetaLinear,
+    BudgetOpt,
     CalibrateOpt,
     ClassesOpt,
     DataDirOpt,
@@ -52,7 +53,7 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
                     calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated",
                     dataset: DatasetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu",
                     data_dir: DataDirOpt = None, force: ForceOpt = False, latency: LatencyOpt = None,
-                    width_multiple: WidthMultipleOpt = 1, as_json: JsonOpt = False) -> None:
+                    width_multiple: WidthMultipleOpt = 1, budget: BudgetOpt = None, as_json: JsonOpt = False) -> None:
     """Cut the part of MODEL that some classes rely on into a smaller classifier for them."""
     from mdakit.disassembly import disassemble
     from mdakit.seeding import resolve_device
@@ -64,7 +65,7 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
     part = disassemble(model_path, dataset, classes, method, samples=samples, settings=settings,
                        kernel_masks=kernel_masks, calibrate=calibrate, thresholds=thresholds,
                        thresholds_given=given, seed=seed, device=dev, data_dir=data_dir,
-                       show_progress=True, latency=latency, width_multiple=width_multiple)
+                       show_progress=True, latency=latency, width_multiple=width_multiple, budget=budget)
     part.save(out, force=force)
     title = f"part of {model_path} for classes {part.report['classes']} ({method})"
     macs = part.report["part_size"]["macs"] / part.report["original_size"]["macs"]
@@ -160,7 +161,8 @@ def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = N
                  beta: NadBetaOpt = None, nad_loss: NadLossOpt = "code", nad_linear: NadLinearOpt = False,
                  calibrate: CalibrateOpt = None, thresholds: ThresholdsOpt = "calibrated", seed: SeedOpt = 0,
                  device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
-                 latency: LatencyOpt = None, width_multiple: WidthMultipleOpt = 1, as_json: JsonOpt = False) -> None:
+                 latency: LatencyOpt = None, width_multiple: WidthMultipleOpt = 1, budget: BudgetOpt = None,
+                 as_json: JsonOpt = False) -> None:
     """Keep the union of all classes' components (every logit kept) as a physically smaller model."""
     from mdakit.compression import compress
     from mdakit.seeding import resolve_device
@@ -172,7 +174,7 @@ def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = N
     small = compress(model_path, dataset, method, samples=samples, settings=settings, calibrate=calibrate,
                      thresholds=thresholds, thresholds_given=given,
                      seed=seed, device=dev, data_dir=data_dir, show_progress=True, latency=latency,
-                     width_multiple=width_multiple)
+                     width_multiple=width_multiple, budget=budget)
     small.save(out, force=force)
     title = f"{model_path} compressed ({method}, all {len(small.report['classes'])} logits kept)"
     human = tables.compressed_table(title, small.report, out)

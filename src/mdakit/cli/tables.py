@@ -79,6 +79,8 @@ def threshold_line(report: Mapping[str, Any]) -> str:
     ...     "chosen_factor": 0.75, "holdout_accuracy": 0.98, "reference_accuracy": 0.985, "holdout_images": 600}})
     'thresholds calibrated by default (× 0.75): 98.00% vs 98.50% of the original on 600 held-out images'
     """
+    if report.get("budget"):
+        return report["budget"]["summary"]
     calibration = report.get("calibration")
     how = report.get("thresholds") or "as given"
     if not calibration:
