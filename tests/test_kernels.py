@@ -157,6 +157,21 @@ def test_positive_contribution_sum_matches_reference(layer, with_sign):
         torch.testing.assert_close(result, expected)
 
 
+@pytest.mark.parametrize("with_sign", [False, True])
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(6, 4, 5, padding=2, groups=2), nn.Conv2d(6, 6, 3, padding=1, groups=6),
+    nn.Conv2d(6, 4, (3, 1), padding=(1, 0)), nn.Conv2d(6, 4, 3, stride=2, padding=1, dilation=1),
+    nn.Conv2d(6, 4, 3, padding=2, dilation=2),
+], ids=["3x3", "grouped-5x5", "depthwise", "3x1", "strided", "dilated"])
+def test_a_one_pixel_input_needs_only_the_taps_that_meet_it(layer, with_sign):
+    layer = layer.double()
+    x = torch.randn(10, 6, 1, 1, dtype=torch.float64)
+    sign = torch.tensor([1, -1, -1, 1] + [1, -1] * (layer.out_channels == 6)) if with_sign else None
+    h = partial_conv_reference(x, layer)
+    expected = (h * sign[:, None] if with_sign else h).clamp(min=0).sum(0)
+    torch.testing.assert_close(positive_contribution_sum(x, layer, sign), expected)
+
+
 def test_default_chunking_splits_input_channels(monkeypatch):
     conv = nn.Conv2d(5, 4, 3).double()
     x = torch.randn(3, 5, 6, 6, dtype=torch.float64)

@@ -119,10 +119,11 @@ def positive_contribution_sum(
     _check_conv_input(x, layer)
     g, k, n = layer.groups, layer.out_channels, layer.in_channels
     kg, ng = k // g, n // g
-    taps = layer.kernel_size[0] * layer.kernel_size[1]
-    # per input channel c (of group c // ng): its tap sums (B × taps) against its group's kernels (taps × kg)
-    s = tap_sums(x, layer).reshape(x.shape[0], n, taps).permute(1, 0, 2).contiguous()
     signed = layer.weight.to(x.dtype) * _row_sign(row_sign, k, x).view(k, 1, 1, 1)  # flip rows before max(., 0)
+    s, signed = _contribution_factors(x, layer, signed)
+    taps = s.shape[-1]
+    # per input channel c (of group c // ng): its factors (B × taps) against its group's kernels (taps × kg)
+    s = s.permute(1, 0, 2).contiguous()
     weight = signed.reshape(g, kg, ng, taps).permute(0, 2, 3, 1).reshape(n, taps, kg).contiguous()
     if taps == 1:  # one product per (k, n): the positive part splits as for a linear layer, no per-sample tensor
         w, t = weight[:, 0], s[:, :, 0]  # N × kg, N × B
@@ -136,6 +137,21 @@ def positive_contribution_sum(
         stop = min(n, start + chunk_size)
         total[start:stop] = torch.bmm(s[start:stop], weight[start:stop]).clamp_(min=0).sum(1)
     return _block_diagonal(total.reshape(g, ng, kg).transpose(1, 2))
+
+
+def _contribution_factors(x: Tensor, conv: nn.Conv2d, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(s, w)`` with ``h[b, k, n] = Σ_t s[b, n, t] · w[k, n, t]``: tap sums against the kernel taps
+    (B × N × taps), or, for a one-pixel input (a deep layer of a small image), the pixel against the sum of
+    the taps that meet it (B × N × 1), which needs no per-sample product at all."""
+    b, n, h, w = x.shape
+    kh, kw = conv.kernel_size
+    if h * w != 1:
+        return tap_sums(x, conv).reshape(b, n, kh * kw), weight.reshape(*weight.shape[:2], kh * kw)
+    pad_h, pad_w = _padding(conv)
+    rows = _coverage(h, kh, conv.stride[0], conv.dilation[0], pad_h).to(x)
+    cols = _coverage(w, kw, conv.stride[1], conv.dilation[1], pad_w).to(x)
+    pixel_kernel = (rows.T @ weight @ cols).reshape(*weight.shape[:2], 1)  # the taps that meet the pixel
+    return x.reshape(b, n, 1), pixel_kernel
 
 
 def _grouped_contributions(x: Tensor, conv: nn.Conv2d) -> Tensor:
