@@ -53,7 +53,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import mdakit
-from common import RESULTS_DIR, environment, write_json
+from common import RESULTS_DIR, environment, update_report, write_json
 from mdakit.artifacts import ModelCard, save
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
@@ -404,6 +404,22 @@ def markdown(rows: list[dict[str, Any]], tally: dict[str, dict[str, int]], liste
     return "\n".join(lines) + "\n"
 
 
+def report_section(rows: list[dict[str, Any]], tally: dict[str, dict[str, int]], listed: int) -> str:
+    """The RESULTS.md section: how it was run, the counts, and every model that did not pass with why."""
+    commits = sorted({r.get("commit", "-") for r in rows})
+    lines = ["Written by `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/coverage.py` (resumable; one row per model in "
+             "`benchmarks/results/coverage.md`, with the input size, every check, the largest difference and the "
+             f"commit it ran at: {', '.join(commits)}). {len(rows)} of {listed} listed models run. Random weights, "
+             f"{IMAGES} self-labelled random images; a check passes at ≤ {TOLERANCE:g} × max(1, largest |logit|).",
+             "", "| library | models | " + " | ".join(OUTCOMES) + " |", "|" + " --- |" * (len(OUTCOMES) + 2)]
+    lines += [f"| {family} | {t['models']} | " + " | ".join(str(t[o]) for o in OUTCOMES) + " |"
+              for family, t in tally.items()]
+    lines += ["", "Every model that did not pass, with the first line of each failing check:", ""]
+    lines += [f"- {r['family']} `{r['name']}` ({r['outcome']}): " + _failures(r).replace("|", "\\|")
+              for r in rows if r["outcome"] != "passed"]
+    return "\n".join(lines) + "\n"
+
+
 def panel(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per family the fastest model that passed every check; the slower ones beyond a test budget marked slow."""
     fastest: dict[str, dict[str, Any]] = {}
@@ -431,6 +447,7 @@ def summarise(listed: list[tuple[str, str]]) -> None:
                             "rows": rows})
     write_json("coverage_panel", {"environment": env, "models": panel(rows)})
     _write_text(RESULTS_DIR / "coverage.md", markdown(rows, tally, len(listed)))
+    update_report("Coverage: torchvision and timm models (issue 22)", report_section(rows, tally, len(listed)))
     print(f"{len(rows)} models: " + ", ".join(f"{o} {tally['all'][o]}" for o in OUTCOMES))
 
 
