@@ -8,7 +8,9 @@ architecture whose layers hold every part's filters side by side with zero kerne
 (:mod:`mdakit.padding`). Both output the parts' logits concatenated.
 
 A **rescaling** (:mod:`mdakit.assembly.rescaling`: ``none``, ``paper``, ``calibrated``,
-``calibrated-part``) makes the parts' logits comparable, fitted on training images only.
+``calibrated-part``) makes the parts' logits comparable, fitted on training images only; ``ood``
+(:mod:`mdakit.assembly.ood`) instead lets each part say how much an input looks like its own images
+and weighs the parts by it.
 
 An assembled model is saved as a directory (:mod:`mdakit.assembly.files`); load either layout with
 :func:`load_assembled`, and score it with :func:`evaluate_assembled`.
@@ -27,12 +29,13 @@ from mdakit.assembly.files import ASSEMBLY_FILE, is_assembled, load_assembled, m
 from mdakit.assembly.layouts import LAYOUTS, Layout, check_compatible, register_layout
 from mdakit.assembly.models import AssembledModel, PaddedAssembly, fold_rescaling
 from mdakit.assembly.parts import DataSpec, PartSpec, check_width, part_datasets, resolve_part
-from mdakit.assembly.rescaling import RESCALES, calibrate, fit_rescaling, paper_scales, register_rescaling
+from mdakit.assembly.rescaling import GATED, RESCALES, calibrate, fit_rescaling, paper_scales, register_rescaling
 from mdakit.errors import MdakitError
 from mdakit.latency import LatencySettings
 
-__all__ = ["ASSEMBLY_FILE", "FORMAT", "FORMAT_VERSION", "LAYOUTS", "RESCALES", "AssembledModel", "AssemblyCard",
-           "DataSpec", "Layout", "PaddedAssembly", "PartSpec", "assemble", "calibrate", "check_compatible",
+__all__ = ["ASSEMBLY_FILE", "FORMAT", "FORMAT_VERSION", "GATED", "LAYOUTS", "RESCALES", "AssembledModel",
+           "AssemblyCard", "DataSpec", "Layout", "PaddedAssembly", "PartSpec", "assemble", "calibrate",
+           "check_compatible",
            "evaluate_assembled", "finetune_assembled", "fold_rescaling", "is_assembled", "load_assembled",
            "merged_card", "paper_scales", "register_layout", "register_rescaling", "save_assembled", "time_assembly"]
 
@@ -44,6 +47,9 @@ def _check_options(layout: str, rescale: str, samples: int) -> None:
         raise MdakitError(f"unknown rescaling {rescale!r}; available: {', '.join(RESCALES)}")
     if samples < 1:
         raise MdakitError(f"the number of samples per class must be positive, got {samples}")
+    if rescale in GATED and layout != "parallel":
+        raise MdakitError(f"the {rescale!r} rescaling reads each part's own features, which the {layout} layout "
+                          "merges away; use the parallel layout")
 
 
 def assemble(parts: Sequence[PartSpec], layout: str = "parallel", rescale: str = "none", data: DataSpec = None,

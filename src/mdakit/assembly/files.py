@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from mdakit.artifacts import ASSEMBLY_FILE, CARD_FILE, WEIGHTS_FILE, ModelCard, load_with_card, read_card, save
 from mdakit.assembly.card import FORMAT, FORMAT_VERSION, AssemblyCard
 from mdakit.assembly.models import AssembledModel, PaddedAssembly
+from mdakit.assembly.ood import GATE_FILE, OodGate, gate_from_spec, gate_spec
 from mdakit.errors import MdakitError, UserBuiltModuleError
 from mdakit.files import write_directory
 from mdakit.model_dir import is_assembled
@@ -57,6 +60,9 @@ def save_assembled(model: AssembledModel | PaddedAssembly, path: str | Path, car
     scale = [1.0] * total if padded else model.scale.tolist()
     shift = [0.0] * total if padded else model.shift.tolist()
     raw = {**card.to_dict(), "scale": scale, "shift": shift, "rescaling_folded_into_last_layer": padded}
+    gate = None if padded else model.gate
+    if gate is not None:
+        raw["gate"] = gate_spec(gate)
 
     def write(tmp: Path) -> None:
         for p, (part, part_card) in enumerate(zip(model.parts, card.part_cards, strict=True)):
@@ -66,6 +72,8 @@ def save_assembled(model: AssembledModel | PaddedAssembly, path: str | Path, car
             for name in (CARD_FILE, WEIGHTS_FILE):
                 (tmp / "merged" / name).replace(tmp / name)
             (tmp / "merged").rmdir()
+        if gate is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in gate.state_dict().items()}, tmp / GATE_FILE)
         (tmp / ASSEMBLY_FILE).write_text(json.dumps(raw, indent=2) + "\n")
 
     write_directory(path, force, write)
@@ -125,4 +133,15 @@ def load_assembled(path: str | Path, device: torch.device | str = "cpu"
     with torch.no_grad():
         model.scale.copy_(torch.tensor(scale))
         model.shift.copy_(torch.tensor(shift))
+    if "gate" in raw:
+        model.attach_gate(_read_gate(path, raw["gate"]), card.input_shape)
     return model.to(device).eval(), card
+
+
+def _read_gate(path: Path, spec: dict) -> OodGate:
+    """The ``ood`` gate saved beside the parts (tensors in safetensors, structure in ``assembly.json``)."""
+    try:
+        tensors = load_file(path / GATE_FILE)
+    except (OSError, SafetensorError) as exc:
+        raise MdakitError(f"{path / GATE_FILE} is missing or not a readable safetensors file: {exc}") from exc
+    return gate_from_spec(spec, tensors)

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mdakit.assembly.ood import OodGate, pooled
 from mdakit.graph import trace
+from mdakit.graph.features import with_features
 
 
 def per_logit(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
@@ -23,7 +25,9 @@ class AssembledModel(nn.Module):
     """Parts run side by side on one input; their logits concatenated, then ``logits * scale + shift``.
 
     ``sizes[i]`` is the number of logits of ``parts[i]``. ``scale`` and ``shift`` are buffers with one
-    entry per output logit (the identity by default). The parts are held, not copied.
+    entry per output logit (the identity by default). The parts are held, not copied. With a gate
+    (:meth:`attach_gate`, the ``ood`` rescaling) the output is the gate's combination of the logits and
+    each part's penultimate features instead.
 
     >>> m = AssembledModel([nn.Linear(2, 3), nn.Linear(2, 1)], [3, 1])
     >>> m(torch.zeros(5, 2)).shape
@@ -38,9 +42,35 @@ class AssembledModel(nn.Module):
         self.sizes = [int(s) for s in sizes]
         self.register_buffer("scale", torch.ones(sum(self.sizes)))
         self.register_buffer("shift", torch.zeros(sum(self.sizes)))
+        self.gate: OodGate | None = None
+        self.__dict__["_with_features"] = [None] * len(self.parts)
+
+    def attach_gate(self, gate: OodGate, input_shape: Sequence[int]) -> list[list[str]]:
+        """Combine the parts' logits with ``gate`` from now on; returns, per part, the layers whose
+        features the gate reads (none where it reads the logits only).
+
+        >>> from mdakit.assembly.ood import Energy, OodGate
+        >>> m = AssembledModel([nn.Linear(2, 3), nn.Linear(2, 1)], [3, 1])
+        >>> m.attach_gate(OodGate([Energy(), Energy()], [3, 1]), [2])
+        [[], []]
+        >>> m(torch.zeros(5, 2)).exp().sum(1).round(decimals=4).tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0]
+        """
+        self.gate = gate
+        layers: list[list[str]] = []
+        for i, (part, score) in enumerate(zip(self.parts, gate.scores, strict=True)):
+            extractor, read = with_features(part, input_shape) if score.uses_features else (None, [])
+            self._with_features[i] = extractor
+            layers.append(read)
+        return layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([part(x) for part in self.parts], dim=1) * self.scale + self.shift
+        if self.gate is None:
+            return torch.cat([part(x) for part in self.parts], dim=1) * self.scale + self.shift
+        outputs = [part(x) if both is None else both(x) for part, both in zip(self.parts, self._with_features)]
+        logits = [out[0] if isinstance(out, tuple) else out for out in outputs]
+        features = [pooled(out[1]) if isinstance(out, tuple) else None for out in outputs]
+        return self.gate(torch.cat(logits, dim=1) * self.scale + self.shift, features)
 
 
 class PaddedAssembly(nn.Module):

@@ -13,12 +13,17 @@ Each rescaling is fitted on training images only, never on the test split, into 
   some foreign classes more than on others, and one pair per part cannot undo that (measured in
   benchmarks/RESULTS.md);
 - ``calibrated-part``: the same fit with one scale and one offset per part (part 0 fixed), for the
-  ablation.
+  ablation;
+- ``ood`` (:mod:`mdakit.assembly.ood`): each part scores how far an input is from its own images (the
+  Mahalanobis distance of its penultimate features), and the assembly weighs each part's class
+  probabilities by a soft choice of part from those scores. Each part's score is fitted on images of
+  its own classes alone. ``ood-energy`` and ``ood-max-logit`` score from the part's logits instead
+  (the ablation).
 
 A rescaling is a fitter registered in :data:`RESCALES` with :func:`register_rescaling`: it gets the
 assembled model, its card, each part's training set and the samples each part selected of its classes,
-sets ``model.scale`` and ``model.shift`` in place and returns what it fitted (a JSON-able dict with a
-``warnings`` list).
+sets ``model.scale`` and ``model.shift`` (or attaches a gate) in place and returns what it fitted (a
+JSON-able dict with a ``warnings`` list).
 """
 
 from __future__ import annotations
@@ -32,25 +37,33 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from mdakit.artifacts import ModelCard
 from mdakit.assembly.card import AssemblyCard
 from mdakit.assembly.models import AssembledModel, per_logit
+from mdakit.assembly.ood import SCORES, OodGate, PartScore, pooled
 from mdakit.attribution.samples import select_samples
 from mdakit.calibration import holdout_images
 from mdakit.errors import MdakitError
 from mdakit.evaluate import predict_logits
+from mdakit.graph.features import with_features
 from mdakit.workspace import Workspace
 
 Chosen = Sequence[Mapping[int, torch.Tensor]]
 Fitter = Callable[[AssembledModel, AssemblyCard, Sequence[Dataset], Chosen, torch.device | str], dict[str, Any]]
 
 RESCALES: dict[str, Fitter | None] = {"none": None}
+GATED: set[str] = set()
+"""The rescalings that attach a gate reading each part's own features (parallel layout only)."""
 
 
-def register_rescaling(name: str) -> Callable[[Fitter], Fitter]:
-    """Decorator registering a fitter under ``name`` (see the module docstring for what it gets)."""
+def register_rescaling(name: str, gated: bool = False) -> Callable[[Fitter], Fitter]:
+    """Decorator registering a fitter under ``name`` (see the module docstring for what it gets);
+    ``gated`` if it attaches a gate (:meth:`AssembledModel.attach_gate`) rather than an affine map."""
 
     def wrap(fitter: Fitter) -> Fitter:
         RESCALES[name] = fitter
+        if gated:
+            GATED.add(name)
         return fitter
 
     return wrap
@@ -182,6 +195,79 @@ def fit_calibrated_per_part(model: AssembledModel, card: AssemblyCard, train_set
                             chosen: Chosen, device: torch.device | str) -> dict[str, Any]:
     """One scale and one offset per part, part 0 fixed (the ablation of ``calibrated``)."""
     return _fit_affine(model, card, train_sets, chosen, device, per="part")
+
+
+OOD_IMAGES_PER_CLASS = 400
+"""Held-out images per class a part's ``ood`` score is fitted on: half for its statistics (class means,
+covariance), half for its normaliser."""
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, images: torch.Tensor, device: torch.device | str, batch: int = 256
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and pooled features (:func:`~mdakit.graph.features.with_features`) of ``images``, batch by
+    batch, on the CPU."""
+    logits, features = [], []
+    for chunk in images.split(batch):
+        z, f = model(chunk.to(device))
+        logits.append(z.cpu())
+        features.append([t.cpu() for t in pooled(f)])
+    return torch.cat(logits), [torch.cat(column) for column in zip(*features, strict=True)]
+
+
+def fit_part_score(part: nn.Module, part_card: ModelCard, train: Dataset, chosen: Mapping[int, torch.Tensor],
+                   score: str, device: torch.device | str) -> tuple[PartScore, dict[str, Any]]:
+    """A part's ``score`` fitted on held-out images of its own classes only (no other part's data)."""
+    source = Workspace(part, part_card, train, None, "")
+    images, labels, kind = holdout_images(source, list(part_card.logit_classes), dict(chosen), OOD_IMAGES_PER_CLASS,
+                                          seed=0)
+    if len(images) < 4:
+        raise MdakitError(f"only {len(images)} held-out images of its classes to fit its {score} score on")
+    both, layers = with_features(part, part_card.input_shape)
+    logits, features = _outputs(both.to(device).eval(), images, device)
+    stats, normaliser = torch.arange(len(labels)) % 2 == 0, torch.arange(len(labels)) % 2 == 1
+    fitted = SCORES[score]([f[stats] for f in features], labels[stats])
+    fitted.fit_normaliser(logits[normaliser], [f[normaliser] for f in features])
+    return fitted, {"fitted_on": kind, "images": len(images), "layers": layers if fitted.uses_features else []}
+
+
+def _fit_ood(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], chosen: Chosen,
+             device: torch.device | str, score: str) -> dict[str, Any]:
+    fitted = [fit_part_score(part, part_card, train, part_chosen, score, device)
+              for part, part_card, train, part_chosen in zip(model.parts, card.part_cards, train_sets, chosen,
+                                                             strict=True)]
+    model.attach_gate(OodGate([s for s, _ in fitted], card.sizes).to(device), card.input_shape)
+    return {"score": score, "parts": [record for _, record in fitted],
+            "loc": [float(s.loc) for s, _ in fitted], "normaliser_scale": [float(s.scale) for s, _ in fitted],
+            "warnings": []}
+
+
+@register_rescaling("ood", gated=True)
+def fit_ood(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], chosen: Chosen,
+            device: torch.device | str) -> dict[str, Any]:
+    """A gate from each part's Mahalanobis scores on its layers' features (:mod:`mdakit.assembly.ood`)."""
+    return _fit_ood(model, card, train_sets, chosen, device, "mahalanobis")
+
+
+@register_rescaling("ood-penultimate", gated=True)
+def fit_ood_penultimate(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], chosen: Chosen,
+                        device: torch.device | str) -> dict[str, Any]:
+    """A gate from each part's Mahalanobis score on its penultimate features alone."""
+    return _fit_ood(model, card, train_sets, chosen, device, "mahalanobis-penultimate")
+
+
+@register_rescaling("ood-energy", gated=True)
+def fit_ood_energy(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], chosen: Chosen,
+                   device: torch.device | str) -> dict[str, Any]:
+    """A gate from each part's energy score (minus the log-sum-exp of its logits)."""
+    return _fit_ood(model, card, train_sets, chosen, device, "energy")
+
+
+@register_rescaling("ood-max-logit", gated=True)
+def fit_ood_max_logit(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], chosen: Chosen,
+                      device: torch.device | str) -> dict[str, Any]:
+    """A gate from each part's largest logit."""
+    return _fit_ood(model, card, train_sets, chosen, device, "max-logit")
 
 
 def fit_rescaling(model: AssembledModel, card: AssemblyCard, train_sets: Sequence[Dataset], samples: int, seed: int,

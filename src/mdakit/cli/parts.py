@@ -131,8 +131,10 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
                  layout: Annotated[str, typer.Option(help="parallel (parts side by side) or padded (one merged "
                                                            "network with zero kernels across parts).")] = "parallel",
                  rescale: Annotated[str, typer.Option(help="none, paper (Eq. 11), calibrated (scale and "
-                                                           "offset per logit) or calibrated-part (per part); "
-                                                           "fitted on training images only.")] = "none",
+                                                           "offset per logit), calibrated-part (per part), or ood "
+                                                           "(each part scores how much an input looks like its own "
+                                                           "images; parallel layout); fitted on training images "
+                                                           "only.")] = "none",
                  samples: SamplesOpt = 50, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_dir: DataDirOpt = None,
                  force: ForceOpt = False, latency: LatencyOpt = None, as_json: JsonOpt = False) -> None:
     """Join parts of models (one input shape; padded: one architecture) into one classifier over all their classes."""
