@@ -25,7 +25,7 @@ import torch
 
 from common import ROOT, environment, update_report, write_json
 from mdakit.artifacts import load_with_card
-from mdakit.assembly import RESCALES, assemble, finetune_assembled
+from mdakit.assembly import GATED, RESCALES, assemble, finetune_assembled
 from mdakit.data import ClassSubset, ClassUnion, load_dataset
 from mdakit.disassembly import disassemble
 from mdakit.errors import MdakitError
@@ -38,6 +38,7 @@ DATASETS = ("mnist", "fashion-mnist")
 METHODS = {"contribution (calibrated)": ("contribution", 0.25), "contribution (paper)": ("contribution", None),
            "gradient": ("gradient", None)}
 FINETUNE_PER_CLASS = {"lenet5": None, "vgg16": 300, "resnet50": 200, "googlenet": 300}
+AFFINE = [k for k in RESCALES if k not in GATED]
 CACHE = ROOT / "runs" / "bench" / "assembly"
 # The seed's Table 2 (MNIST + Fashion-MNIST rows: orig., Ours, Grad.) and Table 5 (VGG-16: Asse., Ours,
 # ep.+1), published on other hardware with other model variants.
@@ -80,8 +81,9 @@ def _method_row(parts: list, test: ClassUnion, seed: int) -> dict:
         except MdakitError as exc:  # a part that gets none of a class's training images right cannot be fitted
             row["rescale"][rescale] = {"accuracy": None, "error": str(exc)}
             continue
-        predicted = (logits * model.scale + model.shift).argmax(1)
-        row["rescale"][rescale] = {"accuracy": float((predicted == test.targets).float().mean()),
+        # an affine rescaling is applied to the logits computed once; a gate needs the model's own forward
+        predicted = (predict_logits(model, test)[0] if rescale in GATED else logits * model.scale + model.shift)
+        row["rescale"][rescale] = {"accuracy": float((predicted.argmax(1) == test.targets).float().mean()),
                                    "fit": {k: v for k, v in card.fit.items() if k != "samples"}}
     return row
 
@@ -117,6 +119,92 @@ def _cell(arch: str, classes: tuple[str, str], seed: int) -> dict:
     return row
 
 
+def _cut(arch: str, dataset: str, classes: str, seed: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return disassemble(ROOT / "runs" / "zoo" / f"{arch}-{dataset}", load_dataset(dataset, "train")[0], classes,
+                           calibrate=0.25, thresholds="paper", seed=seed, latency=False)
+
+
+def _union_accuracy(model: torch.nn.Module, tests: list, classes: list[list[int]]) -> dict:
+    """Accuracy on the union of the parts' test images, and on each part's images alone."""
+    union = ClassUnion(tests, classes)
+    logits, labels = predict_logits(model, union)
+    right = logits.argmax(1) == labels
+    return {"accuracy": float(right.float().mean()),
+            "per_part": [float(right[union.owner == i].float().mean()) for i in range(len(classes))]}
+
+
+def _adding_classes(arch: str, seed: int) -> dict:
+    """A whole MNIST model (all ten classes) with a Fashion-MNIST part: do the digits keep their accuracy?"""
+    whole_dir = ROOT / "runs" / "zoo" / f"{arch}-mnist"
+    whole, whole_card = load_with_card(whole_dir)
+    part = _cut(arch, "fashion-mnist", "0,1,2", seed)
+    tests = [load_dataset(d, "test")[0] for d in DATASETS]
+    classes = [list(whole_card.logit_classes), list(part.card.logit_classes)]
+    alone = _union_accuracy(whole, tests[:1], classes[:1])["accuracy"]
+    row = {"arch": arch, "kind": "adding classes", "parts": ["mnist (whole model)", "fashion-mnist 0,1,2"],
+           "whole_alone": alone, "rescale": {}}
+    for rescale in ("calibrated", "ood"):
+        model, _ = assemble([(whole, whole_card), (part.model, part.card)], rescale=rescale, seed=seed, latency=False)
+        row["rescale"][rescale] = _union_accuracy(model, tests, classes)
+    return row
+
+
+def _three_parts(arch: str, seed: int) -> dict:
+    """MNIST 0-4, MNIST 5-9 (two parts of one model) and Fashion-MNIST 5-9, in both layouts."""
+    cuts = [("mnist", "0-4"), ("mnist", "5-9"), ("fashion-mnist", "5-9")]
+    parts = [_cut(arch, d, c, seed) for d, c in cuts]
+    tests = {d: load_dataset(d, "test")[0] for d in DATASETS}
+    specs, classes = [(p.model, p.card) for p in parts], [list(p.card.logit_classes) for p in parts]
+    row = {"arch": arch, "kind": "three parts", "parts": [f"{d} {c}" for d, c in cuts], "rescale": {}}
+    for rescale in ("none", "calibrated", "ood"):
+        model, _ = assemble(specs, rescale=rescale, seed=seed, latency=False)
+        row["rescale"][rescale] = _union_accuracy(model, [tests[d] for d, _ in cuts], classes)
+    parallel, _ = assemble(specs, rescale="calibrated", seed=seed, latency=False)
+    padded, _ = assemble(specs, layout="padded", rescale="calibrated", seed=seed, latency=False)
+    images = torch.stack([tests["mnist"][i][0] for i in range(64)] + [tests["fashion-mnist"][i][0] for i in range(64)])
+    with torch.no_grad():
+        row["padded_max_abs_difference"] = float((padded(images) - parallel(images)).abs().max())
+    return row
+
+
+def run_extras(archs: list[str], seed: int) -> list[dict]:
+    rows = []
+    for arch in archs:
+        if not all((ROOT / "runs" / "zoo" / f"{arch}-{d}" / "card.json").is_file() for d in DATASETS):
+            continue
+        for kind, build in (("adding", _adding_classes), ("three", _three_parts)):
+            cache = CACHE / f"v1-{kind}-{arch}-s{seed}.json"
+            if not cache.is_file():
+                cache.write_text(json.dumps(build(arch, seed), indent=2))
+            rows.append(json.loads(cache.read_text()))
+    return rows
+
+
+def extras_report(extras: list[dict]) -> list[str]:
+    lines = ["### Adding classes to a model, and three parts (issue 25)", "",
+             "Accuracy (%) on the union of the parts' test images (per part in brackets). *Adding classes*: the whole "
+             "MNIST model (all ten classes) joined with a Fashion-MNIST 0,1,2 part; target: the digits lose ≤ 0.5 "
+             "points inside the assembly against the whole model alone. *Three parts*: MNIST 0-4, MNIST 5-9 and "
+             "Fashion-MNIST 5-9; the padded and parallel layouts (calibrated) compared on 128 test images.", "",
+             "| model | kind | parts | whole model alone (digits) | calibrated | ood | none | digits lost (ood) | "
+             "padded − parallel |", "|" + "---|" * 9]
+    def cell(acc: dict, k: str) -> str:
+        if k not in acc:
+            return "–"
+        return f"{_pct(acc[k]['accuracy'])} ({', '.join(_pct(x) for x in acc[k]['per_part'])})"
+
+    for r in extras:
+        acc = r["rescale"]
+        alone = r.get("whole_alone")
+        lost = f"{100 * (alone - acc['ood']['per_part'][0]):.2f}" if alone is not None else "–"
+        diff = f"{r['padded_max_abs_difference']:.1e}" if "padded_max_abs_difference" in r else "–"
+        lines.append(f"| {r['arch']} | {r['kind']} | {' + '.join(r['parts'])} | {_pct(alone)} | "
+                     f"{cell(acc, 'calibrated')} | {cell(acc, 'ood')} | {cell(acc, 'none')} | {lost} | {diff} |")
+    return lines
+
+
 def run(archs: list[str], seed: int) -> list[dict]:
     CACHE.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -124,7 +212,7 @@ def run(archs: list[str], seed: int) -> list[dict]:
         if not all((ROOT / "runs" / "zoo" / f"{arch}-{d}" / "card.json").is_file() for d in DATASETS):
             print(f"skipping {arch}: models not trained yet (make zoo)", file=sys.stderr)
             continue
-        cache = CACHE / f"v2-{arch}-{pair[0].replace(',', '_')}+{pair[1].replace(',', '_')}-s{seed}.json"
+        cache = CACHE / f"v3-{arch}-{pair[0].replace(',', '_')}+{pair[1].replace(',', '_')}-s{seed}.json"
         if not cache.is_file():
             cache.write_text(json.dumps(_cell(arch, pair, seed), indent=2))
         rows.append(json.loads(cache.read_text()))
@@ -132,8 +220,9 @@ def run(archs: list[str], seed: int) -> list[dict]:
 
 
 def _best(row: dict, method: str) -> float:
-    """The method's best accuracy over the rescalings that could be fitted."""
-    return max(v["accuracy"] for v in row["methods"][method]["rescale"].values() if v["accuracy"] is not None)
+    """The method's best accuracy over the affine rescalings (Table 2's) that could be fitted."""
+    return max(v["accuracy"] for k, v in row["methods"][method]["rescale"].items()
+               if k in AFFINE and v["accuracy"] is not None)
 
 
 def _pct(x: float | None) -> str:
@@ -162,7 +251,7 @@ def report(rows: list[dict]) -> str:
         params = (sum(r["methods"][main]["params"]), sum(r["methods"]["gradient"]["params"]))
         lines.append(
             f"| {r['arch']} | {r['mnist_classes']} | {r['fashion_classes']} | {_pct(r['orig'])} | "
-            + " | ".join(_pct(acc[k]) for k in RESCALES)
+            + " | ".join(_pct(acc[k]) for k in AFFINE)
             + f" | {100 * (best - r['orig']):+.2f} | {_pct(_best(r, 'contribution (paper)'))} | "
               f"{_pct(_best(r, 'gradient'))} | {params[0]:,} / {params[1]:,} | "
               f"{' / '.join(f'{x:.2f}' for x in pub[:3]) if pub else '–'} | {'met' if ok else '**missed**'} |")
@@ -188,7 +277,35 @@ def report(rows: list[dict]) -> str:
             if _best(r, "gradient") > _best(r, main)]
     lines += ["", "Cells where the gradient baseline's best beats calibrated contribution: "
               + (", ".join(lost) if lost else "none") + "."]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *ood_report(rows)])
+
+
+def ood_report(rows: list[dict]) -> list[str]:
+    """Table 2 with the gated rescalings (issue 25), for the cells measured with them."""
+    main, gated = "contribution (calibrated)", sorted(GATED)
+    lines = ["### Table 2, out-of-distribution-aware joining (issue 25)", "",
+             "The same parts (contribution, calibrated thresholds). *ood* = each part's Mahalanobis scores on its "
+             "layers' features (the default of `--rescale ood`); *ood-penultimate* = on its penultimate features "
+             "only; *ood-energy* / *ood-max-logit* = from its logits. Each part's score is fitted on held-out "
+             "training images of its own classes alone. Targets: ood ≥ orig. − 0.5 and ≥ calibrated in every cell; "
+             "mean over cells ≥ orig. + 3.", "",
+             "| model | MNIST | Fashion | orig. | calibrated | " + " | ".join(gated) + " | ood − orig. | "
+             "ood − calibrated | target |", "|" + "---|" * (8 + len(gated))]
+    measured = [r for r in rows if all(k in r["methods"][main]["rescale"] for k in GATED)]
+    met, gains = 0, []
+    for r in measured:
+        acc = {k: v["accuracy"] for k, v in r["methods"][main]["rescale"].items()}
+        gain, over = 100 * (acc["ood"] - r["orig"]), 100 * (acc["ood"] - acc["calibrated"])
+        ok = gain >= -0.5 and over >= 0
+        met += ok
+        gains.append(gain)
+        lines.append(f"| {r['arch']} | {r['mnist_classes']} | {r['fashion_classes']} | {_pct(r['orig'])} | "
+                     f"{_pct(acc['calibrated'])} | " + " | ".join(_pct(acc[k]) for k in gated)
+                     + f" | {gain:+.2f} | {over:+.2f} | {'met' if ok else '**missed**'} |")
+    mean = sum(gains) / len(gains) if gains else float("nan")
+    lines += ["", f"{met} of {len(measured)} measured cells meet both targets; mean ood − orig. {mean:+.2f} points "
+              f"(target ≥ +3). Cells not listed were not rerun with the gated rescalings."]
+    return lines
 
 
 def main() -> None:
@@ -202,8 +319,11 @@ def main() -> None:
         kept = [r for r in json.loads(previous.read_text())["cells"] if r["arch"] not in args.archs]
         order = {arch: i for i, arch in enumerate(["lenet5", "vgg16", "resnet50", "googlenet"])}
         rows = sorted(kept + rows, key=lambda r: order.get(r["arch"], len(order)))
-    write_json("assembly", {"environment": environment(), "seed": args.seed, "cells": rows})
-    text = report(rows)
+    extras = run_extras(args.archs, args.seed)
+    if previous.is_file():
+        extras = [r for r in json.loads(previous.read_text()).get("extras", []) if r["arch"] not in args.archs] + extras
+    write_json("assembly", {"environment": environment(), "seed": args.seed, "cells": rows, "extras": extras})
+    text = report(rows) + "\n\n" + "\n".join(extras_report(extras))
     update_report("Assembly (MNIST + Fashion-MNIST)", text + f"\n\nSeed {args.seed}. Environment: {environment()}.")
     print(text)
 

@@ -14,11 +14,11 @@ Each rescaling is fitted on training images only, never on the test split, into 
   benchmarks/RESULTS.md);
 - ``calibrated-part``: the same fit with one scale and one offset per part (part 0 fixed), for the
   ablation;
-- ``ood`` (:mod:`mdakit.assembly.ood`): each part scores how far an input is from its own images (the
-  Mahalanobis distance of its penultimate features), and the assembly weighs each part's class
+- ``ood`` (:mod:`mdakit.assembly.ood`): each part scores how far an input is from its own images
+  (Mahalanobis distances of its layers' features), and the assembly weighs each part's class
   probabilities by a soft choice of part from those scores. Each part's score is fitted on images of
-  its own classes alone. ``ood-energy`` and ``ood-max-logit`` score from the part's logits instead
-  (the ablation).
+  its own classes alone. ``ood-penultimate`` reads the penultimate features only, ``ood-energy`` and
+  ``ood-max-logit`` the part's logits (the ablation).
 
 A rescaling is a fitter registered in :data:`RESCALES` with :func:`register_rescaling`: it gets the
 assembled model, its card, each part's training set and the samples each part selected of its classes,
