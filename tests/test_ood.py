@@ -109,7 +109,7 @@ def test_the_gate_picks_the_part_an_image_belongs_to(part_dirs, images, data_dir
     x, owner = images
     with torch.no_grad():
         picked = (model(x).argmax(1) >= card.sizes[0]).long()
-    # tiny two-epoch models; the logit-only scores are known to be weaker (benchmarks/RESULTS.md)
+    # tiny two-epoch models; the penultimate-only and logit-only scores are weaker (docs/methods.md)
     assert (picked == owner).float().mean() >= (0.9 if rescale == "ood" else 0.6)
 
 
