@@ -308,24 +308,46 @@ def ood_report(rows: list[dict]) -> list[str]:
     return lines
 
 
+def environments(rows: list[dict], extras: list[dict]) -> str:
+    """Which environment each architecture's rows were measured in (rows kept from an earlier run keep theirs)."""
+    by_env: dict[str, list[str]] = {}
+    for r in rows + extras:
+        archs = by_env.setdefault(str(r.get("environment", environment())), [])
+        if r["arch"] not in archs:
+            archs.append(r["arch"])
+    return "; ".join(f"{', '.join(archs)}: {env}" for env, archs in by_env.items())
+
+
+def render(results: dict) -> str:
+    text = report(results["cells"]) + "\n\n" + "\n".join(extras_report(results["extras"]))
+    update_report("Assembly (MNIST + Fashion-MNIST)", text + f"\n\nSeed {results['seed']}. Environment: "
+                  f"{environments(results['cells'], results['extras'])}.")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="*", default=["lenet5", "vgg16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the saved JSON")
     args = parser.parse_args()
-    rows = run(args.archs, args.seed)
     previous = ROOT / "benchmarks" / "results" / "assembly.json"
-    if previous.is_file():  # keep the cells of the architectures not rerun this time
-        kept = [r for r in json.loads(previous.read_text())["cells"] if r["arch"] not in args.archs]
+    if args.report_only:
+        print(render(json.loads(previous.read_text())))
+        return
+    here = environment()
+    rows = [{**r, "environment": here} for r in run(args.archs, args.seed)]
+    extras = [{**r, "environment": here} for r in run_extras(args.archs, args.seed)]
+    if previous.is_file():  # keep the rows of the architectures not rerun this time, with where they ran
+        old = json.loads(previous.read_text())
+        kept = [{"environment": old["environment"], **r} for r in old["cells"] if r["arch"] not in args.archs]
         order = {arch: i for i, arch in enumerate(["lenet5", "vgg16", "resnet50", "googlenet"])}
         rows = sorted(kept + rows, key=lambda r: order.get(r["arch"], len(order)))
-    extras = run_extras(args.archs, args.seed)
-    if previous.is_file():
-        extras = [r for r in json.loads(previous.read_text()).get("extras", []) if r["arch"] not in args.archs] + extras
-    write_json("assembly", {"environment": environment(), "seed": args.seed, "cells": rows, "extras": extras})
-    text = report(rows) + "\n\n" + "\n".join(extras_report(extras))
-    update_report("Assembly (MNIST + Fashion-MNIST)", text + f"\n\nSeed {args.seed}. Environment: {environment()}.")
-    print(text)
+        extras = [{"environment": old["environment"], **r} for r in old.get("extras", [])
+                  if r["arch"] not in args.archs] + extras
+    results = {"environment": here, "seed": args.seed, "cells": rows, "extras": extras}
+    write_json("assembly", results)
+    print(render(results))
 
 
 if __name__ == "__main__":
