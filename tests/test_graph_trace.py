@@ -73,10 +73,10 @@ class _Permute(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3)
-        self.fc = nn.Linear(2, 2)
+        self.fc = nn.Linear(16, 2)
 
-    def forward(self, x):
-        return self.fc(self.conv(x).permute(0, 2, 3, 1).mean((1, 2)))
+    def forward(self, x):  # a reduction over the channels once they are last
+        return self.fc(self.conv(x).permute(0, 2, 3, 1).amax(3).flatten(1))
 
 
 class _Shared(nn.Module):
@@ -108,7 +108,8 @@ class _Branchy(nn.Module):
 
 
 @pytest.mark.parametrize("net, shape, message", [
-    (_Permute(), (1, 6, 6), "unsupported op call_method 'mean' at node 'mean' on a tensor whose channels are on dim 3"),
+    (_Permute(), (1, 6, 6), "unsupported op call_method 'amax' at node 'amax': a reduction over channels that are on "
+                            "dim 3"),
     (_Shared(), (2, 4, 4), "called more than once"),
     (_TwoHeads(), (1, 2, 2), "do not come straight from one Linear"),
     (_Branchy(), (1, 2, 2), "cannot trace _Branchy with torch.fx: at test_graph_trace.py:105: symbolically"),
@@ -186,7 +187,7 @@ def test_piece_zero_of_a_chunk_is_not_the_identity():
 
 
 class _ChannelsLast(nn.Module):
-    """Channels-last, then a mean over the spatial dims there (an op followed on channels at dim 1 only)."""
+    """Channels-last, then a pooling there (an op followed on channels at dim 1 only)."""
 
     def __init__(self):
         super().__init__()
@@ -195,7 +196,7 @@ class _ChannelsLast(nn.Module):
 
     def forward(self, x):
         x = self.conv(x).permute(0, 2, 3, 1)
-        return self.fc(x.mean((1, 2)))
+        return self.fc(nn.functional.max_pool2d(x, 1).mean((1, 2)))
 
 
 class _ChunkRows(nn.Module):
@@ -235,13 +236,13 @@ class _Apply(nn.Module):
                                 "channels"),
     (lambda m, x: x.erf(), "unsupported op call_method 'erf' at node 'erf': mdakit cannot tell how it maps channels"),
     (lambda m, x: x[:, :, 0:1, None][..., 0], "unsupported op call_function 'getitem' at node 'getitem': only "
-                                              "slices along channels or the spatial dimensions (x[:, a:b, ...]) "
-                                              "are followed"),
+                                              "slices along channels or the spatial dimensions (x[:, a:b, ...]), "
+                                              "and picking tokens before channels-last, are followed"),
     (lambda m, x: x.mT, "unsupported op call_function 'getattr' at node 'getattr_1': mdakit cannot tell how it maps "
                         "channels"),
     (lambda m, x: torch.stack(torch.unbind(x, 1), 1), "unsupported op call_function 'unbind' at node 'unbind': its "
                                                       "result is not a tensor mdakit can follow"),
-    (lambda m, x: torch.cat([x, x], 2), "concat along dim 2 at node 'cat' is not supported (only channels)"),
+    (lambda m, x: torch.cat([x, x], 0), "concat along the batch dim at node 'cat' is not supported"),
     (lambda m, x: x.view(2, 4, 36, 1), "unsupported reshape call_method 'view' at node 'view' from [2, 4, 6, 6] to "
                                        "[2, 4, 36, 1]"),
     (lambda m, x: x.mean(1, keepdim=True) + m.scale, "unsupported broadcast in call_function 'add' at node 'add'"),

@@ -63,7 +63,9 @@ def _assert_merges(parts, shape, x, atol=1e-5):
     return merged
 
 
-@pytest.mark.parametrize("arch", zoo_params(slow={"resnet56"}) + ["torchvision:resnet18", "torchvision:googlenet"])
+# the zoo's ViT is refused by the padded layout (tests/test_transformers.py)
+@pytest.mark.parametrize("arch", zoo_params(slow={"resnet56"}, exclude={"vit"})
+                         + ["torchvision:resnet18", "torchvision:googlenet"])
 def test_padded_merge_equals_parts_concatenated(arch, images):
     shape = (1, 28, 28)
     torch.manual_seed(0)

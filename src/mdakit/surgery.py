@@ -23,6 +23,8 @@ from mdakit.component_masks import LayerMask
 from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
+from mdakit.graph.ops.attention import NoHeads
+from mdakit.graph.ops.attention import rule_of as attention_rule
 
 
 @dataclass
@@ -31,14 +33,18 @@ class KeepSets:
 
     layers: dict[str, dict[str, list[int]]]
     channel_modules: dict[str, list[int]] = field(default_factory=dict)
+    heads: dict[str, int] = field(default_factory=dict)
+    """Attention modules (path) and how many of their heads are kept."""
 
     def to_dict(self) -> dict:
-        return {"kind": "keep_sets", "layers": self.layers, "channel_modules": self.channel_modules}
+        raw = {"kind": "keep_sets", "layers": self.layers, "channel_modules": self.channel_modules}
+        return {**raw, "heads": self.heads} if self.heads else raw
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> KeepSets:
         return cls({k: {"in": list(v["in"]), "out": list(v["out"])} for k, v in raw["layers"].items()},
-                   {k: list(v) for k, v in raw.get("channel_modules", {}).items()})
+                   {k: list(v) for k, v in raw.get("channel_modules", {}).items()},
+                   {k: int(v) for k, v in raw.get("heads", {}).items()})
 
 
 def kept_groups(graph: ChannelGraph, masks: Mapping[str, LayerMask]) -> torch.Tensor:
@@ -89,10 +95,11 @@ def round_widths(graph: ChannelGraph, keep: torch.Tensor, multiple: int) -> torc
     check_width_multiple(multiple)
     keep = keep.clone()
     changed = multiple > 1
+    heads_of = {site.qkv for site in graph.attention.values()}  # whole heads are the unit there
     while changed:
         changed = False
         for layer in graph.layers:
-            if layer is graph.output_layer:
+            if layer is graph.output_layer or layer.name in heads_of:
                 continue
             groups = graph.groups(layer.out_ids)
             kept = keep[groups]
@@ -121,8 +128,9 @@ def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequenc
     if not rows or len(set(rows)) != len(rows) or not all(0 <= r < out_size for r in rows):
         raise MdakitError(f"logit rows must be distinct values in 0..{out_size - 1}, got {rows}")
     keep = kept_groups(graph, masks)
+    heads_of = {site.qkv for site in graph.attention.values()}
     for layer in graph.layers:
-        if layer is graph.output_layer:
+        if layer is graph.output_layer or layer.name in heads_of:  # an attention may lose every head
             continue
         groups = graph.groups(layer.out_ids)
         if not keep[groups].any():
@@ -139,7 +147,8 @@ def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequenc
         layers[layer.name] = {"in": ins, "out": outs}
     channel_modules = {name: torch.nonzero(keep[graph.groups(graph.node_ids[node])]).flatten().tolist()
                        for name, node in graph.channel_modules.items()}
-    return KeepSets(layers, channel_modules)
+    heads = {path: len(layers[site.qkv]["out"]) // (3 * site.head_dim) for path, site in graph.attention.items()}
+    return KeepSets(layers, channel_modules, heads)
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -222,7 +231,10 @@ def rebuild(model: nn.Module, keep: KeepSets, copy_model: bool = True) -> nn.Mod
     torch.Size([1, 2])
     """
     model = copy.deepcopy(model) if copy_model else model
+    headless = [path for path, heads in keep.heads.items() if heads == 0]
     for name, sets in keep.layers.items():
+        if any(name.startswith(path + ".") for path in headless):
+            continue  # replaced whole below
         module = model.get_submodule(name)
         if isinstance(module, nn.Conv2d):
             set_module(model, name, _slice_conv(module, sets["in"], sets["out"]))
@@ -232,6 +244,17 @@ def rebuild(model: nn.Module, keep: KeepSets, copy_model: bool = True) -> nn.Mod
             raise MdakitError(f"keep-set names {name!r}, which is not a Conv2d or Linear layer")
     for name, kept in keep.channel_modules.items():
         set_module(model, name, _slice_batchnorm(model.get_submodule(name), kept))
+    for name, heads in keep.heads.items():
+        module = model.get_submodule(name)
+        rule = attention_rule(module)
+        if rule is None:
+            raise MdakitError(f"keep-set names {name!r} as attention, but {type(module).__name__} is not one")
+        if heads == 0:
+            proj = getattr(module, rule.proj)
+            outs = keep.layers[f"{name}.{rule.proj}"]["out"]
+            set_module(model, name, NoHeads(None if proj.bias is None else proj.bias[outs], len(outs)))
+        else:
+            rule.set_heads(module, heads)
     return model
 
 

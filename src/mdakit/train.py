@@ -6,6 +6,7 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,10 +19,20 @@ from mdakit.errors import MdakitError, OptionError
 from mdakit.progress import progress as progress_bar
 from mdakit.seeding import seed_everything
 
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+"""How each optimizer of :attr:`TrainConfig.optimizer` is built from the parameters and the config."""
+
 
 @dataclass
 class TrainConfig:
-    """Training settings; the defaults are SGD(0.01, momentum 0.9, wd 5e-4) with a cosine schedule."""
+    """Training settings; the defaults are SGD(0.01, momentum 0.9, wd 5e-4) with a cosine schedule.
+
+    ``optimizer="adamw"`` uses AdamW (``momentum`` unused), which vision transformers need: with SGD a
+    small ViT learns MNIST slowly. Typical settings for it: lr 1e-3, weight decay 0.05.
+    """
 
     epochs: int = 5
     lr: float = 0.01
@@ -31,6 +42,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     train_subset: int | None = None
+    optimizer: str = "sgd"
 
     def validate(self) -> None:
         """Refuse settings training cannot use (NaN and infinities included).
@@ -52,6 +64,8 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise OptionError(f"{{0}} must be in (0, 1) (a validation split is always held out), got "
                               f"{self.val_fraction}", "val_fraction")
+        if self.optimizer not in OPTIMIZERS:
+            raise OptionError(f"{{0}} must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}", "optimizer")
         if self.train_subset is not None and self.train_subset < 1:
             raise OptionError(f"{{0}} must be positive, got {self.train_subset}", "train_subset")
 
@@ -121,8 +135,7 @@ def train(model: nn.Module, train_data: Dataset, config: TrainConfig = TrainConf
     fit_data, val_data = fit_and_validation(train_data, config.train_subset, config.val_fraction, config.seed)
     loader = make_loader(fit_data, config.batch_size, shuffle=True, generator=generator)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_epoch, best_state = -1.0, 0, None

@@ -161,11 +161,22 @@ def _minmax_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), (x > 0).to(x.dtype))
 
 
+def head_counts(counts: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Each input of an attention's output layer given its head's count: the mean over the head's dims, so a
+    head is kept or dropped as one unit (its dims are coupled anyway) and by all of them, not its strongest.
+
+    >>> head_counts(torch.tensor([4.0, 0.0, 1.0, 1.0]), 2).tolist()
+    [2.0, 2.0, 1.0, 1.0]
+    """
+    return counts.view(-1, head_dim).mean(1).repeat_interleave(head_dim)
+
+
 def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
                 settings: ContributionSettings) -> dict[str, LayerMask]:
     """Walk back from logit ``row`` and threshold the class's contributions (Eq. 7–10)."""
     attributed = set(sums)
     record: dict[str, LayerMask] = {}
+    heads = {site.proj: site for site in graph.attention.values()}
 
     def rule(layer: PrunableLayer, needed_out: torch.Tensor) -> torch.Tensor:
         if layer.name not in attributed:
@@ -178,6 +189,8 @@ def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
                            else (settings.alpha_linear, settings.beta_linear))  # pointwise: a 1×1 conv
             kernels = (r >= alpha) & needed_out[:, None]
             counts = kernels.sum(0).float()
+            if layer.name in heads:
+                counts = head_counts(counts, heads[layer.name].head_dim)
             top = float(counts.max())
             inputs = (counts / top >= beta) if top > 0 else torch.zeros(layer.in_size, dtype=torch.bool)
         record[layer.name] = LayerMask(kernels, inputs, needed_out.clone())

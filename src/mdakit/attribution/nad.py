@@ -209,7 +209,9 @@ def _prepare(graph: ChannelGraph, device: torch.device | str, linear: bool = Fal
     gm = traced_module(graph)
     points = mask_points(graph, linear, gm)
     if not points:
-        raise MdakitError("NAD found no block output to mask in this model")
+        why = (" (NAD masks 4-D block outputs; a transformer's heads and MLP units are not covered yet: use "
+               "contribution or gradient)" if graph.attention else "")
+        raise MdakitError(f"NAD found no block output to mask in this model{why}")
     layout = gate_layout(graph, points)
     gm, state = _gated(gm, layout)
     return _Search(graph, layout, gm.eval(), state, torch.device(device))

@@ -49,6 +49,7 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
               out: OutModelOpt,
               epochs: int = 5, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
               batch_size: int = 128, val_fraction: float = 0.1, seed: SeedOpt = 0,
+              optimizer: Annotated[str, typer.Option(help="sgd, or adamw (for vision transformers).")] = "sgd",
               train_subset: Annotated[int | None, typer.Option(help="Train on N images (stratified).")] = None,
               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
@@ -67,7 +68,8 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
     check_out(out, force)
     dev = resolve_device(device)
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         batch_size=batch_size, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
+                         batch_size=batch_size, val_fraction=val_fraction, seed=seed, train_subset=train_subset,
+                         optimizer=optimizer)
     config.validate()
     train_data, info = load_dataset(dataset, "train", data_dir)
     test_data, _ = load_dataset(dataset, "test", data_dir)

@@ -17,7 +17,11 @@ by the model input, and carried through operations:
   and ``chunk``/``split`` along channels slice them;
 - a ``permute`` that keeps the batch first moves the channels to another dim (ConvNeXt's channels-last
   blocks); there only elementwise ops, ``Linear`` and ``LayerNorm`` over the channels (the last dim) and
-  the permute back are followed.
+  the permute back are followed;
+- tokens (a vision transformer's B×tokens×channels): positions flattened into tokens keep the channels, a
+  concat along tokens couples them, picking or averaging tokens keeps them; an attention module is kept
+  whole and described by its ``qkv`` and ``proj`` layers, each head's rows coupled into one group
+  (:mod:`mdakit.graph.ops.attention`).
 
 Channels that cannot be removed without changing what the model computes are *pinned*: the model
 input, grouped (not depthwise) convolutions, operations that mix channels, channels multiplied by a

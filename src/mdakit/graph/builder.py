@@ -19,8 +19,17 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mdakit.errors import MdakitError
-from mdakit.graph.channel_graph import ChannelGraph, Edge, NormSite, Piece, PrunableLayer, Shuffle, find_root
-from mdakit.graph.registry import CHANNELS_ANYWHERE, MODULES, handled_class, module_handler, op_entry
+from mdakit.graph.channel_graph import (
+    AttentionSite,
+    ChannelGraph,
+    Edge,
+    NormSite,
+    Piece,
+    PrunableLayer,
+    Shuffle,
+    find_root,
+)
+from mdakit.graph.registry import CHANNELS_ANYWHERE, handled_class, is_registered_class, module_handler, op_entry
 
 
 def tensor_shape(node: torch.fx.Node) -> tuple[int, ...] | None:
@@ -58,7 +67,7 @@ class Tracer(torch.fx.Tracer):
         self.inside: list[str] = []  # the modules being traced, outermost first; left as they were on a failure
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m) in MODULES
+        return (isinstance(m, nn.modules.batchnorm._BatchNorm) or is_registered_class(m)
                 or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
@@ -167,6 +176,8 @@ class GraphBuilder:
         self.channel_params: dict[str, tuple[str, int]] = {}
         self.channel_dims: dict[str, int] = {}
         self.constants: set[str] = set()
+        self.order: list[str] = []
+        self.attention: dict[str, AttentionSite] = {}
 
     # ---------------------------------------------------------------- union-find
     def fresh(self, n: int, pinned: bool = False) -> torch.Tensor:
@@ -257,11 +268,13 @@ class GraphBuilder:
 
     # ---------------------------------------------------------------- visiting the graph
     def build(self) -> ChannelGraph:
-        order = []
+        order = self.order
         output_node = None
         for node in self.gm.graph.nodes:
             order.append(node.name)
-            if node.op == "placeholder":
+            if node.op == "placeholder" and self.ids and node.args:
+                self.constants.add(node.name)  # an optional argument left at its default (``attn_mask=None``)
+            elif node.op == "placeholder":
                 size = self.channels(node)
                 if size is None:
                     raise MdakitError(f"the model input at node {node.name!r} is not an image or feature tensor")
@@ -281,7 +294,8 @@ class GraphBuilder:
                             channel_modules=self.channel_modules, parent=self.parent, pinned_ids=self.pinned,
                             output_node=output_node.name, unmergeable=self.unmergeable, shuffles=self.shuffles,
                             pieces=self.pieces, group_norms=self.group_norms, channel_dims=self.channel_dims,
-                            layer_norms=self.layer_norms, channel_params=self.channel_params)
+                            layer_norms=self.layer_norms, channel_params=self.channel_params,
+                            attention=self.attention)
 
     def output_layer(self, output_node: torch.fx.Node) -> PrunableLayer:
         """The layer whose output the logits are, through pass-through ops only."""
@@ -298,6 +312,8 @@ class GraphBuilder:
     def call_module(self, node: torch.fx.Node) -> None:
         name = str(node.target)
         module = self.modules[name]
+        if not self.tensor_args(node) and self.is_constant(node):
+            return  # a module on constants alone (a positional encoding of the sizes) computes a constant
         self.first_tensor(node)  # a module reading no traced tensor is refused before its kind is looked at
         handler = module_handler(module)
         if handler is None:
@@ -310,6 +326,7 @@ class GraphBuilder:
         if (tensor_shape(node) is None and not self.tensor_args(node)) or self.is_constant(node):
             # bookkeeping on sizes and flags (``x.ndim == 4``, ``torch._assert``), or arithmetic on parameters
             # alone (``self.gamma.reshape(1, -1, 1, 1)``): no channels flow; a consumer sees a constant
+            self.constants.add(node.name)
             return
         entry = op_entry(node)
         if entry is None or (tensor_shape(node) is None and not entry.any_result):

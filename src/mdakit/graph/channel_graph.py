@@ -87,6 +87,27 @@ class NormSite:
 
 
 @dataclass(frozen=True)
+class AttentionSite:
+    """A multi-head attention module whose heads can be removed: its query/key/value layer ``qkv`` (rows
+    ordered q, k, v, each head after head), its output layer ``proj``, and how many heads of how many dims."""
+
+    qkv: str
+    proj: str
+    heads: int
+    head_dim: int
+
+    def head_rows(self, head: int) -> list[int]:
+        """The q, k and v rows of ``qkv`` that belong to ``head``.
+
+        >>> AttentionSite("qkv", "proj", 2, 1).head_rows(1)
+        [1, 3, 5]
+        """
+        width = self.heads * self.head_dim
+        dims = range(head * self.head_dim, (head + 1) * self.head_dim)
+        return [part * width + d for part in range(3) for d in dims]
+
+
+@dataclass(frozen=True)
 class Piece:
     """Piece ``index`` of a ``chunk`` or ``split`` of node ``source`` along channels.
 
@@ -143,6 +164,8 @@ class ChannelGraph:
     channel_dims: dict[str, int] = field(default_factory=dict)
     """Nodes whose channels are not on dim 1 (channels-last between a permute and the permute back), with
     their dim."""
+    attention: dict[str, AttentionSite] = field(default_factory=dict)
+    """Attention modules (path -> site) whose heads are kept or removed whole."""
 
     def find(self, i: int) -> int:
         """The representative of channel id ``i``'s coupled group."""

@@ -43,7 +43,9 @@ class OpEntry:
 
 FUNCTIONS: dict[Callable[..., Any], OpEntry] = {}
 METHODS: dict[str, OpEntry] = {}
-MODULES: dict[type[nn.Module], ModuleHandler] = {}
+MODULES: dict[type[nn.Module] | str, ModuleHandler] = {}
+"""Module handlers by class, or by the class's qualified name (``"timm.layers.attention.Attention"``) for a
+library mdakit does not import until the model does."""
 CHANNELS_ANYWHERE: set[object] = set()
 """Ops (functions, method names, module classes) whose handler follows channels on any dim, as after a
 permute to channels-last: elementwise ops, and the ops over the channel dim (Linear, LayerNorm). Every
@@ -78,8 +80,9 @@ def register_method(*names: str, any_result: bool = False, channels_anywhere: bo
     return register
 
 
-def register_module(*types: type[nn.Module], channels_anywhere: bool = False) -> Callable[[H], H]:
-    """Register the decorated handler for ``call_module`` nodes of ``types`` and their subclasses.
+def register_module(*types: type[nn.Module] | str, channels_anywhere: bool = False) -> Callable[[H], H]:
+    """Register the decorated handler for ``call_module`` nodes of ``types`` (classes, or qualified class
+    names) and their subclasses.
 
     The tracer keeps modules of exactly these classes whole (fx leaves) so the handler sees them;
     subclasses reach it only if they are leaves anyway (torch.nn's modules, BatchNorms).
@@ -100,7 +103,8 @@ def unregister(*ops: type[nn.Module] | Callable[..., Any] | str) -> None:
     False
     """
     for op in ops:
-        table: dict = METHODS if isinstance(op, str) else MODULES if isinstance(op, type) else FUNCTIONS
+        table: dict = (MODULES if isinstance(op, type) or op in MODULES else METHODS if isinstance(op, str)
+                       else FUNCTIONS)
         if op not in table:
             raise MdakitError(f"{getattr(op, '__name__', op)!r} has no channel handler")
         del table[op]
@@ -112,9 +116,28 @@ def op_entry(node: torch.fx.Node) -> OpEntry | None:
     return FUNCTIONS.get(node.target) if node.op == "call_function" else METHODS.get(node.target)
 
 
-def handled_class(module: nn.Module) -> type[nn.Module] | None:
-    """The most derived registered class ``module`` is an instance of, if any."""
-    return next((cls for cls in type(module).__mro__ if cls in MODULES), None)
+def qualified_name(cls: type) -> str:
+    """``module.QualName`` of a class, as :func:`register_module` takes it by name.
+
+    >>> qualified_name(nn.Linear)
+    'torch.nn.modules.linear.Linear'
+    """
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def handled_class(module: nn.Module) -> type[nn.Module] | str | None:
+    """The most derived registered class (or class name) ``module`` is an instance of, if any."""
+    for cls in type(module).__mro__:
+        if cls in MODULES:
+            return cls
+        if qualified_name(cls) in MODULES:
+            return qualified_name(cls)
+    return None
+
+
+def is_registered_class(module: nn.Module) -> bool:
+    """Whether ``module``'s own class (not a base) has a handler, by class or by name."""
+    return type(module) in MODULES or qualified_name(type(module)) in MODULES
 
 
 def module_handler(module: nn.Module) -> ModuleHandler | None:

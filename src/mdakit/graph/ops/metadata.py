@@ -13,7 +13,9 @@ ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
 
 @register_method("size", "dim", any_result=True, channels_anywhere=True)
 def metadata(builder: GraphBuilder, node: torch.fx.Node) -> None:
-    """Nothing to record."""
+    """Sizes, not channels: a tensor built from them alone and parameters (a class token expanded to the
+    batch) is a constant."""
+    builder.constants.add(node.name)
 
 
 @register_function(getattr, any_result=True, channels_anywhere=True)
@@ -21,3 +23,4 @@ def attribute(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """``getattr(x, name)``: metadata, unless ``name`` is an attribute whose channels mdakit cannot follow."""
     if node.args[1] not in ATTRIBUTES:
         raise builder.unsupported(node)
+    builder.constants.add(node.name)

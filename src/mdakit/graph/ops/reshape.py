@@ -1,6 +1,7 @@
 """Reshapes: flattening channels into features, and the view into channel groups a shuffle starts with.
 
-Flattening B×C×H×W to B×(C·H·W) gives feature ``f`` the id of channel ``f // (H·W)``. A view of
+Flattening B×C×H×W to B×(C·H·W) gives feature ``f`` the id of channel ``f // (H·W)``; flattening the
+positions alone (B×C×(H·W), a patch embedding's tokens) keeps channel ``j`` as ``j``. A view of
 B×C×H×W as B×G×(C/G)×H×W splits the channels into groups (recorded in ``builder.grouped``, so a
 later transpose can be followed as a shuffle), and the view back to B×C×H×W keeps the order. A view
 or reshape with hard-coded sizes would break once channels are removed: its channels are pinned.
@@ -32,6 +33,9 @@ def flatten(builder: GraphBuilder, node: torch.fx.Node, source: torch.fx.Node) -
     if len(in_shape) == 4 and len(out_shape) == 2 and out_shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
         src = torch.arange(out_shape[1]) // (in_shape[2] * in_shape[3])
         builder.assign(node, builder.ids[source.name][src], [Edge(source.name, src)])
+        return
+    if len(in_shape) == 4 and len(out_shape) == 3 and out_shape[:2] == in_shape[:2]:
+        builder.identity(node, source)  # the positions flattened into tokens (a patch embedding), as B×C×N
         return
     if len(in_shape) == 4 and len(out_shape) == 5 and out_shape[1] * out_shape[2] == in_shape[1] \
             and out_shape[3:] == in_shape[2:]:

@@ -37,7 +37,7 @@ def chunk(builder: GraphBuilder, node: torch.fx.Node) -> None:
     builder.splits[node.name] = (source.name, [int(m.shape[1]) for m in metas], chunks if follows_width else None)
 
 
-@register_function(operator.getitem, any_result=True)
+@register_function(operator.getitem, any_result=True, channels_anywhere=True)
 def piece(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """Piece ``i`` of a chunk or split: the slice of the source's ids at its offset; or a slice of a tensor
     with channels (:func:`channel_slice`)."""
@@ -55,28 +55,37 @@ def piece(builder: GraphBuilder, node: torch.fx.Node) -> None:
 
 
 def channel_slice(builder: GraphBuilder, node: torch.fx.Node) -> None:
-    """``x[:, a:b]`` (and any slices of the spatial dims) on a tensor with channels.
+    """``x[:, a:b]`` (and any slices of the spatial dims) on a tensor with channels, or ``x[:, 0]`` (a class
+    token) and ``x[:, 1:]`` on tokens whose channels are last.
 
     The slice bounds are numbers in the model's code, so once a channel of ``x`` is removed they would
     pick other channels: every channel of ``x`` is pinned when the slice leaves any out. A slice that
     keeps every channel is a pass-through (it stops at the tensor's end, however many channels are left).
-    Bounded slices are recorded as ``unmergeable`` for the layouts that stack channels. Integer, tensor,
-    ``None`` or ``...`` indices are refused.
+    Bounded slices are recorded as ``unmergeable`` for the layouts that stack channels. Integer indices are
+    followed on the dims before channels that are not on dim 1 (the token dim); tensor, ``None`` or ``...``
+    indices are refused.
     """
     source = node.args[0]
     index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-    if not (len(index) >= 1 and all(isinstance(i, slice) for i in index) and index[0] == slice(None)
-            and all(isinstance(b, int | None) for i in index for b in (i.start, i.stop, i.step))):
+    dim = builder.channel_dim(source)
+    ints = [d for d, i in enumerate(index) if isinstance(i, int)]
+    if not (len(index) >= 1 and index[0] == slice(None)
+            and all(isinstance(i, slice) or d in ints for d, i in enumerate(index))
+            and all(isinstance(b, int | None) for i in index if isinstance(i, slice) for b in (i.start, i.stop, i.step))
+            and (not ints or (dim != 1 and dim not in ints))):
         raise MdakitError(f"unsupported op {describe(node)}: only slices along channels or the spatial "
-                          "dimensions (x[:, a:b, ...]) are followed")
+                          "dimensions (x[:, a:b, ...]), and picking tokens before channels-last, are followed")
     ids = builder.ids[source.name]
-    channel = index[1] if len(index) > 1 else slice(None)
+    channel = index[dim] if len(index) > dim else slice(None)
     positions = list(range(len(ids)))[channel]
+    new_dim = dim - sum(1 for d in ints if d < dim)
     if positions == list(range(len(ids))):
         builder.identity(node, source)  # still right once channels go: the slice stops at the tensor's end
+        builder.moved(node, new_dim)
         if channel.stop is not None:  # but not on several models' channels stacked
             builder.unmergeable[node.name] = FIXED_POSITIONS
         return
     builder.pin(ids)
     builder.unmergeable[node.name] = FIXED_POSITIONS
     builder.assign(node, ids[positions], [Edge(source.name, torch.tensor(positions, dtype=torch.long))])
+    builder.moved(node, new_dim)
