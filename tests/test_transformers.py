@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import mdakit
 from mdakit.artifacts import ModelCard, save
+from mdakit.attention import NoHeads, SelfAttention, convert_attention
 from mdakit.component_masks import LayerMask
 from mdakit.errors import MdakitError
 from mdakit.graph import trace
-from mdakit.graph.ops.attention import NoHeads
 from mdakit.surgery import MaskedModel, keep_sets, rebuild
 from mdakit.zoo import build_model
 
@@ -190,3 +190,80 @@ def test_unsupported_attention_is_one_clear_error():
 
     with pytest.raises(MdakitError, match=r"unsupported attention Attention \('1.attn'\).*gated"):
         trace(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 2, 2), Gated()), (1, 4, 4))
+
+
+def _torchvision_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(seed)
+    net = VisionTransformer(**{"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 3, "hidden_dim": 48,
+                               "mlp_dim": 96, "num_classes": 4, **kwargs}).eval()
+    torch.nn.init.normal_(net.heads.head.weight, std=0.5)  # torchvision starts the head at zero
+    return net
+
+
+def test_multihead_attention_converts_exactly_and_unconverted_is_refused_with_the_fix():
+    net = _torchvision_vit()
+    converted, paths = convert_attention(net)
+    assert paths == [f"encoder.layers.encoder_layer_{i}.self_attention" for i in range(2)]
+    assert isinstance(converted.get_submodule(paths[0]), SelfAttention)
+    assert isinstance(net.get_submodule(paths[0]), torch.nn.MultiheadAttention)  # the user's model is not touched
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), net(x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(MdakitError, match="unsupported module MultiheadAttention .*convert_attention"):
+        trace(net, (3, 16, 16))
+
+
+def test_torchvision_vit_extraction_with_heads_dropped_equals_masked_original():
+    model, _ = convert_attention(_torchvision_vit(1))
+    graph = trace(model, (3, 16, 16))
+    paths = sorted(graph.attention)
+    keep = keep_sets(graph, _masks(graph, 3, {paths[0]: [1], paths[1]: [0, 1, 2]}), [3, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        part, masked = rebuild(model, keep), MaskedModel(graph, keep)
+    assert keep.heads == {paths[0]: 2, paths[1]: 0} and isinstance(part.get_submodule(paths[1]), NoHeads)
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(part(x), masked(x), atol=1e-5, rtol=1e-4)
+    trace(part, (3, 16, 16))
+
+
+def test_a_user_built_torchvision_vit_disassembles_records_the_conversion_and_exports(tmp_path):
+    from mdakit.data import ImageTensorDataset
+
+    net = _torchvision_vit(0)
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(400, 3, 16, 16, generator=g) * torch.rand(400, 1, 1, 1, generator=g)
+    with torch.no_grad():
+        labels = net(images).argmax(1)  # self-labelled: equivalence, not accuracy
+    counts, classes = torch.bincount(labels, minlength=4).topk(2)
+    assert counts.min() >= 20
+    classes = classes.tolist()
+    data = ImageTensorDataset((images * 255).to(torch.uint8), labels)
+    part = mdakit.disassemble(net, data, classes, samples=10, latency=False)
+    assert [edit["kind"] for edit in part.card.edits][-2:] == ["attention", "keep_sets"]
+    part.save(tmp_path / "part")
+    loaded = mdakit.load(tmp_path / "part", into=_torchvision_vit(0))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), part.model(x))
+    assert mdakit.export(part, tmp_path / "part.onnx")["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["torchvision:vit_b_16", "timm:vit_base_patch16_224", "timm:deit_small_patch16_224"])
+def test_full_size_vits_extract_equal_to_the_masked_original_at_224(arch):
+    torch.manual_seed(0)
+    model, _ = convert_attention(build_model(arch, (3, 224, 224), 10).eval())
+    graph = trace(model, (3, 224, 224))
+    paths = sorted(graph.attention)
+    keep = keep_sets(graph, _masks(graph, 4, {paths[0]: [0, 1], paths[-1]: [2]}), [1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        part, masked = rebuild(model, keep), MaskedModel(graph, keep)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        want = masked(x)
+        assert (part(x) - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))

@@ -55,6 +55,7 @@ __all__ = sorted(_PUBLIC)
 
 # The built-in structural edits, imported when a model card first needs one (import mdakit stays light).
 register_edit("graph", "mdakit.graph.recorded:replay_graph")
+register_edit("attention", "mdakit.attention:replay_attention")
 register_edit("keep_sets", "mdakit.surgery:replay_keep_sets")
 register_edit("padded", "mdakit.padding:replay_padded")
 register_edit("decoupled", "mdakit.decoupling.gates:DecoupledNet.from_edit")

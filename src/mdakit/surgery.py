@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mdakit.attention import NoHeads
 from mdakit.component_masks import LayerMask
 from mdakit.edits import register_edit
 from mdakit.errors import MdakitError
 from mdakit.graph import ChannelGraph
-from mdakit.graph.ops.attention import NoHeads
 from mdakit.graph.ops.attention import rule_of as attention_rule
 
 
@@ -252,7 +252,8 @@ def rebuild(model: nn.Module, keep: KeepSets, copy_model: bool = True) -> nn.Mod
         if heads == 0:
             proj = getattr(module, rule.proj)
             outs = keep.layers[f"{name}.{rule.proj}"]["out"]
-            set_module(model, name, NoHeads(None if proj.bias is None else proj.bias[outs], len(outs)))
+            set_module(model, name, NoHeads(None if proj.bias is None else proj.bias[outs], len(outs),
+                                            rule.returns_tuple))
         else:
             rule.set_heads(module, heads)
     return model

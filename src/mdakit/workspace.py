@@ -8,6 +8,7 @@ rows (:meth:`Workspace.rows`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,19 @@ def _card_for_module(module: nn.Module, shape: list[int]) -> ModelCard:
     finally:
         module.train(was_training)
     return ModelCard(arch=None, input_shape=shape, num_classes=int(outputs), **_recorded(module, shape))
+
+
+def _heads_reachable(module: nn.Module, card: ModelCard) -> tuple[nn.Module, ModelCard]:
+    """``module`` with its ``nn.MultiheadAttention`` layers as equal, cuttable :class:`~mdakit.attention.SelfAttention`
+    ones (a copy), and a card that records the conversion; both unchanged when there is none."""
+    from mdakit.attention import EDIT_KIND, convert_attention
+
+    converted, paths = convert_attention(module)
+    if not paths:
+        return module, card
+    card = copy.deepcopy(card)
+    card.edits = [*card.edits, {"kind": EDIT_KIND, "modules": paths}]
+    return converted, card
 
 
 def _recorded(module: nn.Module, shape: list[int]) -> dict:
@@ -122,6 +136,7 @@ class Workspace:
             card = _card_for_module(module, list(input_shape) if input_shape is not None else sample_shape)
         if sample_shape != list(card.input_shape):
             raise MdakitError(f"the data's images are {sample_shape} but the model takes {list(card.input_shape)}")
+        module, card = _heads_reachable(module, card)
         return cls(module, card, train, test, label)
 
     def classes(self, spec: str | Sequence[int | str]) -> list[int]:

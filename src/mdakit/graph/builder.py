@@ -178,6 +178,7 @@ class GraphBuilder:
         self.constants: set[str] = set()
         self.order: list[str] = []
         self.attention: dict[str, AttentionSite] = {}
+        self.tuples: dict[str, dict[int, str]] = {}  # a module returning a tuple -> element index -> its node
 
     # ---------------------------------------------------------------- union-find
     def fresh(self, n: int, pinned: bool = False) -> torch.Tensor:

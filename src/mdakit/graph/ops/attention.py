@@ -13,7 +13,8 @@ pinned by the norms, not here. An attention whose heads' outputs are normalised 
 (timm's ``scale_norm``) pins its heads.
 
 Which classes are attention, and how a part sets its number of heads, is :data:`ATTENTION`, by
-qualified class name (timm is not imported until a model uses it).
+qualified class name (timm is not imported until a model uses it). ``nn.MultiheadAttention`` is not one:
+:func:`mdakit.attention.convert_attention` turns it into a :class:`~mdakit.attention.SelfAttention` first.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from mdakit.attention import NoHeads, unconvertible
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
 from mdakit.graph.channel_graph import AttentionSite, Edge, PrunableLayer
@@ -32,17 +34,20 @@ from mdakit.graph.registry import register_module
 
 HEADS_SUFFIX = "__heads"
 QKV_SUFFIX = "__qkv"
+OUT_SUFFIX = "__out"
 
 
 @dataclass(frozen=True)
 class AttentionRule:
-    """How mdakit reads one attention class: its layers' attribute names, and ``set_heads(module, n)``,
-    which makes the module's forward run ``n`` heads once its layers are sliced."""
+    """How mdakit reads one attention class: its layers' attribute names, ``set_heads(module, n)``, which makes
+    the module's forward run ``n`` heads once its layers are sliced, why a module cannot be followed (or None),
+    and whether it returns ``(output, weights)`` as ``nn.MultiheadAttention`` does."""
 
     qkv: str
     proj: str
     set_heads: Callable[[nn.Module, int], None]
     check: Callable[[nn.Module], str | None]
+    returns_tuple: bool = False
 
 
 def _timm_set_heads(module: nn.Module, heads: int) -> None:
@@ -59,8 +64,13 @@ def _timm_check(module: nn.Module) -> str | None:
     return None
 
 
+def _set_num_heads(module: nn.Module, heads: int) -> None:
+    module.num_heads = heads
+
+
 ATTENTION: dict[str, AttentionRule] = {
     "timm.layers.attention.Attention": AttentionRule("qkv", "proj", _timm_set_heads, _timm_check),
+    "mdakit.attention.SelfAttention": AttentionRule("qkv", "proj", _set_num_heads, lambda module: None, True),
 }
 
 
@@ -77,8 +87,8 @@ def attention(builder: GraphBuilder, node: torch.fx.Node, module: nn.Module) -> 
     source = builder.first_tensor(node)
     shape = tensor_shape(source)
     why = rule.check(module)
-    if why is None and (len(builder.tensor_args(node)) != 1 or shape is None or len(shape) != 3
-                        or builder.channel_dim(source) != 2):
+    if why is None and (len({a.name for a in builder.tensor_args(node)}) != 1 or shape is None or len(shape) != 3
+                        or builder.channel_dim(source) != 2 or not getattr(module, "batch_first", True)):
         why = "mdakit follows self-attention over B×tokens×channels inputs, without a traced mask"
     if why is not None:
         raise MdakitError(f"unsupported attention {type(module).__name__} ({path!r}) at {describe(node)}: {why}")
@@ -102,35 +112,40 @@ def attention(builder: GraphBuilder, node: torch.fx.Node, module: nn.Module) -> 
     builder.edges[heads_node] = [Edge(qkv_node, torch.arange(part * width, (part + 1) * width)) for part in range(3)]
     builder.channel_dims[qkv_node] = builder.channel_dims[heads_node] = 2
     builder.order[-1:-1] = [qkv_node, heads_node]  # before the module's own node, as they run
+    out_node = tuple_output(builder, node) if rule.returns_tuple else node.name
     out_ids = builder.fresh(proj.out_features)
-    builder.ids[node.name] = out_ids
-    builder.moved(node, 2)
+    builder.ids[out_node] = out_ids
+    builder.channel_dims[out_node] = 2
     builder.layers.append(PrunableLayer(site.qkv, qkv, "pointwise", qkv_node, source.name,
                                         builder.ids[source.name], qkv_ids))
-    builder.layers.append(PrunableLayer(site.proj, proj, "pointwise", node.name, heads_node, value_ids, out_ids))
+    builder.layers.append(PrunableLayer(site.proj, proj, "pointwise", out_node, heads_node, value_ids, out_ids))
     builder.attention[path] = site
     builder.unmergeable[node.name] = "attention heads of several models cannot be stacked into one module yet"
 
 
-class NoHeads(nn.Module):
-    """What an attention that lost every head computes: its output layer's bias at every token (zeros without
-    one), so the block keeps its residual path only.
-
-    >>> NoHeads(torch.tensor([1.0, 2.0]), 2)(torch.zeros(1, 3, 4)).shape
-    torch.Size([1, 3, 2])
-    """
-
-    def __init__(self, bias: torch.Tensor | None, out_features: int):
-        super().__init__()
-        self.out_features = out_features
-        self.register_buffer("bias", torch.zeros(out_features) if bias is None else bias.detach().clone())
-
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        return x[..., :1].mul(0.0).add(self.bias)
+def tuple_output(builder: GraphBuilder, node: torch.fx.Node) -> str:
+    """Record that ``node`` returns ``(output, None)``: the output is a node of the channel graph of its own
+    (``<node>__out``), which ``node[0]`` reads (:func:`mdakit.graph.ops.split.piece`)."""
+    out_node = node.name + OUT_SUFFIX
+    builder.order.append(out_node)
+    builder.tuples[node.name] = {0: out_node}
+    return out_node
 
 
 @register_module(NoHeads, channels_anywhere=True)
 def no_heads(builder: GraphBuilder, node: torch.fx.Node, module: NoHeads) -> None:
     """A constant per channel: its channels are pinned (the bias would need slicing) and read nothing."""
-    builder.assign(node, builder.fresh(module.out_features, pinned=True), [])
-    builder.moved(node, builder.channel_dim(builder.first_tensor(node)))
+    dim = builder.channel_dim(builder.first_tensor(node))
+    out_node = tuple_output(builder, node) if module.returns_tuple else node.name
+    builder.ids[out_node] = builder.fresh(module.out_features, pinned=True)
+    builder.edges[out_node] = []
+    builder.channel_dims[out_node] = dim
+
+
+@register_module(nn.MultiheadAttention, channels_anywhere=True)
+def multihead_attention(builder: GraphBuilder, node: torch.fx.Node, module: nn.MultiheadAttention) -> None:
+    """Refused, saying what to do: its input projection is a bare parameter, out of reach of hooks and slicing."""
+    why = unconvertible(module)
+    hint = (f"mdakit cannot convert it: {why}" if why else "convert it first with "
+            "mdakit.attention.convert_attention(model) (mdakit.disassemble does)")
+    raise MdakitError(f"unsupported module MultiheadAttention ({str(node.target)!r}) at node {node.name!r}: {hint}")

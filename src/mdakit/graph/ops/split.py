@@ -42,6 +42,13 @@ def piece(builder: GraphBuilder, node: torch.fx.Node) -> None:
     """Piece ``i`` of a chunk or split: the slice of the source's ids at its offset; or a slice of a tensor
     with channels (:func:`channel_slice`)."""
     container = node.args[0]
+    if container.name in builder.tuples:  # ``out, _ = attention(x, x, x)``
+        element = builder.tuples[container.name].get(int(node.args[1]))
+        if element is None:
+            raise builder.unsupported(node)
+        builder.assign(node, builder.ids[element], [Edge(element, torch.arange(len(builder.ids[element])))])
+        builder.moved(node, builder.channel_dims.get(element, 1))
+        return
     if container.name not in builder.splits:
         if container.name in builder.ids:
             channel_slice(builder, node)
