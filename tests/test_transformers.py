@@ -267,3 +267,11 @@ def test_full_size_vits_extract_equal_to_the_masked_original_at_224(arch):
     with torch.no_grad():
         want = masked(x)
         assert (part(x) - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
+
+
+def test_gradient_baseline_cuts_the_same_units(vit_dir, mnist_train):
+    train_data, _ = mnist_train
+    part = mdakit.disassemble(str(vit_dir), train_data, [0, 1], method="gradient", samples=20, latency=False)
+    widths = [b.mlp.fc1.out_features for b in part.model.net.blocks]
+    assert widths != [96, 96] and all(w > 0 for w in widths)
+    assert set(part.keep.heads) == {"net.blocks.0.attn", "net.blocks.1.attn"}

@@ -1,8 +1,10 @@
 """Gradient attribution ("Grad."), the baseline contribution attribution is compared with.
 
 For each class, on the same selected samples: the gradient of the class's logit with respect to each
-conv layer's output, ReLU, summed over positions and samples, min–max normalised over channels; a
-channel is kept when its score exceeds ``threshold`` (0.2). There is no backward accumulation: each
+conv layer's output (and each pointwise layer's: a Linear over channels-last tokens, as in a transformer's
+attention and MLP), ReLU, summed over positions and samples, min–max normalised over channels; a
+channel is kept when its score exceeds ``threshold`` (0.2); an attention head is kept with any of its rows.
+There is no backward accumulation: each
 layer is judged on its own. Linear layers other than the last keep all their units. The result is
 the same per-class mask type as contribution attribution, so extraction and assembly accept it.
 Registered as ``"gradient"`` (:class:`GradientMethod`).
@@ -46,9 +48,10 @@ class GradientSettings:
 def gradient_scores(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tensor]], rows: Mapping[int, int],
                     device: torch.device | str = "cpu", show_progress: bool = False, total: int | None = None
                     ) -> dict[int, dict[str, torch.Tensor]]:
-    """Per class and conv layer, ``Σ_samples Σ_positions ReLU(∂ logit / ∂ output)`` per channel."""
+    """Per class and conv (or pointwise) layer, ``Σ_samples Σ_positions ReLU(∂ logit / ∂ output)`` per channel."""
     model = graph.model.eval().to(device)
-    convs = [layer for layer in graph.layers if layer.kind == "conv"]
+    convs = [layer for layer in graph.layers if layer.kind in ("conv", "pointwise")]
+    kinds = {layer.name: layer.kind for layer in convs}
     outputs: dict[str, torch.Tensor] = {}
 
     def keep_output(name: str):
@@ -67,7 +70,9 @@ def gradient_scores(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tens
                 grads = torch.autograd.grad(logits[:, rows[cls]].sum(), [outputs[n] for n in names])
             class_scores = scores.setdefault(cls, {})
             for name, grad in zip(names, grads):
-                s = grad.detach().clamp(min=0).sum(dim=(0, 2, 3)).cpu()
+                positive = grad.detach().clamp(min=0)
+                s = (positive.sum(dim=(0, 2, 3)) if kinds[name] == "conv"
+                     else positive.flatten(0, -2).sum(0)).cpu()  # pointwise: channels last
                 class_scores[name] = class_scores[name] + s if name in class_scores else s
     finally:
         for h in handles:
