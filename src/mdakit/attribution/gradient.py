@@ -4,9 +4,9 @@ For each class, on the same selected samples: the gradient of the class's logit 
 conv layer's output (and each pointwise layer's: a Linear over channels-last tokens, as in a transformer's
 attention and MLP), ReLU, summed over positions and samples, min–max normalised over channels; a
 channel is kept when its score exceeds ``threshold`` (0.2); an attention head is kept with any of its rows.
-There is no backward accumulation: each
-layer is judged on its own. Linear layers other than the last keep all their units. The result is
-the same per-class mask type as contribution attribution, so extraction and assembly accept it.
+There is no backward accumulation: each layer is judged on its own. Linear layers on B×features other than
+the last keep all their units. The result is the same per-class mask type as contribution attribution, so
+extraction and assembly accept it.
 Registered as ``"gradient"`` (:class:`GradientMethod`).
 """
 
