@@ -275,3 +275,22 @@ def test_gradient_baseline_cuts_the_same_units(vit_dir, mnist_train):
     widths = [b.mlp.fc1.out_features for b in part.model.net.blocks]
     assert widths != [96, 96] and all(w > 0 for w in widths)
     assert set(part.keep.heads) == {"net.blocks.0.attn", "net.blocks.1.attn"}
+
+
+def test_ood_gate_reads_vit_features_pooled_over_tokens(vit_dir, mnist_train, mnist_test):
+    from mdakit.graph.features import with_features
+
+    model = mdakit.load(vit_dir)
+    both, layers = with_features(model, SHAPE)
+    logits, features = both(torch.zeros(2, *SHAPE))
+    assert layers == ["net.patch_embed.proj", "net.blocks.0.mlp.fc1", "net.blocks.0.mlp.fc2", "net.blocks.1.mlp.fc1",
+                      "net.blocks.1.mlp.fc2", "net.head"]
+    assert [tuple(f.shape) for f in features] == [(2, 48), (2, 96), (2, 48), (2, 96), (2, 48), (2, 48)]
+    train_data, _ = mnist_train
+    parts = [mdakit.disassemble(str(vit_dir), train_data, classes, samples=20, latency=False)
+             for classes in ([0], [1])]
+    gated, _ = mdakit.assemble(parts, rescale="ood", data=[train_data, train_data])
+    images = torch.stack([mnist_test[0][i][0] for i in range(4)])
+    with torch.no_grad():
+        out = gated.eval()(images)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(4))  # one log-probability per class
