@@ -1,6 +1,6 @@
 """Assembly benchmark (seed Tables 2 and 5): MNIST + Fashion-MNIST parts joined into one classifier.
 
-    .venv/bin/python benchmarks/assembly.py [--archs lenet5 vgg16] [--seed 0]
+    .venv/bin/python benchmarks/assembly.py [--archs lenet5 vgg16] [--seed 0] [--no-extras]
 
 For each architecture and pair of class sets, one part is cut from the MNIST model and one from the
 Fashion-MNIST model (runs/zoo/) by each attribution method — contribution with the paper's thresholds,
@@ -351,6 +351,7 @@ def main() -> None:
     parser.add_argument("--archs", nargs="*", default=["lenet5", "vgg16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the saved JSON")
+    parser.add_argument("--no-extras", action="store_true", help="skip adding classes and three parts")
     args = parser.parse_args()
     previous = ROOT / "benchmarks" / "results" / "assembly.json"
     if args.report_only:
@@ -358,14 +359,14 @@ def main() -> None:
         return
     here = environment()
     rows = [{**r, "environment": here} for r in run(args.archs, args.seed)]
-    extras = [{**r, "environment": here} for r in run_extras(args.archs, args.seed)]
+    extras = [] if args.no_extras else [{**r, "environment": here} for r in run_extras(args.archs, args.seed)]
     if previous.is_file():  # keep the rows of the architectures not rerun this time, with where they ran
         old = json.loads(previous.read_text())
         kept = [{"environment": old["environment"], **r} for r in old["cells"] if r["arch"] not in args.archs]
         order = {arch: i for i, arch in enumerate(["lenet5", "vgg16", "resnet50", "googlenet"])}
         rows = sorted(kept + rows, key=lambda r: order.get(r["arch"], len(order)))
         extras = [{"environment": old["environment"], **r} for r in old.get("extras", [])
-                  if r["arch"] not in args.archs] + extras
+                  if args.no_extras or r["arch"] not in args.archs] + extras
     results = {"environment": here, "seed": args.seed, "cells": rows, "extras": extras}
     write_json("assembly", results)
     print(render(results))
