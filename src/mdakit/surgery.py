@@ -95,7 +95,7 @@ def round_widths(graph: ChannelGraph, keep: torch.Tensor, multiple: int) -> torc
     check_width_multiple(multiple)
     keep = keep.clone()
     changed = multiple > 1
-    heads_of = {site.qkv for site in graph.attention.values()}  # whole heads are the unit there
+    heads_of = graph.head_layers  # whole heads are the unit there
     while changed:
         changed = False
         for layer in graph.layers:
@@ -128,7 +128,7 @@ def keep_sets(graph: ChannelGraph, masks: Mapping[str, LayerMask], rows: Sequenc
     if not rows or len(set(rows)) != len(rows) or not all(0 <= r < out_size for r in rows):
         raise MdakitError(f"logit rows must be distinct values in 0..{out_size - 1}, got {rows}")
     keep = kept_groups(graph, masks)
-    heads_of = {site.qkv for site in graph.attention.values()}
+    heads_of = graph.head_layers
     for layer in graph.layers:
         if layer is graph.output_layer or layer.name in heads_of:  # an attention may lose every head
             continue

@@ -167,6 +167,11 @@ class ChannelGraph:
     attention: dict[str, AttentionSite] = field(default_factory=dict)
     """Attention modules (path -> site) whose heads are kept or removed whole."""
 
+    @property
+    def head_layers(self) -> set[str]:
+        """The ``qkv`` layers of the attention modules: their unit is a whole head, not a row."""
+        return {site.qkv for site in self.attention.values()}
+
     def find(self, i: int) -> int:
         """The representative of channel id ``i``'s coupled group."""
         return find_root(self.parent, i)

@@ -30,7 +30,7 @@ from mdakit.attention import NoHeads, unconvertible
 from mdakit.errors import MdakitError
 from mdakit.graph.builder import GraphBuilder, describe, tensor_shape
 from mdakit.graph.channel_graph import AttentionSite, Edge, PrunableLayer
-from mdakit.graph.registry import register_module
+from mdakit.graph.registry import qualified_name, register_module
 
 HEADS_SUFFIX = "__heads"
 QKV_SUFFIX = "__qkv"
@@ -76,7 +76,7 @@ ATTENTION: dict[str, AttentionRule] = {
 
 def rule_of(module: nn.Module) -> AttentionRule | None:
     """The attention rule of ``module``'s class, if it has one."""
-    return ATTENTION.get(f"{type(module).__module__}.{type(module).__qualname__}")
+    return ATTENTION.get(qualified_name(type(module)))
 
 
 @register_module(*ATTENTION, channels_anywhere=True)
