@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from mdakit.zoo import available
+from mdakit.zoo import available, is_detector
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -255,10 +255,10 @@ def input_dependent_gates(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def zoo_params(slow: Collection[str] = (), exclude: Collection[str] = ()) -> list:
-    """Every architecture of the zoo registry but ``exclude`` as a pytest parameter, those in ``slow``
-    marked slow."""
+    """Every classifier of the zoo registry but ``exclude`` as a pytest parameter, those in ``slow`` marked
+    slow (the detectors have tests of their own, tests/test_detectors.py)."""
     return [pytest.param(arch, marks=pytest.mark.slow) if arch in slow else arch
-            for arch in available() if arch not in exclude]
+            for arch in available() if arch not in exclude and not is_detector(arch)]
 
 
 class ChannelsLastLayerNorm(nn.LayerNorm):

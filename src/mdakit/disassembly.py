@@ -28,6 +28,7 @@ from mdakit.calibration import calibrated_masks, calibration_plan, check_calibra
 from mdakit.component_masks import ComponentMasks
 from mdakit.data import ClassSubset, parse_classes
 from mdakit.distributed import World
+from mdakit.errors import MdakitError
 from mdakit.evaluate import evaluate_logits, predict_logits
 from mdakit.graph import ChannelGraph, trace
 from mdakit.latency import LatencySettings, compare_latency, latency_settings
@@ -35,6 +36,7 @@ from mdakit.metrics import model_size
 from mdakit.profiling import measure
 from mdakit.surgery import KeepSets, apply_kernel_masks, check_width_multiple, keep_sets, rebuild
 from mdakit.workspace import Workspace
+from mdakit.zoo import is_detector
 
 
 @dataclass
@@ -235,6 +237,17 @@ def disassemble(model: nn.Module | str | Path, data: Dataset | DataLoader | str 
     check_width_multiple(width_multiple)
     source = Workspace.open(model, data, test_data, input_shape, data_dir)
     class_list = parse_classes(classes, source.card.class_names)
+    if is_detector(source.card.arch):
+        from mdakit.detection.disassembly import disassemble_detector
+
+        if budget is not None or kernel_masks:
+            raise MdakitError("a detector's part is cut by calibrated or given thresholds; a budget and kernel "
+                              "masks are not available for detectors")
+
+        return disassemble_detector(source, class_list, method, samples=samples, settings=settings,
+                                    thresholds=thresholds, thresholds_given=thresholds_given, calibrate=calibrate,
+                                    seed=seed, device=device,
+                                    latency=latency, width_multiple=width_multiple)
     masks, graph, cost = compute_masks(source, class_list, method, samples, settings, seed, device,
                                        calibrate=calibrate, show_progress=show_progress, thresholds=thresholds,
                                        thresholds_given=thresholds_given, budget=budget,

@@ -5,7 +5,8 @@ Every model built here is ``nn.Sequential(normalize=Normalize(...), net=<body>)`
 datasets with different statistics can share one raw input.
 
 Names: ``lenet5``, ``vgg16``, ``resnet20``, ``resnet56``, ``resnet50``, ``googlenet``, ``vit`` (a small
-vision transformer) and
+vision transformer), the detector ``fcos-lite`` (its output is a dense map of boxes and class logits,
+:mod:`mdakit.detection.model`) and
 ``torchvision:<name>`` for any torchvision classification model (first convolution adapted to the
 input channels) and ``timm:<name>`` for any timm model (architecture only, built with the dataset's
 input channels and class count; weights come from ``mdakit import``).
@@ -219,6 +220,30 @@ def vit(input_shape: Sequence[int], num_classes: int, patch: int = 4, width: int
                              mlp_ratio=mlp_ratio, global_pool="token")
 
 
+@register("fcos-lite")
+def fcos_lite(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Module:
+    """A compact anchor-free detector (:class:`~mdakit.detection.model.AnchorFreeDetector`): one dense map of
+    4 box channels and one logit per class at stride 4, for the detection canvases (``det-mnist``, ...)."""
+    from mdakit.detection.model import AnchorFreeDetector
+
+    if input_shape[1] % 8 or input_shape[2] % 8:
+        raise MdakitError(f"fcos-lite: the image {input_shape[1]}×{input_shape[2]} is not a multiple of 8 pixels")
+    return AnchorFreeDetector(input_shape[0], num_classes, width)
+
+
+DETECTORS = frozenset({"fcos-lite"})
+"""The zoo architectures that are detectors: their output is a dense map (:mod:`mdakit.detection.model`)."""
+
+
+def is_detector(arch: str | None) -> bool:
+    """Whether ``arch`` names a zoo detector.
+
+    >>> is_detector("fcos-lite"), is_detector("lenet5")
+    (True, False)
+    """
+    return arch in DETECTORS
+
+
 def _adapt_first_conv(net: nn.Module, in_channels: int) -> None:
     for name, module in net.named_modules():
         if isinstance(module, nn.Conv2d):
@@ -313,5 +338,11 @@ def _check_runs(model: nn.Module, arch: str, shape: tuple[int, ...], num_classes
         raise MdakitError(f"{arch} cannot take inputs of shape {list(shape)}: {message}") from exc
     finally:
         model.train(was_training)
+    if is_detector(arch):
+        from mdakit.detection.model import BOX_CHANNELS
+
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != BOX_CHANNELS + num_classes:
+            raise MdakitError(f"{arch} does not return a map of {BOX_CHANNELS} box channels and one per class")
+        return
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         raise MdakitError(f"{arch} does not return one logit per class for inputs of shape {list(shape)}")

@@ -64,7 +64,8 @@ def attributed_layers(graph: ChannelGraph, layers: int | None) -> list[PrunableL
     return graph.layers if layers is None else graph.layers[-layers:]
 
 
-def _row_sign(graph: ChannelGraph, layer: PrunableLayer) -> torch.Tensor | None:
+def row_sign(graph: ChannelGraph, layer: PrunableLayer) -> torch.Tensor | None:
+    """±1 per output row of ``layer``: -1 where the BatchNorm after it flips the row's sign (negative gamma)."""
     if layer.bn_after is None:
         return None
     bn = graph.model.get_submodule(layer.bn_after)
@@ -95,7 +96,7 @@ def iter_class_sums(graph: ChannelGraph, batches: Iterable[tuple[int, torch.Tens
     """
     model = graph.model.eval().to(device)
     current: dict[str, torch.Tensor] = {}
-    signs = {layer.name: _row_sign(graph, layer) for layer in layers}
+    signs = {layer.name: row_sign(graph, layer) for layer in layers}
 
     def hook(name: str):
         def fn(module: nn.Module, args: tuple) -> None:
@@ -171,9 +172,10 @@ def head_counts(counts: torch.Tensor, head_dim: int) -> torch.Tensor:
     return counts.view(-1, head_dim).mean(1).repeat_interleave(head_dim)
 
 
-def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
+def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int | Sequence[int],
                 settings: ContributionSettings) -> dict[str, LayerMask]:
-    """Walk back from logit ``row`` and threshold the class's contributions (Eq. 7–10)."""
+    """Walk back from logit ``row`` and threshold the class's contributions (Eq. 7–10). ``row`` may be several
+    output rows needed together (a detector's class row and its box rows)."""
     attributed = set(sums)
     record: dict[str, LayerMask] = {}
     heads = {site.proj: site for site in graph.attention.values()}
@@ -196,8 +198,9 @@ def class_masks(graph: ChannelGraph, sums: Mapping[str, torch.Tensor], row: int,
         record[layer.name] = LayerMask(kernels, inputs, needed_out.clone())
         return inputs
 
-    out_size = graph.output_layer.out_size
-    graph.walk_back(torch.nn.functional.one_hot(torch.tensor(row), out_size).bool(), rule)
+    start = torch.zeros(graph.output_layer.out_size, dtype=torch.bool)
+    start[torch.as_tensor(row, dtype=torch.long)] = True
+    graph.walk_back(start, rule)
     for layer in graph.layers:  # layers no needed path reaches
         record.setdefault(layer.name, LayerMask(torch.zeros(layer.out_size, layer.in_size, dtype=torch.bool),
                                                 torch.zeros(layer.in_size, dtype=torch.bool),
@@ -221,7 +224,7 @@ def class_sums(graph: ChannelGraph, dataset: Dataset, samples: Mapping[int, torc
 
 
 def masks_from_sums(graph: ChannelGraph, sums: Mapping[int, Mapping[str, torch.Tensor]]
-                    | Iterable[tuple[int, Mapping[str, torch.Tensor]]], rows: Mapping[int, int],
+                    | Iterable[tuple[int, Mapping[str, torch.Tensor]]], rows: Mapping[int, int | Sequence[int]],
                     settings: ContributionSettings) -> ComponentMasks:
     """Threshold per-class sums (a dict, or ``(class, sums)`` pairs as they stream in) into masks.
 

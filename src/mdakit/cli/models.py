@@ -39,8 +39,9 @@ def _trained_card(arch: str, info: DatasetInfo, config: TrainConfig, result: Any
     card = ModelCard.for_dataset(arch, info)
     card.training = {"config": vars(config), "result": result.to_dict(), "device": str(device),
                      "command": " ".join(["mdakit", *sys.argv[1:]]) if sys.argv else "", **_environment()}
-    card.metrics = {"test_accuracy": evaluation.accuracy, "val_accuracy": result.best_val_accuracy,
-                    "per_class_test_accuracy": evaluation.per_class_accuracy, **size}
+    if evaluation is not None:
+        card.metrics = {"test_accuracy": evaluation.accuracy, "val_accuracy": result.best_val_accuracy,
+                        "per_class_test_accuracy": evaluation.per_class_accuracy, **size}
     return card
 
 
@@ -51,6 +52,8 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
               batch_size: int = 128, val_fraction: float = 0.1, seed: SeedOpt = 0,
               optimizer: Annotated[str, typer.Option(help="sgd, or adamw (for vision transformers).")] = "sgd",
               train_subset: Annotated[int | None, typer.Option(help="Train on N images (stratified).")] = None,
+              option: Annotated[list[str] | None, typer.Option(
+                  help="An architecture option KEY=VALUE (repeatable), e.g. width=64 for fcos-lite.")] = None,
               device: DeviceOpt = "cpu", data_dir: DataDirOpt = None, force: ForceOpt = False,
               as_json: JsonOpt = False) -> None:
     """Train a zoo model on a dataset, evaluate it on the test split and save it."""
@@ -63,7 +66,7 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
     from mdakit.seeding import resolve_device
     from mdakit.train import TrainConfig
     from mdakit.train import train as train_model
-    from mdakit.zoo import build_model
+    from mdakit.zoo import build_model, is_detector
 
     check_out(out, force)
     dev = resolve_device(device)
@@ -73,15 +76,74 @@ def train_cmd(arch: Annotated[str, typer.Option(help="Zoo architecture or torchv
     config.validate()
     train_data, info = load_dataset(dataset, "train", data_dir)
     test_data, _ = load_dataset(dataset, "test", data_dir)
+    check_task(arch, info)
+    arch_kwargs = arch_options(option or [])
     torch.manual_seed(seed)
-    model = build_model(arch, info.input_shape, info.num_classes, info.mean, info.std)
+    model = build_model(arch, info.input_shape, info.num_classes, info.mean, info.std, **arch_kwargs)
+    if is_detector(arch):
+        _train_detector(model, arch, info, config, train_data, test_data, dev, out, force, as_json, arch_kwargs)
+        return
     result = train_model(model, train_data, config, device=dev)
     evaluation = evaluate(model, test_data, list(range(info.num_classes)), device=dev, show_progress=True)
     size = model_size(model.cpu(), info.input_shape)
     card = _trained_card(arch, info, config, result, evaluation, size, dev)
+    card.arch_kwargs = arch_kwargs
     save(model, out, card, force=force)
     emit(as_json, {"out": str(out), "metrics": card.metrics, "training": card.training},
          tables.training_table(f"{arch} on {info.name}", evaluation.accuracy, result, size))
+
+
+def arch_options(pairs: list[str]) -> dict[str, Any]:
+    """``["width=64", "mlp_ratio=2.5"]`` as keyword arguments of the architecture (ints, floats, else strings).
+
+    >>> arch_options(["width=64", "pool=token"])
+    {'width': 64, 'pool': 'token'}
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MdakitError(f"an architecture option is KEY=VALUE, got {pair!r}")
+        for kind in (int, float):
+            try:
+                options[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key.strip()] = value
+    return options
+
+
+def check_task(arch: str | None, info: DatasetInfo) -> None:
+    """Refuse a detector on a classification dataset and a classifier on a detection dataset."""
+    from mdakit.zoo import is_detector
+
+    detection = info.extra.get("task") == "detection"
+    if detection != is_detector(arch):
+        what = "a detection" if detection else "a classification"
+        needs = "a detector (fcos-lite)" if detection else "a classifier"
+        raise MdakitError(f"{info.name} is {what} dataset: it needs {needs}, not {arch or 'a user-built module'}")
+
+
+def _train_detector(model: Any, arch: str, info: DatasetInfo, config: TrainConfig, train_data: Any, test_data: Any,
+                    dev: torch.device, out: Path, force: bool, as_json: bool, arch_kwargs: dict[str, Any]) -> None:
+    """``mdakit train`` of a zoo detector: mAP on the test canvases instead of accuracy."""
+    from mdakit.artifacts import save
+    from mdakit.detection.evaluate import evaluate_detector
+    from mdakit.detection.train import train_detector
+    from mdakit.metrics import model_size
+
+    result = train_detector(model, train_data, config, device=dev)
+    evaluation = evaluate_detector(model, test_data, list(range(info.num_classes)), device=dev, show_progress=True)
+    size = model_size(model.cpu(), info.input_shape)
+    card = _trained_card(arch, info, config, result, None, size, dev)
+    card.arch_kwargs = arch_kwargs
+    card.metrics = {"test_map_50": evaluation["map_50"], "test_map": evaluation["map"],
+                    "val_map_50": result.best_val_accuracy, "test_images": evaluation["images"], **size}
+    save(model, out, card, force=force)
+    emit(as_json, {"out": str(out), "metrics": card.metrics, "training": card.training},
+         tables.detector_training_table(f"{arch} on {info.name}", evaluation, result, size))
 
 
 def _eval_assembled(model_path: Path, device: torch.device, data_dir: Path | None, as_json: bool) -> None:
@@ -107,6 +169,7 @@ def eval_cmd(model_path: ModelArg,
     from mdakit.metrics import model_size
     from mdakit.seeding import resolve_device
     from mdakit.workspace import model_split
+    from mdakit.zoo import is_detector
 
     dev = resolve_device(device)
     if is_assembled(model_path):
@@ -120,12 +183,29 @@ def eval_cmd(model_path: ModelArg,
     if name is None:
         raise MdakitError("the model card names no dataset: pass --dataset")
     test_data, info = model_split(card, "test", name, data_dir)
+    check_task(card.arch, info)
     chosen = parse_classes(classes, info.class_names) if classes is not None else None
+    if is_detector(card.arch):
+        _eval_detector(model, card, test_data, info, chosen, model_path, dev, as_json)
+        return
     evaluation = evaluate(model, test_data, card.logit_classes, chosen, restrict_logits, device=dev, show_progress=True)
     size = model_size(model.cpu(), card.input_shape)
     title = f"{model_path} on {info.name} test" + (" (restricted logits)" if restrict_logits else "")
     emit(as_json, {"model": str(model_path), "dataset": info.name, **evaluation.to_dict(), **size},
          tables.evaluation_table(title, evaluation, info.class_names, size))
+
+
+def _eval_detector(model: Any, card: ModelCard, test_data: Any, info: DatasetInfo, chosen: list[int] | None,
+                   model_path: Path, dev: torch.device, as_json: bool) -> None:
+    """``mdakit eval`` of a detector: mAP on the test canvases for its classes (or ``chosen``, restricted)."""
+    from mdakit.detection.evaluate import evaluate_detector
+    from mdakit.metrics import model_size
+
+    evaluation = evaluate_detector(model, test_data, card.logit_classes, chosen, device=dev, show_progress=True)
+    size = model_size(model.cpu(), card.input_shape)
+    classes = chosen if chosen is not None else card.logit_classes
+    emit(as_json, {"model": str(model_path), "dataset": info.name, "classes": classes, **evaluation, **size},
+         tables.detector_evaluation_table(f"{model_path} on {info.name} test", evaluation, classes, size))
 
 
 def _info_assembled(model_path: Path, as_json: bool) -> None:

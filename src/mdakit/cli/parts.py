@@ -69,8 +69,9 @@ def disassemble_cmd(model_path: ModelArg, classes: ClassesOpt,
     part.save(out, force=force)
     title = f"part of {model_path} for classes {part.report['classes']} ({method})"
     macs = part.report["part_size"]["macs"] / part.report["original_size"]["macs"]
+    shown = tables.detector_part_table if part.report.get("task") == "detection" else tables.part_table
     emit(as_json, {"out": str(out), **part.report},
-         tables.with_latency(tables.part_table(title, part.report, out), part.report, macs))
+         tables.with_latency(shown(title, part.report, out), part.report, macs))
 
 
 def masks_cmd(model_path: ModelArg, classes: ClassesOpt,

@@ -46,6 +46,24 @@ def training_table(title: str, test_accuracy: float, result: Any, size: Mapping[
     return built
 
 
+def detector_training_table(title: str, evaluation: Mapping[str, Any], result: Any, size: Mapping[str, int]) -> Table:
+    """``mdakit train`` of a detector: test mAP, held-out mAP@0.5, best epoch, size and time."""
+    built = table(title, "test mAP@0.5", "test mAP", "val mAP@0.5", "best epoch", "params", "MACs", "train time")
+    built.add_row(pct(evaluation["map_50"]), pct(evaluation["map"]), pct(result.best_val_accuracy),
+                  str(result.best_epoch), _count(size["params"]), _count(size["macs"]), f"{result.seconds:.0f} s")
+    return built
+
+
+def detector_evaluation_table(title: str, evaluation: Mapping[str, Any], classes: Sequence[int],
+                              size: Mapping[str, int]) -> Table:
+    """``mdakit eval`` of a detector: mAP over its classes."""
+    built = table(title, "classes", "mAP@0.5", "mAP@[.5:.95]", "objects",
+                  caption=f"{evaluation['images']} canvases; {size['params']:,} params, {size['macs']:,} MACs")
+    built.add_row(", ".join(str(c) for c in classes), pct(evaluation["map_50"]), pct(evaluation["map"]),
+                  str(evaluation["objects"]))
+    return built
+
+
 def evaluation_table(title: str, evaluation: Any, class_names: Sequence[str], size: Mapping[str, int]) -> Table:
     """``mdakit eval``: accuracy per class and overall."""
     built = table(title, "class", "accuracy", right=["accuracy"],
@@ -120,6 +138,20 @@ def part_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
     built.add_row("original, restricted logits", pct(report["original_restricted_accuracy"]), "", "", "")
     built.add_row("part", pct(report["part_accuracy"]), f"{psz['params']:,} ({psz['params'] / osz['params']:.1%})",
                   _count(psz["nonzero_params"]), f"{psz['macs']:,} ({psz['macs'] / osz['macs']:.1%})")
+    return built
+
+
+def detector_part_table(title: str, report: Mapping[str, Any], out: Path) -> Table:
+    """``mdakit disassemble`` of a detector: the original restricted to the part's classes against the part."""
+    osz, psz = report["original_size"], report["part_size"]
+    built = table(title, "model", "mAP@0.5", "mAP@[.5:.95]", "params", "MACs",
+                  caption=f"{threshold_line(report)}; {report.get('test_images', 0)} test canvases, "
+                          f"{report.get('test_objects', 0)} objects of these classes; saved to {out}")
+    built.add_row("original, restricted to the classes", pct(report["original_restricted_map_50"]),
+                  pct(report["original_restricted_map"]), _count(osz["params"]), _count(osz["macs"]))
+    built.add_row("part", pct(report["part_map_50"]), pct(report["part_map"]),
+                  f"{psz['params']:,} ({psz['params'] / osz['params']:.1%})",
+                  f"{psz['macs']:,} ({psz['macs'] / osz['macs']:.1%})")
     return built
 
 

@@ -6,10 +6,11 @@ integer labels; models carry their own normalisation (see :mod:`mdakit.zoo`).
 Datasets are registered by name (:mod:`mdakit.data.registry`); the built-in ones
 (:mod:`mdakit.data.builtin`) are ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100`` and
 ``imagefolder:PATH`` (a tree ``PATH/train/<class>/*`` and ``PATH/test/<class>/*``, or ``val``
-instead of ``test``). Add one with :func:`register_dataset` on its loader.
+instead of ``test``), and the detection canvases ``det-mnist``, ``det-fashion-mnist`` and
+``det-mnist-fashion`` (:mod:`mdakit.data.canvas`). Add one with :func:`register_dataset` on its loader.
 
 >>> sorted(BUILTIN)
-['cifar10', 'cifar100', 'fashion-mnist', 'mnist']
+['cifar10', 'cifar100', 'det-fashion-mnist', 'det-mnist', 'det-mnist-fashion', 'fashion-mnist', 'mnist']
 """
 
 from mdakit.data import builtin  # noqa: F401  (registers the built-in datasets)
