@@ -224,3 +224,57 @@ def test_fetching_a_canvas_dataset_fetches_its_sources(tmp_path, data_dir):
         shutil.copytree(data_dir / folder, tmp_path / folder)
     assert mdata.fetch("det-mnist-fashion", tmp_path) == tmp_path
     assert len(mdata.load_dataset("det-mnist-fashion", "test", tmp_path)[0]) == 2000
+
+
+@pytest.fixture(scope="module")
+def tiny_detector_dir(tmp_path_factory, data_dir):
+    """A width-16 fcos-lite trained for three epochs on 4,000 det-mnist canvases, saved as a model file."""
+    from mdakit.artifacts import ModelCard, save
+    from mdakit.detection.train import train_detector
+    from mdakit.train import TrainConfig
+
+    train_data, info = mdata.load_dataset("det-mnist", "train", data_dir)
+    torch.manual_seed(0)
+    model = build_model("fcos-lite", info.input_shape, info.num_classes, info.mean, info.std, width=16)
+    train_detector(model, train_data, TrainConfig(epochs=3, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
+                                                  batch_size=32, train_subset=4000), show_progress=False)
+    return save(model, tmp_path_factory.mktemp("det") / "tiny-det",
+                ModelCard.for_dataset("fcos-lite", info, arch_kwargs={"width": 16}))
+
+
+def test_disassembling_a_trained_detector_through_the_api(tiny_detector_dir, tmp_path, data_dir):
+    import mdakit
+
+    part = mdakit.disassemble(tiny_detector_dir, "det-mnist", "0,1", samples=20)
+    report = part.report
+    assert report["task"] == "detection" and report["classes"] == [0, 1]
+    assert report["part_size"]["macs"] < report["original_size"]["macs"]
+    calibration = report["calibration"]
+    assert calibration["tolerance_points"] == 1.0 and calibration["holdout_images"] == 500
+    if calibration["met"]:
+        assert calibration["holdout_accuracy"] >= calibration["reference_accuracy"] - 0.01
+    assert 0.0 < report["part_map_50"] <= 1.0 and report["test_objects"] > 0
+    saved = part.save(tmp_path / "part")
+    loaded = mdakit.load(saved)
+    images = torch.stack([mdata.load_dataset("det-mnist", "test", data_dir)[0][i][0] for i in range(4)])
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), part.model(images), atol=1e-6)
+    masked = MaskedModel(trace(mdakit.load(tiny_detector_dir).eval(), SHAPE), part.keep).eval()
+    with torch.no_grad():
+        assert (part.model(images) - masked(images)).abs().max() <= 1e-4
+
+
+def test_detector_commands_disassemble_and_evaluate(tiny_detector_dir, tmp_path, capsys, data_dir):
+    import json
+
+    out = tmp_path / "part"
+    assert run(["disassemble", str(tiny_detector_dir), "--classes", "1", "--samples", "10", "--no-latency",
+                "--thresholds", "paper", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["thresholds"] == "the paper's thresholds" and report["calibration"] is None
+    assert run(["eval", str(out), "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["classes"] == [1] and evaluation["map_50"] == pytest.approx(report["part_map_50"])
+    assert run(["disassemble", str(tiny_detector_dir), "--classes", "1", "--method", "gradient",
+                "--out", str(tmp_path / "g")]) == 2
+    assert "contribution attribution only" in capsys.readouterr().err
