@@ -278,3 +278,75 @@ def test_detector_commands_disassemble_and_evaluate(tiny_detector_dir, tmp_path,
     assert run(["disassemble", str(tiny_detector_dir), "--classes", "1", "--method", "gradient",
                 "--out", str(tmp_path / "g")]) == 2
     assert "contribution attribution only" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def garment_detector_dir(tmp_path_factory, data_dir):
+    """An untrained width-8 fcos-lite for det-fashion-mnist (its scores are noise: enough to join)."""
+    from mdakit.artifacts import ModelCard, save
+
+    info = mdata.dataset_info("det-fashion-mnist")
+    torch.manual_seed(3)
+    model = _randomised(build_model("fcos-lite", info.input_shape, info.num_classes, info.mean, info.std, width=8))
+    return save(model, tmp_path_factory.mktemp("det") / "garments",
+                ModelCard.for_dataset("fcos-lite", info, arch_kwargs={"width": 8}))
+
+
+@pytest.fixture(scope="module")
+def digit_part(tiny_detector_dir):
+    import mdakit
+
+    return mdakit.disassemble(tiny_detector_dir, "det-mnist", "0,1", samples=10, thresholds="paper")
+
+
+def test_an_assembly_of_detectors_stacks_their_maps(digit_part, garment_detector_dir, det_train):
+    from mdakit.artifacts import load
+    from mdakit.detection.assembly import assemble_detectors
+
+    joined = assemble_detectors([digit_part, garment_detector_dir], rescale="none")
+    garments = load(garment_detector_dir)
+    images = torch.stack([det_train[i][0] for i in range(4)])
+    with torch.no_grad():
+        want = torch.cat([digit_part.model(images), garments(images)], 1)
+        assert torch.equal(joined.model(images), want)
+    assert [c["name"] for c in joined.classes][:3] == ["det-mnist:0", "det-mnist:1", "det-fashion-mnist:T-shirt/top"]
+    found = joined.detections(images)[0]
+    own = detect(digit_part.model(images), 64, [0, 1])[0]
+    digits = found["labels"] < 2
+    assert torch.equal(found["boxes"][digits][:len(own["boxes"])], own["boxes"][:int(digits.sum())])
+
+
+def test_a_calibrated_detector_assembly_saves_loads_and_evaluates(digit_part, garment_detector_dir, tmp_path,
+                                                                  det_train):
+    from mdakit.detection.assembly import assemble_detectors, evaluate_detector_assembly, load_detector_assembly
+
+    joined = assemble_detectors([digit_part, garment_detector_dir], fit_canvases=60)
+    assert (joined.model.scale > 0).all() and joined.fit["canvases"] == 120
+    loaded = load_detector_assembly(joined.save(tmp_path / "joined"))
+    images = torch.stack([det_train[i][0] for i in range(4)])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(images), joined.model(images), atol=1e-6)
+    report = evaluate_detector_assembly(loaded)
+    assert report["assembled"]["images"] == 4000 and report["mixed"]["dataset"] == "det-mnist-fashion"
+    assert report["originals"][0]["map_50"] > 0 and "originals_mean_map_50" in report
+
+
+def test_detector_parts_assemble_on_the_command_line(digit_part, garment_detector_dir, tmp_path, capsys):
+    part = digit_part.save(tmp_path / "digits")
+    assert run(["assemble", str(part), str(garment_detector_dir), "--layout", "padded", "--out",
+                str(tmp_path / "p")]) == 2
+    assert "parallel layout only" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    assert run(["assemble", str(part), str(garment_detector_dir), "--rescale", "paper", "--out",
+                str(tmp_path / "q")]) == 2
+    assert "rescale must be one of calibrated, none" in capsys.readouterr().err
+
+
+def test_an_assembled_detector_is_evaluated_by_the_eval_command(digit_part, garment_detector_dir, tmp_path, capsys):
+    import json
+
+    from mdakit.detection.assembly import assemble_detectors
+
+    saved = assemble_detectors([digit_part, garment_detector_dir], rescale="none").save(tmp_path / "joined")
+    assert run(["eval", str(saved), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["assembled"]["objects"] > 0 and report["mixed"]["images"] == 2000

@@ -15,6 +15,7 @@ from mdakit.errors import MdakitError
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 ASSEMBLY_FILE = "assembly.json"
+DETECTOR_ASSEMBLY_FILE = "detector-assembly.json"
 """The file that marks an assembled-model directory (:mod:`mdakit.assembly.files`)."""
 MASKS_JSON = "masks.json"
 """The file that marks a masks directory (:mod:`mdakit.component_masks`)."""
@@ -31,6 +32,16 @@ def require_model_dir(path: str | Path) -> Path:
     if not path.is_dir():
         raise MdakitError(f"{path} is not a model directory (expected {CARD_FILE} and {WEIGHTS_FILE} inside)")
     return path
+
+
+def is_detector_assembly(path: str | Path) -> bool:
+    """Whether ``path`` holds an assembly of detector parts (read it with
+    :func:`mdakit.detection.assembly.load_detector_assembly`).
+
+    >>> is_detector_assembly("/nonexistent")
+    False
+    """
+    return (Path(path) / DETECTOR_ASSEMBLY_FILE).is_file()
 
 
 def is_assembled(path: str | Path) -> bool:

@@ -14,7 +14,7 @@ from mdakit.cli import tables
 from mdakit.cli.options import DataDirOpt, DeviceOpt, ForceOpt, JsonOpt, ModelArg, OutModelOpt, SeedOpt
 from mdakit.cli.output import check_out, emit
 from mdakit.errors import MdakitError
-from mdakit.model_dir import is_assembled, require_model_dir
+from mdakit.model_dir import is_assembled, is_detector_assembly, require_model_dir
 
 if TYPE_CHECKING:
     import torch
@@ -172,6 +172,9 @@ def eval_cmd(model_path: ModelArg,
     from mdakit.zoo import is_detector
 
     dev = resolve_device(device)
+    if is_detector_assembly(model_path):
+        _eval_detector_assembly(model_path, dataset or classes or restrict_logits, data_dir, as_json)
+        return
     if is_assembled(model_path):
         if dataset or classes or restrict_logits:
             raise MdakitError("an assembled model is evaluated on its parts' own test sets: drop --dataset, "
@@ -206,6 +209,17 @@ def _eval_detector(model: Any, card: ModelCard, test_data: Any, info: DatasetInf
     classes = chosen if chosen is not None else card.logit_classes
     emit(as_json, {"model": str(model_path), "dataset": info.name, "classes": classes, **evaluation, **size},
          tables.detector_evaluation_table(f"{model_path} on {info.name} test", evaluation, classes, size))
+
+
+def _eval_detector_assembly(model_path: Path, narrowed: Any, data_dir: Path | None, as_json: bool) -> None:
+    """``mdakit eval`` on an assembly of detector parts: on the parts' own test canvases (and mixed ones)."""
+    from mdakit.detection.assembly import evaluate_detector_assembly, load_detector_assembly
+
+    if narrowed:
+        raise MdakitError("an assembled detector is evaluated on its parts' own test canvases: drop --dataset, "
+                          "--classes and --restrict-logits")
+    report = evaluate_detector_assembly(load_detector_assembly(model_path), data_dir)
+    emit(as_json, {"model": str(model_path), **report}, tables.detector_assembly_table(report, str(model_path)))
 
 
 def _info_assembled(model_path: Path, as_json: bool) -> None:

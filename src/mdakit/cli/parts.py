@@ -143,6 +143,9 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
     from mdakit.seeding import resolve_device
 
     check_out(out, force, *parts)
+    if _any_detector(parts):
+        _assemble_detectors(parts, out, layout, rescale, data_dir, force, as_json)
+        return
     dev = resolve_device(device)
     model, card = assemble(parts, layout, rescale, samples=samples, seed=seed, data_dir=data_dir, device=dev,
                            latency=latency)
@@ -155,6 +158,31 @@ def assemble_cmd(parts: Annotated[list[Path], typer.Argument(metavar="PART...",
     fit = {k: v for k, v in card.fit.items() if k != "samples"}
     emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "logits": card.logits, "fit": fit,
                    **report}, tables.with_latency(table, report))
+
+
+def _any_detector(parts: list[Path]) -> bool:
+    """Whether one of the part directories holds a detector (its card names a zoo detector)."""
+    from mdakit.artifacts import CARD_FILE, read_card
+    from mdakit.zoo import is_detector
+
+    return any((p / CARD_FILE).is_file() and is_detector(read_card(p)[0].arch) for p in parts)
+
+
+def _assemble_detectors(parts: list[Path], out: Path, layout: str, rescale: str, data_dir: Path | None, force: bool,
+                        as_json: bool) -> None:
+    """``mdakit assemble`` of detector parts: the parallel layout, mAP on the parts' own and mixed test canvases."""
+    from mdakit.detection.assembly import assemble_detectors, evaluate_detector_assembly
+    from mdakit.errors import MdakitError
+
+    if layout != "parallel":
+        raise MdakitError("detector parts are assembled in the parallel layout only")
+    assembled = assemble_detectors(parts, rescale, data_dir)
+    assembled.metrics = evaluate_detector_assembly(assembled, data_dir)
+    assembled.save(out, force=force)
+    emit(as_json, {"out": str(out), "layout": layout, "rescale": rescale, "classes": assembled.classes,
+                   "fit": assembled.fit, **assembled.metrics},
+         tables.detector_assembly_table(assembled.metrics, f"{len(parts)} detector parts assembled (rescale "
+                                                           f"{rescale}); saved to {out}"))
 
 
 def compress_cmd(model_path: ModelArg, out: OutModelOpt, dataset: DatasetOpt = None,

@@ -155,6 +155,21 @@ def detector_part_table(title: str, report: Mapping[str, Any], out: Path) -> Tab
     return built
 
 
+def detector_assembly_table(report: Mapping[str, Any], title: str) -> Table:
+    """``mdakit assemble`` of detector parts: the assembly's mAP beside its parts' originals."""
+    built = table(title, "model", "test canvases", "mAP@0.5", "mAP@[.5:.95]")
+    for i, original in enumerate(report.get("originals", [])):
+        built.add_row(f"original of part {i}, restricted", f"{original['images']} (its own)",
+                      pct(original["map_50"]), pct(original["map"]))
+    built.add_row("assembly", f"{report['assembled']['images']} (the parts' own)", pct(report["assembled"]["map_50"]),
+                  pct(report["assembled"]["map"]))
+    if "mixed" in report:
+        mixed = report["mixed"]
+        built.add_row("assembly", f"{mixed['images']} ({mixed['dataset']}, objects mixed)", pct(mixed["map_50"]),
+                      pct(mixed["map"]))
+    return built
+
+
 def masks_table(title: str, kept: Mapping[str, Mapping[str, int]], classes: Sequence[int],
                 widths: Mapping[str, int], out: Path, shown: int = 12) -> Table:
     """``mdakit masks`` and ``mdakit info`` on masks: kept filters of each layer (of ``widths`` filters) for the
