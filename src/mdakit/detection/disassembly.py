@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,12 @@ from mdakit.metrics import model_size
 from mdakit.profiling import measure
 from mdakit.surgery import keep_sets, rebuild
 from mdakit.workspace import Workspace
+
+if TYPE_CHECKING:
+    from mdakit.component_masks import ComponentMasks
+    from mdakit.disassembly import Part
+    from mdakit.latency import LatencySettings
+    from mdakit.surgery import KeepSets
 
 DETECTION_TOLERANCE = 1.0
 """Points of mAP@0.5 a part may lose against the original restricted to its classes, by default."""
@@ -103,15 +109,15 @@ def part_rows(rows: dict[int, list[int]], classes: Sequence[int]) -> list[int]:
     return [*range(BOX_CHANNELS), *(rows[c][-1] for c in classes)]
 
 
-def _cut(source: Workspace, graph: ChannelGraph, masks: Any, classes: list[int], rows: dict[int, list[int]],
-         width_multiple: int) -> tuple[nn.Module, Any]:
+def _cut(source: Workspace, graph: ChannelGraph, masks: ComponentMasks, classes: list[int],
+         rows: dict[int, list[int]], width_multiple: int) -> tuple[nn.Module, KeepSets]:
     keep = keep_sets(graph, masks.union(classes), part_rows(rows, classes), width_multiple)
     return rebuild(source.model, keep).eval(), keep
 
 
 def calibrate_detector(source: Workspace, graph: ChannelGraph, sums: dict, classes: list[int],
                        rows: dict[int, list[int]], settings: ContributionSettings, tolerance: float, seed: int,
-                       width_multiple: int, device: torch.device | str) -> tuple[Any, dict[str, Any]]:
+                       width_multiple: int, device: torch.device | str) -> tuple[ComponentMasks, dict[str, Any]]:
     """Relax the thresholds (factors 1, 0.75, 0.5, ...) until the part's mAP@0.5 on held-out canvases is within
     ``tolerance`` points of the original's restricted to ``classes``; the first part that is, with the trials."""
     method = ContributionMethod()
@@ -147,7 +153,7 @@ def disassemble_detector(source: Workspace, classes: list[int], method: str = "c
                          settings: ContributionSettings | None = None, thresholds: str = "calibrated",
                          thresholds_given: bool | None = None, calibrate: float | None = None, seed: int = 0,
                          device: torch.device | str = "cpu",
-                         latency: Any = None, width_multiple: int = 1) -> Any:
+                         latency: bool | LatencySettings | None = None, width_multiple: int = 1) -> Part:
     """The part of a zoo detector that ``classes`` rely on (see the module's notes): a smaller detector whose
     map holds the four box channels and one channel per class of ``classes``, in that order.
 
